@@ -1,0 +1,246 @@
+"""The ``semioflow`` command.
+
+Exit codes: 0 ok, 1 failure (one clear line on stderr; the traceback only
+with ``--debug``), 2 bad usage.  Heavy imports (torch, prefect, mediapipe)
+happen inside the commands that need them so ``--help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+from tasks.errors import SemioflowError
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class CliContext:
+    """Global options every command sees."""
+
+    data_dir: Path
+    params_path: Path
+    debug: bool
+
+    def params(self):
+        from tasks.params import load_params
+
+        return load_params(self.params_path)
+
+
+pass_ctx = click.make_pass_decorator(CliContext)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("data"),
+    show_default=True,
+    help="Root of one cohort's data layers; several cohorts can live side by side.",
+)
+@click.option(
+    "--params",
+    "params_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("params.yaml"),
+    show_default=True,
+    help="Parameter file (one key per stage).",
+)
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+@click.version_option(package_name="semioflow")
+@click.pass_context
+def cli(ctx: click.Context, data_dir: Path, params_path: Path, debug: bool) -> None:
+    """semioflow: de-identified, versioned MLLM analysis of patient movement videos."""
+    ctx.obj = CliContext(data_dir=data_dir, params_path=params_path, debug=debug)
+
+
+@cli.command()
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json", "yaml"]),
+    default="table",
+    show_default=True,
+    help="Output format.",
+)
+def features(fmt: str) -> None:
+    """Print the ILAE semiology feature catalog (20 features, 3 groups)."""
+    from tasks.catalog import load_catalog, prompt_version
+
+    cat = load_catalog()
+    rows = [dict(f.to_dict(), prompt_version=prompt_version(f, cat)) for f in cat.features]
+    if fmt == "json":
+        doc = {"catalog_version": cat.version, "template_version": cat.templates.version, "features": rows}
+        click.echo(json.dumps(doc, indent=2, ensure_ascii=False))
+        return
+    if fmt == "yaml":
+        import yaml
+
+        doc = {"catalog_version": cat.version, "template_version": cat.templates.version, "features": rows}
+        click.echo(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, width=100))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"ILAE semiology features (catalog v{cat.version})", show_lines=False)
+    for col in ("group", "id", "name", "modality", "enhancement", "prompt"):
+        table.add_column(col, overflow="fold")
+    for f in cat.features:
+        table.add_row(cat.group_names[f.group], f.id, f.name, f.modality, f.enhancement, f.prompt)
+    Console().print(table)
+
+
+def _size(value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    try:
+        w, h = (int(x) for x in value.lower().split("x"))
+    except ValueError:
+        raise click.BadParameter(f"expected WIDTHxHEIGHT, e.g. 1920x1080, got {value!r}") from None
+    if w <= 0 or h <= 0 or w % 2 or h % 2:
+        raise click.BadParameter(f"width and height must be positive and even, got {value!r}")
+    return w, h
+
+
+def progress_bar(description: str):
+    """A rich progress bar; returns (context manager, callback(done, total))."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    prog = Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        transient=False,
+    )
+    task_id = prog.add_task(description, total=None)
+
+    def update(done: int, total: int) -> None:
+        prog.update(task_id, completed=done, total=total)
+
+    return prog, update
+
+
+@cli.group()
+def synth() -> None:
+    """Generate a phantom cohort (demo data with planted ground truth)."""
+
+
+def _synth_options(fn):
+    fn = click.option("--seed", type=int, default=None, help="Cohort seed (default: base.seed).")(fn)
+    fn = click.option("--size", default=None, metavar="WxH", help="Frame size, e.g. 1920x1080.")(fn)
+    fn = click.option("--fps", type=float, default=None, help="Frame rate of the generated videos.")(fn)
+    fn = click.option(
+        "--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+        help="Output folder (default: DATA_DIR/00_synth/<kind>).",
+    )(fn)
+    fn = click.option("--workers", type=int, default=None, help="Parallel processes (default: base.workers).")(fn)
+    return fn
+
+
+def _synth_common(obj: CliContext, section: str, kind: str, size, fps, seed, out, workers, **overrides):
+    import dataclasses
+
+    params = obj.params()
+    sub = getattr(params.synth, section)
+    wh = _size(size)
+    changes = {k: v for k, v in overrides.items() if v is not None}
+    if wh:
+        changes.update(width=wh[0], height=wh[1])
+    if fps is not None:
+        changes["fps"] = fps
+    sub = dataclasses.replace(sub, **changes)
+    out = out or obj.data_dir / "00_synth" / kind
+    seed = params.base.seed if seed is None else seed
+    workers = params.base.workers if workers is None else workers
+    return sub, out, seed, workers
+
+
+@synth.command("seizure")
+@_synth_options
+@click.option("--patients", type=int, default=None, help="Number of phantom patients.")
+@click.option("--recordings-per-patient", type=int, default=None, help="Recordings per patient.")
+@pass_ctx
+def synth_seizure(obj: CliContext, size, fps, seed, out, workers, patients, recordings_per_patient) -> None:
+    """EMU-like seizure recordings (MP4 H.264 + AAC) and truth tables."""
+    from tasks.synth.seizure import generate_cohort
+
+    sub, out, seed, workers = _synth_common(
+        obj, "seizure", "seizure", size, fps, seed, out, workers,
+        patients=patients, recordings_per_patient=recordings_per_patient,
+    )
+    prog, update = progress_bar("synth seizure")
+    with prog:
+        summary = generate_cohort(out, sub, seed=seed, workers=workers, on_progress=update)
+    click.echo(summary.describe())
+
+
+@synth.command("gait")
+@_synth_options
+@click.option("--subjects-per-class", type=int, default=None, help="Subjects per gait class.")
+@pass_ctx
+def synth_gait(obj: CliContext, size, fps, seed, out, workers, subjects_per_class) -> None:
+    """Sagittal walking clips of 8 gait classes and truth tables."""
+    from tasks.synth.gait import generate_cohort
+
+    sub, out, seed, workers = _synth_common(
+        obj, "gait", "gait", size, fps, seed, out, workers, subjects_per_class=subjects_per_class,
+    )
+    prog, update = progress_bar("synth gait")
+    with prog:
+        summary = generate_cohort(out, sub, seed=seed, workers=workers, on_progress=update)
+    click.echo(summary.describe())
+
+
+def _wants_debug(argv: list[str]) -> bool:
+    return "--debug" in argv
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the CLI and map outcomes to exit codes 0/1/2."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = _wants_debug(argv)
+    try:
+        rv = cli.main(args=argv, prog_name="semioflow", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.UsageError as exc:
+        exc.show()
+        return EXIT_USAGE
+    except click.ClickException as exc:
+        exc.show()
+        return EXIT_FAILURE
+    except click.Abort:
+        click.echo("aborted", err=True)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        return 130
+    except SemioflowError as exc:
+        if debug:
+            traceback.print_exc()
+        click.echo(f"error: {_one_line(exc)}", err=True)
+        return EXIT_FAILURE
+    except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence
+        if debug:
+            traceback.print_exc()
+        click.echo(f"error: {type(exc).__name__}: {_one_line(exc)} (rerun with --debug for the traceback)", err=True)
+        return EXIT_FAILURE
+    return rv if isinstance(rv, int) else EXIT_OK
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def run() -> None:
+    """Console-script shim: ``sys.exit(main())``."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

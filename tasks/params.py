@@ -1,0 +1,260 @@
+"""params.yaml -> frozen, validated dataclasses (one per top-level key).
+
+Each top-level key of ``params.yaml`` is one stage (or ``base``) and maps to
+one dataclass below; the field defaults are the study's protocol.  Loading
+is strict: an unknown key, a missing section or a value of the wrong type is
+a ``ConfigError`` that names the dotted key (``window.overlap_s``).
+
+These live in ``tasks/`` (not ``flows/``) because the stage functions take
+them as arguments and ``tasks/`` must not depend on ``flows/``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from tasks.errors import ConfigError
+
+PARAMS_FILE = "params.yaml"
+
+
+@dataclass(frozen=True)
+class BaseParams:
+    """Project-wide knobs."""
+
+    seed: int = 20240917
+    workers: int = 2  # parallel processes for CPU-heavy per-recording work
+
+
+@dataclass(frozen=True)
+class SeizureSynthParams:
+    """Phantom EMU cohort size and rendering (small defaults for tests/demo)."""
+
+    patients: int = 8
+    recordings_per_patient: int = 3
+    width: int = 384
+    height: int = 288
+    fps: float = 12.0
+    min_duration_s: float = 40.0
+    max_duration_s: float = 180.0
+    sample_rate: int = 16000  # Hz, AAC audio track
+
+
+@dataclass(frozen=True)
+class GaitSynthParams:
+    """Phantom gait cohort: sagittal walking clips, 8 classes."""
+
+    subjects_per_class: int = 3
+    clips_per_subject: int = 2
+    width: int = 320
+    height: int = 240
+    fps: float = 25.0
+    duration_s: float = 6.0
+
+
+@dataclass(frozen=True)
+class SynthParams:
+    seizure: SeizureSynthParams = field(default_factory=SeizureSynthParams)
+    gait: GaitSynthParams = field(default_factory=GaitSynthParams)
+
+
+@dataclass(frozen=True)
+class IngestParams:
+    inbox: str = "data/00_synth/seizure/videos"
+    extensions: tuple[str, ...] = (".mp4", ".mov", ".mkv", ".avi")
+    settle_s: float = 10.0  # a file modified more recently is still being written
+    probe_timeout_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class DeidentifyParams:
+    detector: Literal["mediapipe", "centerface"] = "mediapipe"
+    audit_detector: Literal["mediapipe", "centerface"] = "centerface"
+    threshold: float = 0.3
+    box_dilation: float = 0.3  # fraction of box size added on every side
+    gap_fill_s: float = 0.5  # blur a seen face this long before/after
+    blur: Literal["pixelate", "gaussian"] = "pixelate"
+    keep_audio: bool = True
+    audit_max_residual_frac: float = 0.0  # fraction of frames with a residual face
+
+
+@dataclass(frozen=True)
+class DownsampleParams:
+    fps: float = 2.0  # the study's frame rate
+    short_side: int = 448  # pixels
+
+
+@dataclass(frozen=True)
+class WindowParams:
+    length_s: float = 30.0
+    overlap_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.length_s <= 0:
+            raise ConfigError("window.length_s must be > 0")
+        if not 0 <= self.overlap_s < self.length_s:
+            raise ConfigError("window.overlap_s must be >= 0 and < window.length_s")
+
+    @property
+    def stride_s(self) -> float:
+        return self.length_s - self.overlap_s
+
+
+@dataclass(frozen=True)
+class AggregateParams:
+    rule: Literal["any_yes", "k_of_n", "mean_prob"] = "any_yes"
+    k: int = 2
+    threshold: float = 0.5
+
+
+@dataclass(frozen=True)
+class FoldsParams:
+    n_folds: int = 3
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    bootstrap: int = 1000
+    ci: float = 0.95
+
+
+@dataclass(frozen=True)
+class Params:
+    """All of params.yaml."""
+
+    base: BaseParams = field(default_factory=BaseParams)
+    synth: SynthParams = field(default_factory=SynthParams)
+    ingest: IngestParams = field(default_factory=IngestParams)
+    deidentify: DeidentifyParams = field(default_factory=DeidentifyParams)
+    downsample: DownsampleParams = field(default_factory=DownsampleParams)
+    window: WindowParams = field(default_factory=WindowParams)
+    aggregate: AggregateParams = field(default_factory=AggregateParams)
+    folds: FoldsParams = field(default_factory=FoldsParams)
+    evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+
+
+def load_params(path: str | Path = PARAMS_FILE, overrides: dict[str, Any] | None = None) -> Params:
+    """Load ``params.yaml`` into ``Params``; every section must be present.
+
+    ``overrides`` maps dotted keys to values (``{"window.overlap_s": 10}``)
+    and is applied before validation.  Raises ``ConfigError`` naming the key.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"no params file at {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path.name} does not parse: {exc}") from None
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(raw, dotted, value)
+    return build(Params, raw, prefix="", require_all=True)
+
+
+def parse_params(raw: dict[str, Any]) -> Params:
+    """Build ``Params`` from an already-parsed mapping; missing sections take defaults."""
+    return build(Params, raw, prefix="", require_all=False)
+
+
+def to_dict(params: Any) -> dict[str, Any]:
+    """Plain-data view (tuples as lists) for YAML dumps and cache keys."""
+    def conv(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: conv(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, tuple):
+            return [conv(x) for x in v]
+        return v
+
+    return conv(params)
+
+
+def _set_dotted(raw: dict, dotted: str, value: Any) -> None:
+    node = raw
+    parts = dotted.split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"cannot set {dotted}: {p} is not a section")
+    node[parts[-1]] = value
+
+
+def build(cls: type, raw: Any, *, prefix: str, require_all: bool = False) -> Any:
+    """Build dataclass ``cls`` from mapping ``raw`` strictly (see module doc)."""
+    where = prefix or "params"
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} must be a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in fields:
+            raise ConfigError(f"unknown key {prefix + str(key)!r} (allowed: {', '.join(fields)})")
+    kwargs = {}
+    for name in fields:
+        key = prefix + name
+        typ = hints[name]
+        if name not in raw:
+            if require_all and dataclasses.is_dataclass(typ) and not prefix:
+                raise ConfigError(f"missing section {key!r} in params")
+            continue
+        kwargs[name] = _coerce(typ, raw[name], key)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _coerce(typ: Any, value: Any, key: str) -> Any:
+    if dataclasses.is_dataclass(typ):
+        return build(typ, value, prefix=key + ".")
+    origin = typing.get_origin(typ)
+    args = typing.get_args(typ)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(repr, args))}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(a, value, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}: {value!r} does not match {typ}")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__}")
+        item = args[0] if args else Any
+        return tuple(_coerce(item, v, f"{key}[{i}]") for i, v in enumerate(value))
+    if typ is Any:
+        return value
+    if typ is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true/false, got {value!r}")
+        return value
+    if typ is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if typ is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if typ is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {typ}")

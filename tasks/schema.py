@@ -1,0 +1,393 @@
+"""Column names and Parquet schemas of every table semioflow writes.
+
+This is the one place that defines table contracts.  Stages build rows,
+then call ``write_table(name, rows, path)``, which validates against
+``TABLES[name]`` (missing/unexpected column, wrong type, null in a required
+column -> ``SchemaError`` naming the column) and writes atomically (temp file
+in the same folder, fsync, rename).  ``read_table`` validates on the way in.
+
+Conventions: ids are strings; times are float64 seconds (``*_s``); pixel
+boxes are float32 ``x0, y0, x1, y1`` in the frame's own pixel grid; wall-clock
+times are UTC ``timestamp[us, tz=UTC]``; booleans are real booleans.
+Tables are plain Parquet, readable by polars and pandas.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tasks.atomic import atomic_path
+from tasks.errors import SchemaError
+
+# ---- shared column names ---------------------------------------------------
+RECORDING_ID = "recording_id"
+PATIENT_ID = "patient_id"
+SOURCE_NAME = "source_name"  # phantom/truth side only: the file's own name
+FEATURE_ID = "feature_id"
+FRAME_INDEX = "frame_index"
+PTS_S = "pts_s"
+WINDOW_INDEX = "window_index"
+
+UTC_TS = pa.timestamp("us", tz="UTC")
+BOX = [
+    pa.field("x0", pa.float32(), nullable=False),
+    pa.field("y0", pa.float32(), nullable=False),
+    pa.field("x1", pa.float32(), nullable=False),
+    pa.field("y1", pa.float32(), nullable=False),
+]
+
+
+def _f(name: str, typ: pa.DataType, nullable: bool = False) -> pa.Field:
+    return pa.field(name, typ, nullable=nullable)
+
+
+def _schema(*fields: pa.Field | list[pa.Field], doc: str) -> pa.Schema:
+    flat: list[pa.Field] = []
+    for f in fields:
+        flat.extend(f if isinstance(f, list) else [f])
+    return pa.schema(flat, metadata={"doc": doc})
+
+
+TABLES: dict[str, pa.Schema] = {
+    # ---- ingest --------------------------------------------------------------
+    "manifest": _schema(
+        _f(RECORDING_ID, pa.string()),
+        _f("content_sha256", pa.string()),
+        _f("size_bytes", pa.int64()),
+        _f("container", pa.string()),
+        _f("video_codec", pa.string()),
+        _f("width", pa.int32()),
+        _f("height", pa.int32()),
+        _f("fps", pa.float64()),
+        _f("duration_s", pa.float64()),
+        _f("n_frames", pa.int64(), nullable=True),
+        _f("rotation_deg", pa.int32()),
+        _f("vfr", pa.bool_()),
+        _f("has_audio", pa.bool_()),
+        _f("audio_codec", pa.string(), nullable=True),
+        _f("sample_rate", pa.int32(), nullable=True),
+        _f("flags", pa.list_(pa.string())),
+        _f("ingested_at", UTC_TS),
+        doc="One row per accepted recording; pseudonymous ids, no file names.",
+    ),
+    "id_map": _schema(
+        _f(RECORDING_ID, pa.string()),
+        _f("source_path", pa.string()),
+        _f("content_sha256", pa.string()),
+        _f("ingested_at", UTC_TS),
+        doc="PRIVATE: recording id -> original path. Kept in a 0600 file, never logged.",
+    ),
+    "quarantine": _schema(
+        _f(RECORDING_ID, pa.string()),
+        _f("stage", pa.string()),
+        _f("reason", pa.string()),
+        _f("detail", pa.string()),
+        _f("decoded_coverage", pa.float64(), nullable=True),
+        _f("quarantined_at", UTC_TS),
+        doc="Recordings held back by a stage, with a short reason code and a clear detail.",
+    ),
+    # ---- deidentify / downsample / window -----------------------------------
+    "face_boxes": _schema(
+        _f(RECORDING_ID, pa.string()),
+        _f(FRAME_INDEX, pa.int64()),
+        _f(PTS_S, pa.float64()),
+        BOX,
+        _f("score", pa.float32(), nullable=True),
+        _f("source", pa.string()),
+        doc="Per-frame face boxes that were blurred (detected, gap-filled or interpolated).",
+    ),
+    "frames": _schema(
+        _f(RECORDING_ID, pa.string()),
+        _f(FRAME_INDEX, pa.int32()),
+        _f(PTS_S, pa.float64()),
+        doc="Frames kept by downsample, in order; pts in seconds from the recording start.",
+    ),
+    "windows": _schema(
+        _f(RECORDING_ID, pa.string()),
+        _f(WINDOW_INDEX, pa.int32()),
+        _f("t_start_s", pa.float64()),
+        _f("t_end_s", pa.float64()),
+        _f("frame_start", pa.int32()),
+        _f("frame_end", pa.int32()),
+        doc="Analysis windows; frames [frame_start, frame_end) of the frames table.",
+    ),
+    # ---- query / aggregate --------------------------------------------------
+    "answers": _schema(
+        _f(RECORDING_ID, pa.string()),
+        _f(WINDOW_INDEX, pa.int32()),
+        _f(FEATURE_ID, pa.string()),
+        _f("arm", pa.string()),
+        _f("model_id", pa.string()),
+        _f("backend", pa.string()),
+        _f("prompt_version", pa.string()),
+        _f("status", pa.string()),  # yes | no | unparsed | refused | truncated | error
+        _f("present", pa.bool_(), nullable=True),  # null unless status is yes/no
+        _f("yes_prob", pa.float64(), nullable=True),
+        _f("justification", pa.string(), nullable=True),
+        _f("raw_text", pa.string(), nullable=True),
+        _f("finish_reason", pa.string(), nullable=True),
+        _f("cache_key", pa.string()),
+        doc="One model answer per window x feature x arm.",
+    ),
+    "predictions": _schema(
+        _f(RECORDING_ID, pa.string()),
+        _f(FEATURE_ID, pa.string()),
+        _f("arm", pa.string()),
+        _f("model_id", pa.string()),
+        _f("rule", pa.string()),
+        _f("predicted", pa.bool_()),
+        _f("score", pa.float64()),
+        _f("n_windows", pa.int32()),
+        _f("n_yes", pa.int32()),
+        _f("evidence_windows", pa.list_(pa.int32())),
+        doc="Per recording x feature decision with the windows that said yes.",
+    ),
+    # ---- ground truth (phantom cohorts or imported annotations) -------------
+    "patients": _schema(
+        _f(PATIENT_ID, pa.string()),
+        _f("face_source", pa.string()),
+        _f("body_scale", pa.float32()),
+        doc="Phantom patients: which face photo and body size identify them.",
+    ),
+    "recordings": _schema(
+        _f(SOURCE_NAME, pa.string()),
+        _f(PATIENT_ID, pa.string()),
+        _f("duration_s", pa.float64()),
+        _f("fps", pa.float64()),
+        _f("width", pa.int32()),
+        _f("height", pa.int32()),
+        _f("seed", pa.int64()),
+        doc="Phantom recordings (truth side), keyed by the file's own name.",
+    ),
+    "labels": _schema(
+        _f(SOURCE_NAME, pa.string()),
+        _f(FEATURE_ID, pa.string()),
+        _f("label", pa.bool_()),
+        _f("annotator_1", pa.bool_()),
+        _f("annotator_2", pa.bool_()),
+        _f("annotator_3", pa.bool_()),
+        doc="Recording x feature labels: majority of three annotators, plus each one.",
+    ),
+    "events": _schema(
+        _f(SOURCE_NAME, pa.string()),
+        _f(FEATURE_ID, pa.string()),
+        _f("t_start_s", pa.float64()),
+        _f("t_end_s", pa.float64()),
+        _f("side", pa.string(), nullable=True),
+        doc="Planted semiology events over time.",
+    ),
+    "faces": _schema(
+        _f(SOURCE_NAME, pa.string()),
+        _f(FRAME_INDEX, pa.int64()),
+        _f(PTS_S, pa.float64()),
+        _f("person", pa.string()),  # patient | staff
+        _f("view", pa.string()),  # frontal | profile
+        BOX,
+        doc="Every planted face box per frame.",
+    ),
+    "joints": _schema(
+        _f(SOURCE_NAME, pa.string()),
+        _f(FRAME_INDEX, pa.int64()),
+        _f(PTS_S, pa.float64()),
+        _f("joint", pa.string()),
+        _f("x", pa.float32()),
+        _f("y", pa.float32()),
+        doc="Planted 2D joint positions of the seizure patient per frame (pixels).",
+    ),
+    "gait_clips": _schema(
+        _f(SOURCE_NAME, pa.string()),
+        _f("subject_id", pa.string()),
+        _f("gait_class", pa.string()),
+        _f("duration_s", pa.float64()),
+        _f("fps", pa.float64()),
+        _f("width", pa.int32()),
+        _f("height", pa.int32()),
+        _f("seed", pa.int64()),
+        doc="Gait phantom clips: subject and planted gait class.",
+    ),
+    "gait_joints": _schema(
+        _f(SOURCE_NAME, pa.string()),
+        _f(FRAME_INDEX, pa.int64()),
+        _f(PTS_S, pa.float64()),
+        _f("joint", pa.string()),
+        _f("x_m", pa.float32()),  # world metres: x forward (walking direction)
+        _f("y_m", pa.float32()),  # up
+        _f("z_m", pa.float32()),  # lateral (towards the camera)
+        _f("u", pa.float32()),  # image pixels
+        _f("v", pa.float32()),
+        doc="Planted 3D joints (metres) and their image projection per gait frame.",
+    ),
+    "gait_events": _schema(
+        _f(SOURCE_NAME, pa.string()),
+        _f("side", pa.string()),  # left | right
+        _f("event", pa.string()),  # heel_strike | toe_off
+        _f("t_s", pa.float64()),
+        doc="Planted heel-strike and toe-off times.",
+    ),
+    # ---- evaluation ------------------------------------------------------------
+    "folds": _schema(
+        _f(RECORDING_ID, pa.string()),
+        _f(PATIENT_ID, pa.string()),
+        _f("fold", pa.int8()),
+        doc="Patient-stratified fold assignment.",
+    ),
+    "metrics": _schema(
+        _f("arm", pa.string()),
+        _f(FEATURE_ID, pa.string()),
+        _f("metric", pa.string()),
+        _f("value", pa.float64()),
+        _f("ci_low", pa.float64(), nullable=True),
+        _f("ci_high", pa.float64(), nullable=True),
+        _f("n", pa.int32()),
+        doc="Per arm x feature metric with bootstrap CI.",
+    ),
+}
+
+
+def schema_of(name: str) -> pa.Schema:
+    """The pyarrow schema of table ``name`` (``SchemaError`` if unknown)."""
+    try:
+        return TABLES[name]
+    except KeyError:
+        raise SchemaError(f"unknown table {name!r}; known: {', '.join(sorted(TABLES))}") from None
+
+
+def columns(name: str) -> list[str]:
+    """Column names of table ``name`` in schema order."""
+    return schema_of(name).names
+
+
+def empty_table(name: str) -> pa.Table:
+    """A zero-row table with the contract's schema."""
+    return schema_of(name).empty_table()
+
+
+TableLike = Any  # pa.Table | Sequence[Mapping] | Mapping[str, Sequence] | polars/pandas DataFrame
+
+
+def _as_columns(name: str, data: TableLike) -> dict[str, Any]:
+    if isinstance(data, pa.Table):
+        return {c: data.column(c) for c in data.column_names}
+    if hasattr(data, "to_arrow") and not isinstance(data, Mapping):  # polars
+        tbl = data.to_arrow()
+        return {c: tbl.column(c) for c in tbl.column_names}
+    if hasattr(data, "to_dict") and hasattr(data, "columns") and not isinstance(data, Mapping):  # pandas
+        tbl = pa.Table.from_pandas(data, preserve_index=False)
+        return {c: tbl.column(c) for c in tbl.column_names}
+    if isinstance(data, Mapping):
+        return dict(data)
+    if isinstance(data, Iterable):
+        rows = list(data)
+        keys: list[str] = []
+        for r in rows:
+            if not isinstance(r, Mapping):
+                raise SchemaError(f"table {name!r}: rows must be mappings, got {type(r).__name__}")
+            for k in r:
+                if k not in keys:
+                    keys.append(k)
+        # A key missing from some rows is an error, not a silent null.
+        for k in keys:
+            for i, r in enumerate(rows):
+                if k not in r:
+                    raise SchemaError(f"table {name!r}: row {i} has no column {k!r}")
+        cols = {k: [r[k] for r in rows] for k in keys}
+        if not rows:
+            cols = {f.name: [] for f in schema_of(name)}
+        return cols
+    raise SchemaError(f"table {name!r}: cannot build a table from {type(data).__name__}")
+
+
+def validate(name: str, data: TableLike) -> pa.Table:
+    """Return ``data`` as a ``pa.Table`` that matches table ``name`` exactly.
+
+    Accepts a pyarrow Table, polars or pandas DataFrame, a mapping of column
+    -> values, or a list of row mappings.  Columns are reordered to the
+    contract; values are cast only where the cast is lossless.  Raises
+    ``SchemaError`` naming the column for a missing or unexpected column, a
+    value of the wrong type, or a null in a required column.
+    """
+    schema = schema_of(name)
+    cols = _as_columns(name, data)
+    expected = set(schema.names)
+    for col in cols:
+        if col not in expected:
+            raise SchemaError(f"table {name!r}: unexpected column {col!r} (allowed: {', '.join(schema.names)})")
+    arrays = []
+    n_rows = None
+    for field in schema:
+        if field.name not in cols:
+            raise SchemaError(f"table {name!r}: missing column {field.name!r} ({field.type})")
+        arr = _column_array(name, field, cols[field.name])
+        if n_rows is not None and len(arr) != n_rows:
+            raise SchemaError(f"table {name!r}: column {field.name!r} has {len(arr)} rows, expected {n_rows}")
+        n_rows = len(arr)
+        if not field.nullable and arr.null_count:
+            raise SchemaError(f"table {name!r}: column {field.name!r} is required but has {arr.null_count} null(s)")
+        arrays.append(arr)
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def _column_array(table: str, field: pa.Field, values: Any) -> pa.ChunkedArray:
+    where = f"table {table!r}: column {field.name!r}"
+    try:
+        if isinstance(values, (pa.Array, pa.ChunkedArray)):
+            arr = values
+        else:
+            arr = pa.array(values if isinstance(values, list) else list(values), type=field.type, from_pandas=True)
+        if arr.type != field.type:
+            if not _castable(arr.type, field.type):
+                raise SchemaError(f"{where}: expected {field.type}, got {arr.type}")
+            arr = arr.cast(field.type, safe=True)
+    except SchemaError:
+        raise
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, TypeError, ValueError, OverflowError) as exc:
+        raise SchemaError(f"{where}: expected {field.type}: {exc}") from None
+    if isinstance(arr, pa.Array):
+        arr = pa.chunked_array([arr], type=field.type)
+    return arr
+
+
+def _castable(src: pa.DataType, dst: pa.DataType) -> bool:
+    """Casts we accept silently: same kind, wider/narrower numerics checked for loss."""
+    if pa.types.is_null(src):
+        return True
+    if pa.types.is_integer(src) and (pa.types.is_integer(dst) or pa.types.is_floating(dst)):
+        return True
+    if pa.types.is_floating(src) and pa.types.is_floating(dst):
+        return True
+    if (pa.types.is_string(src) or pa.types.is_large_string(src)) and (
+        pa.types.is_string(dst) or pa.types.is_large_string(dst)
+    ):
+        return True
+    if pa.types.is_timestamp(src) and pa.types.is_timestamp(dst):
+        return src.tz is not None or dst.tz is None
+    if (pa.types.is_list(src) or pa.types.is_large_list(src)) and pa.types.is_list(dst):
+        return _castable(src.value_type, dst.value_type)
+    return False
+
+
+def write_table(name: str, data: TableLike, path: str | Path) -> Path:
+    """Validate ``data`` against table ``name`` and write it atomically to ``path``.
+
+    Nothing appears at ``path`` unless the whole file was written; an
+    interrupted write leaves only a hidden ``.partial`` temp file that is
+    never read as a table.  Returns the final path.
+    """
+    table = validate(name, data)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+    return path
+
+
+def read_table(name: str, path: str | Path) -> pa.Table:
+    """Read a Parquet table and validate it against its contract."""
+    path = Path(path)
+    if not path.is_file():
+        raise SchemaError(f"table {name!r}: no file at {path}")
+    return validate(name, pq.read_table(path))
