@@ -90,10 +90,15 @@ def features(fmt: str) -> None:
     from rich.table import Table
 
     table = Table(title=f"ILAE semiology features (catalog v{cat.version})", show_lines=False)
-    for col in ("group", "id", "name", "modality", "enhancement", "prompt"):
-        table.add_column(col, overflow="fold")
-    for f in cat.features:
-        table.add_row(cat.group_names[f.group], f.id, f.name, f.modality, f.enhancement, f.prompt)
+    table.add_column("id", no_wrap=True, style="bold")
+    table.add_column("modality", no_wrap=True)
+    table.add_column("prompt", ratio=1)
+    for group in cat.group_names:
+        feats = cat.in_group(group)
+        table.add_section()
+        table.add_row(f"[cyan]{cat.group_names[group]} ({len(feats)})", "", f"[cyan]enhancement: {feats[0].enhancement}")
+        for f in feats:
+            table.add_row(f.id, f.modality, f.prompt)
     Console().print(table)
 
 
@@ -167,12 +172,12 @@ def _synth_common(obj: CliContext, section: str, kind: str, size, fps, seed, out
 @pass_ctx
 def synth_seizure(obj: CliContext, size, fps, seed, out, workers, patients, recordings_per_patient) -> None:
     """EMU-like seizure recordings (MP4 H.264 + AAC) and truth tables."""
-    from tasks.synth.seizure import generate_cohort
-
     sub, out, seed, workers = _synth_common(
         obj, "seizure", "seizure", size, fps, seed, out, workers,
         patients=patients, recordings_per_patient=recordings_per_patient,
     )
+    from tasks.synth.seizure import generate_cohort
+
     prog, update = progress_bar("synth seizure")
     with prog:
         summary = generate_cohort(out, sub, seed=seed, workers=workers, on_progress=update)
@@ -185,11 +190,11 @@ def synth_seizure(obj: CliContext, size, fps, seed, out, workers, patients, reco
 @pass_ctx
 def synth_gait(obj: CliContext, size, fps, seed, out, workers, subjects_per_class) -> None:
     """Sagittal walking clips of 8 gait classes and truth tables."""
-    from tasks.synth.gait import generate_cohort
-
     sub, out, seed, workers = _synth_common(
         obj, "gait", "gait", size, fps, seed, out, workers, subjects_per_class=subjects_per_class,
     )
+    from tasks.synth.gait import generate_cohort
+
     prog, update = progress_bar("synth gait")
     with prog:
         summary = generate_cohort(out, sub, seed=seed, workers=workers, on_progress=update)

@@ -338,7 +338,8 @@ def _column_array(table: str, field: pa.Field, values: Any) -> pa.ChunkedArray:
         if isinstance(values, (pa.Array, pa.ChunkedArray)):
             arr = values
         else:
-            arr = pa.array(values if isinstance(values, list) else list(values), type=field.type, from_pandas=True)
+            # Infer first, then cast safely: pa.array(type=int32) would truncate 1.5 silently.
+            arr = pa.array(values if isinstance(values, list) else list(values), from_pandas=True)
         if arr.type != field.type:
             if not _castable(arr.type, field.type):
                 raise SchemaError(f"{where}: expected {field.type}, got {arr.type}")

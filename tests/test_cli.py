@@ -1,0 +1,78 @@
+"""The semioflow command: help everywhere, catalog output, exit codes 0/1/2."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SEMIOFLOW = Path(sys.executable).with_name("semioflow")
+
+
+def run(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run([str(SEMIOFLOW), *args], capture_output=True, text=True, cwd=cwd, timeout=120)
+
+
+def test_entry_point_is_installed():
+    assert SEMIOFLOW.exists(), "run `make install`: the semioflow console script is missing"
+
+
+@pytest.mark.parametrize("args", [(), ("features",), ("synth",), ("synth", "seizure"), ("synth", "gait")])
+def test_help_everywhere(args):
+    res = run(*args, "--help")
+    assert res.returncode == 0, res.stderr
+    assert "Usage: semioflow" in res.stdout
+
+
+def test_root_help_lists_global_options():
+    out = run("--help").stdout
+    assert "--data-dir" in out and "--debug" in out and "features" in out
+
+
+def test_features_json_has_20_features_7_11_2():
+    res = run("features", "--format", "json")
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(res.stdout)
+    groups = [f["group"] for f in doc["features"]]
+    assert len(groups) == 20
+    assert (groups.count("facial"), groups.count("limb_body"), groups.count("audio")) == (7, 11, 2)
+    by_id = {f["id"]: f for f in doc["features"]}
+    assert by_id["oral_automatisms"]["prompt"].startswith("Does the patient exhibit repetitive, stereotyped mouth")
+    assert by_id["figure4_arms"]["prompt_version"].startswith("figure4_arms@v1.t1-")
+
+
+def test_features_table_renders():
+    res = run("features")
+    assert res.returncode == 0 and "oral_automatisms" in res.stdout
+
+
+@pytest.mark.parametrize("args", [("no-such-command",), ("features", "--format", "xml"), ("--bogus",),
+                                  ("synth", "seizure", "--size", "abc")])
+def test_bad_usage_exits_2(args):
+    res = run(*args)
+    assert res.returncode == 2, (res.returncode, res.stderr)
+    assert "Traceback" not in res.stderr
+
+
+def test_failure_is_one_line_and_exit_1(tmp_path):
+    res = run("--params", str(tmp_path / "missing.yaml"), "synth", "seizure", "--out", str(tmp_path / "o"))
+    assert res.returncode == 1
+    lines = res.stderr.strip().splitlines()
+    assert lines == [f"error: no params file at {tmp_path / 'missing.yaml'}"]
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    res = run("--debug", "--params", str(tmp_path / "missing.yaml"), "synth", "seizure", "--out", str(tmp_path))
+    assert res.returncode == 1
+    assert "Traceback" in res.stderr and res.stderr.strip().endswith("error: no params file at " +
+                                                                      str(tmp_path / "missing.yaml"))
+
+
+def test_bad_params_value_names_the_key(tmp_path):
+    bad = tmp_path / "params.yaml"
+    bad.write_text((REPO / "params.yaml").read_text().replace("overlap_s: 5.0", "overlap_s: five"))
+    res = run("--params", str(bad), "synth", "seizure", "--out", str(tmp_path / "o"))
+    assert res.returncode == 1
+    assert "window.overlap_s" in res.stderr and "Traceback" not in res.stderr
