@@ -25,6 +25,7 @@ PIX_FMT = "yuv420p"
 DEFAULT_CRF = 23  # x264 constant rate factor (lower = better quality)
 DEFAULT_PRESET = "veryfast"
 AUDIO_BITRATE = 64_000  # bit/s, mono speech-grade AAC
+VFR_TICKS_PER_FRAME = 100  # time-base ticks per nominal frame, so pts can be uneven
 
 
 class MediaError(SemioflowError):
@@ -67,22 +68,31 @@ class VideoWriter:
         preset: str = DEFAULT_PRESET,
         metadata: dict[str, str] | None = None,
         stream_metadata: dict[str, str] | None = None,
+        codec: str = VIDEO_CODEC,
+        pix_fmt: str = PIX_FMT,
+        container_options: dict[str, str] | None = None,
+        rotation_deg: int = 0,
     ) -> None:
-        if width % 2 or height % 2:
-            raise MediaError(f"H.264 with yuv420p needs even dimensions, got {width}x{height}")
+        if pix_fmt == "yuv420p" and (width % 2 or height % 2):
+            raise MediaError(f"{codec} with yuv420p needs even dimensions, got {width}x{height}")
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = partial_name(self.path)
         self._n_video = 0
         self._n_audio = 0
         try:
-            self._container = av.open(str(self._tmp), mode="w", format="mp4")
+            # the container format follows the suffix (.mp4, .mkv, .mov, .avi)
+            self._container = av.open(str(self._tmp), mode="w", options=container_options or {})
             for k, v in (metadata or {}).items():
                 self._container.metadata[k] = v
             self._rate = Fraction(fps).limit_denominator(1001)
-            self._video = self._container.add_stream(VIDEO_CODEC, rate=self._rate)
-            self._video.width, self._video.height, self._video.pix_fmt = width, height, PIX_FMT
-            self._video.options = {"crf": str(crf), "preset": preset}
+            self._video = self._container.add_stream(codec, rate=self._rate)
+            self._video.width, self._video.height, self._video.pix_fmt = width, height, pix_fmt
+            self._video.codec_context.time_base = 1 / (self._rate * VFR_TICKS_PER_FRAME)
+            if codec in ("libx264", "libx265"):
+                self._video.options = {"crf": str(crf), "preset": preset}
+            if rotation_deg:
+                self._video.set_display_rotation(rotation_deg)
             for k, v in (stream_metadata or {}).items():
                 self._video.metadata[k] = v
             self._audio = None
@@ -97,11 +107,18 @@ class VideoWriter:
             raise MediaError(f"cannot open video writer: {exc}") from None
         self._audio_rate = audio_rate
 
-    def write(self, rgb: np.ndarray) -> None:
-        """Append one RGB frame (height, width, 3) uint8."""
+    def write(self, rgb: np.ndarray, *, pts_s: float | None = None) -> None:
+        """Append one RGB frame (height, width, 3) uint8.
+
+        Frames are evenly spaced at ``fps`` unless ``pts_s`` gives the
+        presentation time (for variable-frame-rate files; must increase).
+        """
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
-        frame.pts = self._n_video
-        frame.time_base = 1 / self._rate
+        if pts_s is None:
+            frame.pts = self._n_video * VFR_TICKS_PER_FRAME
+        else:
+            frame.pts = int(round(pts_s * self._rate * VFR_TICKS_PER_FRAME))
+        frame.time_base = 1 / (self._rate * VFR_TICKS_PER_FRAME)
         self._n_video += 1
         for packet in self._video.encode(frame):
             self._container.mux(packet)
@@ -151,10 +168,11 @@ class VideoWriter:
 
 
 def iter_frames(path: str | Path, *, width: int | None = None, height: int | None = None) -> Iterator[DecodedFrame]:
-    """Decode every video frame in presentation order, streaming.
+    """Decode every video frame in presentation order, streaming, upright.
 
-    ``width``/``height`` resize during conversion (cheaper than resizing
-    afterwards).  Raises ``MediaError`` with FFmpeg's message on failure.
+    Display rotation metadata is applied (frames come out upright).
+    ``width``/``height`` (of the displayed frame) resize during conversion,
+    cheaper than resizing afterwards.  Raises ``MediaError`` with FFmpeg's message on failure.
     """
     try:
         with av.open(str(path)) as container:
@@ -163,7 +181,10 @@ def iter_frames(path: str | Path, *, width: int | None = None, height: int | Non
             tb = stream.time_base
             for i, frame in enumerate(container.decode(stream)):
                 pts = float(frame.pts * tb) if frame.pts is not None else float("nan")
-                rgb = frame.to_ndarray(format="rgb24", width=width, height=height)
+                rot = int(round(frame.rotation or 0)) % 360
+                # to_ndarray sizes the stored frame; swap so the caller gets the displayed size
+                w, h = (height, width) if rot % 180 else (width, height)
+                rgb = upright(frame.to_ndarray(format="rgb24", width=w, height=h), rot)
                 yield DecodedFrame(index=i, pts_s=pts, rgb=rgb)
     except av.FFmpegError as exc:
         raise MediaError(f"cannot decode video: {exc}") from None
@@ -190,3 +211,205 @@ def read_audio(path: str | Path, *, sample_rate: int = 16_000) -> np.ndarray:
     except av.FFmpegError as exc:
         raise MediaError(f"cannot decode audio: {exc}") from None
     return np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, dtype=np.float32)
+
+
+# ---- probing -----------------------------------------------------------------
+
+VFR_JITTER = 0.05  # relative std of packet durations above which a stream counts as VFR
+VFR_SAMPLE_PACKETS = 300  # packets demuxed (not decoded) to judge frame-rate variability
+
+
+@dataclass(frozen=True)
+class ProbeInfo:
+    """What the container says about a file, plus a first-frame decode check.
+
+    ``width``/``height`` are the displayed size (after rotation).  ``n_frames``
+    is the header's frame count (None when the container has none).
+    """
+
+    container: str
+    video_codec: str
+    width: int
+    height: int
+    fps: float
+    duration_s: float
+    n_frames: int | None
+    rotation_deg: int
+    vfr: bool
+    has_audio: bool
+    audio_codec: str | None
+    sample_rate: int | None
+    first_frame_ok: bool
+    header_durations_s: tuple[float, ...]  # container, stream, frames/fps, last packet end (where known)
+    index_coverage: float | None  # share of indexed video samples whose bytes exist in the file
+
+
+def probe(path: str | Path) -> ProbeInfo:
+    """Open a media file, read its headers and decode its first video frame.
+
+    Raises ``MediaError`` with FFmpeg's message when the file cannot be
+    opened or has no video stream.  Does not decode the whole file.
+    """
+    try:
+        container = av.open(str(path))
+    except av.FFmpegError as exc:
+        raise MediaError(f"not a readable media file: {exc}") from None
+    with container:
+        if not container.streams.video:
+            raise MediaError("file has no video stream")
+        v = container.streams.video[0]
+        rate = v.average_rate or v.guessed_rate or v.base_rate
+        fps = float(rate) if rate else 0.0
+        durations = []
+        if container.duration:
+            durations.append(container.duration / 1e6)
+        if v.duration and v.time_base:
+            durations.append(float(v.duration * v.time_base))
+        n_frames = int(v.frames) if v.frames else None
+        if n_frames and fps:
+            durations.append(n_frames / fps)
+        a = container.streams.audio[0] if container.streams.audio else None
+        codec = v.codec_context.name
+        width, height = v.codec_context.width, v.codec_context.height
+        coverage = _index_coverage(v, Path(path).stat().st_size)
+        vfr = _is_vfr(container, v)
+        last = _last_pts_s(container, v, max(durations) if durations else 0.0)
+        if last is not None:
+            durations.append(last)
+    rotation, first_ok = _first_frame(path)
+    if rotation % 180:
+        width, height = height, width
+    return ProbeInfo(
+        container=container.format.name,
+        video_codec=codec,
+        width=width,
+        height=height,
+        fps=fps,
+        duration_s=max(durations) if durations else 0.0,
+        n_frames=n_frames,
+        rotation_deg=rotation,
+        vfr=vfr,
+        has_audio=a is not None,
+        audio_codec=a.codec_context.name if a is not None else None,
+        sample_rate=a.codec_context.sample_rate if a is not None else None,
+        first_frame_ok=first_ok,
+        header_durations_s=tuple(durations),
+        index_coverage=coverage,
+    )
+
+
+def _index_coverage(stream, file_size: int) -> float | None:
+    """Share of the video samples the container index lists that lie inside the file.
+
+    A file cut short after its index was written (moov at the front) still
+    opens; this finds the missing tail without decoding anything.
+    """
+    try:
+        entries = stream.index_entries
+        n = len(entries)
+    except (AttributeError, av.FFmpegError):
+        return None
+    if n == 0:
+        return None
+    inside = sum(1 for e in entries if e.pos >= 0 and e.pos + e.size <= file_size)
+    return inside / n
+
+
+def _is_vfr(container, stream) -> bool:
+    pts = []
+    try:
+        for packet in container.demux(stream):
+            if packet.pts is not None:
+                pts.append(packet.pts)
+            if len(pts) >= VFR_SAMPLE_PACKETS:
+                break
+    except av.FFmpegError:
+        pass
+    if len(pts) < 3:
+        return False
+    d = np.diff(np.sort(np.asarray(pts, dtype=np.float64)))
+    d = d[d > 0]
+    return bool(d.size > 1 and d.std() / d.mean() > VFR_JITTER)
+
+
+LAST_PTS_MAX_PACKETS = 2000  # demux at most this many packets after seeking to the end
+
+
+def _last_pts_s(container, stream, declared_s: float) -> float | None:
+    """End time of the last video packet, found by seeking near the declared end.
+
+    Compared with the header's durations this exposes absurd headers
+    (a duration or frame count far from what the file holds).
+    """
+    try:
+        container.seek(int(max(declared_s, 0.0) * 1e6), backward=True, any_frame=False)
+        end = None
+        for i, packet in enumerate(container.demux(stream)):
+            if packet.pts is not None:
+                t = float((packet.pts + (packet.duration or 0)) * stream.time_base)
+                end = t if end is None else max(end, t)
+            if i >= LAST_PTS_MAX_PACKETS:
+                break
+        return end
+    except av.FFmpegError:
+        return None
+
+
+def _first_frame(path) -> tuple[int, bool]:
+    try:
+        with av.open(str(path)) as c:
+            for frame in c.decode(c.streams.video[0]):
+                return int(round(frame.rotation or 0)) % 360, True
+    except av.FFmpegError:
+        pass
+    return 0, False
+
+
+def upright(rgb: np.ndarray, rotation_deg: int) -> np.ndarray:
+    """Apply display rotation (counter-clockwise degrees, FFmpeg's convention)."""
+    k = (int(round(rotation_deg / 90.0))) % 4
+    return np.ascontiguousarray(np.rot90(rgb, k)) if k else rgb
+
+
+def _probe_worker(path: str, conn) -> None:
+    try:
+        conn.send(("ok", probe(path)))
+    except MediaError as exc:
+        conn.send(("error", str(exc)))
+    except Exception as exc:  # noqa: BLE001 - report any decoder crash to the parent as data
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+    finally:
+        conn.close()
+
+
+class ProbeTimeout(MediaError):
+    """The demuxer/decoder did not answer within the time limit."""
+
+
+def probe_with_timeout(path: str | Path, timeout_s: float) -> ProbeInfo:
+    """``probe`` in a separate process, killed after ``timeout_s`` seconds.
+
+    A decoder that hangs (a stalled network share, a pathological file)
+    raises ``ProbeTimeout`` instead of stopping the batch.
+    """
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")  # fork is unsafe once torch/av threads exist
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_probe_worker, args=(str(path), child), daemon=True)
+    proc.start()
+    child.close()
+    try:
+        if not parent.poll(timeout_s):
+            raise ProbeTimeout(f"no answer from the decoder within {timeout_s:g} s")
+        status, payload = parent.recv()
+    except EOFError:
+        raise MediaError("the decoder process crashed") from None
+    finally:
+        if proc.is_alive():
+            proc.kill()
+        proc.join(5)
+        parent.close()
+    if status == "error":
+        raise MediaError(payload)
+    return payload

@@ -79,6 +79,9 @@ TABLES: dict[str, pa.Schema] = {
         _f(RECORDING_ID, pa.string()),
         _f("source_path", pa.string()),
         _f("content_sha256", pa.string()),
+        _f("size_bytes", pa.int64()),
+        _f("mtime_ns", pa.int64()),
+        _f("status", pa.string()),  # accepted | quarantined
         _f("ingested_at", UTC_TS),
         doc="PRIVATE: recording id -> original path. Kept in a 0600 file, never logged.",
     ),
@@ -208,7 +211,8 @@ TABLES: dict[str, pa.Schema] = {
         _f("width", pa.int32()),
         _f("height", pa.int32()),
         _f("seed", pa.int64()),
-        doc="Gait phantom clips: subject and planted gait class.",
+        _f("cadence_spm", pa.float64()),  # planted: steps/min over the clip's heel strikes
+        doc="Gait phantom clips: subject, planted gait class and cadence.",
     ),
     "gait_joints": _schema(
         _f(SOURCE_NAME, pa.string()),

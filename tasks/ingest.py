@@ -1,0 +1,259 @@
+"""ingest: scan an inbox, probe each new recording, assign pseudonymous ids.
+
+Outputs (in ``out_dir``, normally ``data/01_ingest/``):
+
+* ``manifest.parquet`` (table ``manifest``): one row per accepted recording,
+  pseudonymous ``recording_id`` only, no file names.
+* ``quarantine.parquet`` (table ``quarantine``): files that cannot be used,
+  with a reason code and a clear detail (no file names in it either).
+* ``private/id_map.parquet`` (table ``id_map``, mode 0600 in a 0700 folder):
+  the one place that maps ids to original paths.
+
+Ids are ``R`` + 10 hex digits of HMAC-SHA256(site key, file content hash):
+not derived from names or metadata, stable across re-runs and clean
+rebuilds on the same site, and not reversible without the key.  The run is
+idempotent: known files (same path, size and mtime, or same content) add
+nothing; a file modified less than ``settle_s`` ago is left for the next run.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import os
+import secrets
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+
+from tasks.atomic import atomic_write_bytes, is_partial
+from tasks.errors import SemioflowError
+from tasks.media import MediaError, ProbeInfo, ProbeTimeout, probe_with_timeout
+from tasks.params import IngestParams
+from tasks.schema import read_table, validate, write_table
+
+MANIFEST = "manifest.parquet"
+QUARANTINE = "quarantine.parquet"
+ID_MAP = Path("private") / "id_map.parquet"
+ID_KEY_ENV = "SEMIOFLOW_ID_KEY_FILE"
+DEFAULT_ID_KEY = Path(".semioflow") / "id_key"
+ID_HEX_DIGITS = 10
+HASH_CHUNK = 8 << 20  # bytes read per hashing step
+HEADER_MISMATCH = 0.5  # relative disagreement between header durations that is absurd
+HEADER_MISMATCH_MIN_S = 2.0  # ...and at least this many seconds
+MIN_DURATION_S = 1.0  # shorter recordings cannot fill a single analysis frame pair
+MIN_INDEX_COVERAGE = 0.99  # share of indexed video samples that must be present
+
+
+@dataclass(frozen=True)
+class IngestReport:
+    """What one ingest run did (counts only; no names)."""
+
+    accepted: tuple[str, ...] = ()
+    quarantined: tuple[tuple[str, str], ...] = ()  # (recording_id, reason)
+    pending: int = 0
+    known: int = 0
+    flags: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        return (
+            f"ingest: {len(self.accepted)} new, {len(self.quarantined)} quarantined, "
+            f"{self.known} already known, {self.pending} still being written"
+        )
+
+
+def load_id_key(path: str | Path | None = None) -> bytes:
+    """The site's secret for pseudonymous ids; created (0600) on first use.
+
+    Looked up at ``path``, else ``$SEMIOFLOW_ID_KEY_FILE``, else
+    ``.semioflow/id_key`` in the working directory.  Keep it with the
+    private id map: losing it changes the ids a clean rebuild produces.
+    """
+    p = Path(path or os.environ.get(ID_KEY_ENV) or DEFAULT_ID_KEY)
+    if p.is_file():
+        key = p.read_bytes().strip()
+        if len(key) < 32:
+            raise SemioflowError(f"id key file {p} is too short (need >= 32 hex characters)")
+        return key
+    p.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    atomic_write_bytes(p, secrets.token_hex(32).encode(), mode=0o600)
+    return p.read_bytes().strip()
+
+
+def recording_id(content_sha256: str, key: bytes) -> str:
+    """Pseudonymous id of a recording from its content hash and the site key."""
+    return "R" + hmac.new(key, content_sha256.encode(), hashlib.sha256).hexdigest()[:ID_HEX_DIGITS]
+
+
+def sha256_file(path: Path) -> str:
+    """Streaming SHA-256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(HASH_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def scan_inbox(inbox: Path, params: IngestParams, *, now: float | None = None) -> tuple[list[Path], list[Path]]:
+    """Candidate files under ``inbox`` (recursive, sorted): (ready, still being written).
+
+    Hidden files and our own temp files are ignored; extensions are matched
+    case-insensitively against ``params.extensions``.
+    """
+    if not inbox.is_dir():
+        raise SemioflowError(f"inbox folder does not exist: {inbox}")
+    now = time.time() if now is None else now
+    exts = {e.lower() for e in params.extensions}
+    ready, pending = [], []
+    for p in sorted(inbox.rglob("*")):
+        if not p.is_file() or p.name.startswith(".") or is_partial(p) or p.suffix.lower() not in exts:
+            continue
+        (pending if now - p.stat().st_mtime < params.settle_s else ready).append(p)
+    return ready, pending
+
+
+def classify(info: ProbeInfo) -> tuple[str | None, str, list[str]]:
+    """Decide on a probed file: (quarantine reason or None, detail, flags)."""
+    flags = []
+    if not info.first_frame_ok:
+        return "undecodable", f"the {info.video_codec} video stream does not decode", flags
+    if info.duration_s < MIN_DURATION_S:
+        return "too_short", f"duration {info.duration_s:.2f} s is below {MIN_DURATION_S:g} s", flags
+    if info.index_coverage is not None and info.index_coverage < MIN_INDEX_COVERAGE:
+        return "corrupt", f"only {info.index_coverage:.0%} of the video data is present (decoded coverage)", flags
+    d = info.header_durations_s
+    if len(d) >= 2:
+        lo, hi = min(d), max(d)
+        if hi - lo > HEADER_MISMATCH_MIN_S and hi > lo * (1 + HEADER_MISMATCH):
+            shown = ", ".join(f"{x:.1f}" for x in d)
+            return "inconsistent_header", f"header durations disagree ({shown} s): frame count far from duration x fps", flags
+    if not info.has_audio:
+        flags.append("no_audio")
+    if info.vfr:
+        flags.append("vfr")
+    if info.rotation_deg:
+        flags.append(f"rotated_{info.rotation_deg}")
+    if info.width % 2 or info.height % 2:
+        flags.append("odd_dimensions")
+    if info.video_codec not in ("h264",):
+        flags.append(f"codec_{info.video_codec}")
+    return None, "", flags
+
+
+def _scrub(text: str, path: Path) -> str:
+    """Remove the file's path and name from a message (FFmpeg quotes them)."""
+    for token in sorted({str(path), str(path.resolve()), path.name, path.stem}, key=len, reverse=True):
+        if token:
+            text = text.replace(token, "<file>")
+    return " ".join(text.split())
+
+
+def _probe_reason(path: Path, exc: MediaError) -> tuple[str, str]:
+    msg = _scrub(str(exc), path)
+    if isinstance(exc, ProbeTimeout):
+        return "decoder_timeout", msg
+    if "no video stream" in msg:
+        return "no_video_stream", msg
+    with open(path, "rb") as fh:
+        head = fh.read(12)
+    if head[4:8] == b"ftyp" and ("moov" in msg or "Invalid data" in msg):
+        return "truncated", f"MP4/MOV without its index (moov atom): the file was cut short ({msg})"
+    return "not_a_video", msg
+
+
+def _read_or_empty(name: str, path: Path) -> pa.Table:
+    from tasks.schema import empty_table
+
+    return read_table(name, path) if path.exists() else empty_table(name)
+
+
+def ingest(inbox: Path, out_dir: Path, params: IngestParams, *, id_key: bytes, now: float | None = None) -> IngestReport:
+    """Add new recordings from ``inbox`` to the manifest (see module doc).
+
+    Never modifies or moves the raw files.  Bad files get a quarantine row
+    and the rest of the batch continues.
+    """
+    inbox, out_dir = Path(inbox), Path(out_dir)
+    ready, pending = scan_inbox(inbox, params, now=now)
+    id_map = _read_or_empty("id_map", out_dir / ID_MAP).to_pylist()
+    manifest = _read_or_empty("manifest", out_dir / MANIFEST).to_pylist()
+    quarantine = _read_or_empty("quarantine", out_dir / QUARANTINE).to_pylist()
+    by_stat = {(r["source_path"], r["size_bytes"], r["mtime_ns"]) for r in id_map}
+    by_hash = {r["content_sha256"] for r in id_map}
+    accepted, quarantined, flags_by_id, known = [], [], {}, 0
+    for path in ready:
+        st = path.stat()
+        src = str(path.resolve())
+        if (src, st.st_size, st.st_mtime_ns) in by_stat:
+            known += 1
+            continue
+        digest = sha256_file(path)
+        if digest in by_hash:
+            known += 1  # same content under another name: one recording, not two
+            continue
+        rid = recording_id(digest, id_key)
+        ts = dt.datetime.now(dt.timezone.utc)
+        reason, detail, flags, info = _assess(path, st.st_size, params)
+        status = "accepted" if reason is None else "quarantined"
+        id_map.append(dict(recording_id=rid, source_path=src, content_sha256=digest, size_bytes=st.st_size,
+                           mtime_ns=st.st_mtime_ns, status=status, ingested_at=ts))
+        by_hash.add(digest)
+        if reason is not None:
+            coverage = info.index_coverage if info is not None else None
+            quarantine.append(dict(recording_id=rid, stage="ingest", reason=reason, detail=detail,
+                                   decoded_coverage=coverage, quarantined_at=ts))
+            quarantined.append((rid, reason))
+            continue
+        manifest.append(_manifest_row(rid, digest, st.st_size, info, flags, ts))
+        accepted.append(rid)
+        flags_by_id[rid] = tuple(flags)
+    # The private map is written first: a crash after it re-derives the same ids.
+    (out_dir / ID_MAP).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(out_dir / ID_MAP.parent, 0o700)
+    _write_private("id_map", id_map, out_dir / ID_MAP)
+    write_table("manifest", manifest, out_dir / MANIFEST)
+    write_table("quarantine", quarantine, out_dir / QUARANTINE)
+    return IngestReport(accepted=tuple(accepted), quarantined=tuple(quarantined), pending=len(pending),
+                        known=known, flags=flags_by_id)
+
+
+def _assess(path: Path, size: int, params: IngestParams) -> tuple[str | None, str, list[str], ProbeInfo | None]:
+    if size == 0:
+        return "empty_file", "the file has zero bytes", [], None
+    try:
+        info = probe_with_timeout(path, params.probe_timeout_s)
+    except MediaError as exc:
+        reason, detail = _probe_reason(path, exc)
+        return reason, detail, [], None
+    reason, detail, flags = classify(info)
+    return reason, _scrub(detail, path), flags, info
+
+
+def _manifest_row(rid: str, digest: str, size: int, info: ProbeInfo, flags: list[str], ts) -> dict:
+    return dict(
+        recording_id=rid, content_sha256=digest, size_bytes=size, container=info.container,
+        video_codec=info.video_codec, width=info.width, height=info.height, fps=info.fps,
+        duration_s=info.duration_s, n_frames=info.n_frames, rotation_deg=info.rotation_deg, vfr=info.vfr,
+        has_audio=info.has_audio, audio_codec=info.audio_codec, sample_rate=info.sample_rate, flags=flags,
+        ingested_at=ts,
+    )
+
+
+def _write_private(name: str, rows: list[dict], path: Path) -> None:
+    from tasks.atomic import atomic_path
+    import pyarrow.parquet as pq
+
+    table = validate(name, rows)
+    with atomic_path(path, mode=0o600) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+
+
+def source_path(out_dir: Path, rid: str) -> Path:
+    """Original file of recording ``rid`` (reads the private id map; never log the result)."""
+    for row in read_table("id_map", Path(out_dir) / ID_MAP).to_pylist():
+        if row["recording_id"] == rid:
+            return Path(row["source_path"])
+    raise SemioflowError(f"recording {rid} is not in the id map")

@@ -1,0 +1,277 @@
+"""ingest: pseudonymous ids, idempotency, and a quarantine row for every bad input."""
+
+import hashlib
+import io
+import os
+import shutil
+import struct
+import time
+import wave
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from tasks.ingest import ID_MAP, MANIFEST, QUARANTINE, ingest, load_id_key, recording_id, sha256_file
+from tasks.media import VideoWriter, iter_frames
+from tasks.params import IngestParams
+from tasks.schema import read_table
+
+KEY = b"0" * 64
+FPS = 10
+SECONDS = 4
+SR = 16000
+OLD = time.time() - 3600  # mtime of files that finished copying long ago
+
+
+def _frames(w: int, h: int, n: int):
+    for i in range(n):
+        img = np.zeros((h, w, 3), np.uint8)
+        img[: h // 8] = (255, 0, 0)  # red band on top: tells upright from rotated
+        img[:, (i * 3) % w] = 255
+        yield img
+
+
+def make_clip(path: Path, *, w=64, h=48, audio=True, seconds=SECONDS, **writer_kw) -> Path:
+    n = seconds * FPS
+    with VideoWriter(path, width=w, height=h, fps=FPS, audio_rate=SR if audio else None, **writer_kw) as vw:
+        if audio:
+            t = np.arange(SR * seconds) / SR
+            vw.write_audio(0.2 * np.sin(2 * np.pi * 220 * t))
+        for img in _frames(w, h, n):
+            vw.write(img)
+    return path
+
+
+def make_rotated(path: Path) -> Path:
+    """Stored portrait (rotated 90 degrees CCW) with display rotation -90: shows upright."""
+    with VideoWriter(path, width=48, height=64, fps=FPS, rotation_deg=-90) as vw:
+        for img in _frames(64, 48, SECONDS * FPS):
+            vw.write(np.rot90(img, 1))
+    return path
+
+
+def make_vfr(path: Path) -> Path:
+    t = 0.0
+    with VideoWriter(path, width=64, height=48, fps=FPS) as vw:
+        for i, img in enumerate(_frames(64, 48, 40)):
+            vw.write(img, pts_s=t)
+            t += 0.04 if i % 2 else 0.16
+    return path
+
+
+MKV_DURATION_ID = bytes([0x44, 0x89])  # EBML id of Segment/Info/Duration
+
+
+def patch_mkv_duration(path: Path, factor: float) -> None:
+    """Scale the Matroska header's duration: it no longer matches the frames in the file."""
+    data = bytearray(path.read_bytes())
+    i = data.index(MKV_DURATION_ID)
+    assert data[i + 2] == 0x88, "expected an 8-byte float duration"
+    (value,) = struct.unpack(">d", data[i + 3:i + 11])
+    data[i + 3:i + 11] = struct.pack(">d", value * factor)
+    path.write_bytes(bytes(data))
+
+
+def wav_bytes(seconds=2) -> bytes:
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(SR)
+        w.writeframes((np.sin(np.arange(SR * seconds) / 10) * 3000).astype("<i2").tobytes())
+    return buf.getvalue()
+
+
+EXPECTED = {
+    # name: (quarantine reason or None, flags that must be present)
+    "doe_jane_good.mp4": (None, set()),
+    "doe_jane_no_audio.mp4": (None, {"no_audio"}),
+    "doe_jane_rotated.mp4": (None, {"rotated_270", "no_audio"}),
+    "doe_jane_vfr.mp4": (None, {"vfr"}),
+    "doe_jane_odd_dims_mjpeg.avi": (None, {"odd_dimensions", "codec_mjpeg"}),
+    "doe_jane_hevc.mkv": (None, {"codec_hevc"}),
+    "doe_jane_truncated.mp4": ("truncated", None),
+    "doe_jane_cut_midway_faststart.mp4": ("corrupt", None),
+    "doe_jane_zero.mp4": ("empty_file", None),
+    "doe_jane_not_a_video.mov": ("not_a_video", None),
+    "doe_jane_audio_only.mkv": ("no_video_stream", None),
+    "doe_jane_absurd_header.mkv": ("inconsistent_header", None),
+}
+
+
+@pytest.fixture(scope="module")
+def inbox(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("inbox")
+    make_clip(d / "doe_jane_good.mp4")
+    make_clip(d / "doe_jane_no_audio.mp4", audio=False)
+    make_rotated(d / "doe_jane_rotated.mp4")
+    make_vfr(d / "doe_jane_vfr.mp4")
+    make_clip(d / "doe_jane_odd_dims_mjpeg.avi", w=65, h=49, audio=False, codec="mjpeg", pix_fmt="yuvj444p")
+    make_clip(d / "doe_jane_hevc.mkv", codec="libx265", audio=False)
+    full = make_clip(d / "src_full.mp4", seconds=8)  # moov at the end (ffmpeg default)
+    (d / "doe_jane_truncated.mp4").write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    fast = make_clip(d / "src_fast.mp4", seconds=8, container_options={"movflags": "faststart"})
+    (d / "doe_jane_cut_midway_faststart.mp4").write_bytes(fast.read_bytes()[: int(fast.stat().st_size * 0.6)])
+    full.unlink()
+    fast.unlink()
+    (d / "doe_jane_zero.mp4").write_bytes(b"")
+    (d / "doe_jane_not_a_video.mov").write_text("these are clinical notes, not a video\n" * 50)
+    (d / "doe_jane_audio_only.mkv").write_bytes(wav_bytes())
+    make_clip(d / "doe_jane_absurd_header.mkv")
+    patch_mkv_duration(d / "doe_jane_absurd_header.mkv", 100)
+    (d / "readme.txt").write_text("ignored: not a video extension")
+    for p in d.iterdir():
+        os.utime(p, (OLD, OLD))
+    return d
+
+
+@pytest.fixture(scope="module")
+def ingested(inbox, tmp_path_factory):
+    before = {p.name: sha256_file(p) for p in inbox.iterdir()}
+    out = tmp_path_factory.mktemp("01_ingest")
+    report = ingest(inbox, out, IngestParams(settle_s=5, probe_timeout_s=60), id_key=KEY)
+    after = {p.name: sha256_file(p) for p in inbox.iterdir()}
+    assert before == after, "raw files must stay untouched"
+    return out, report
+
+
+def _by_name(out: Path) -> dict[str, str]:
+    return {Path(r["source_path"]).name: r["recording_id"] for r in read_table("id_map", out / ID_MAP).to_pylist()}
+
+
+def test_every_file_is_accounted_for(ingested):
+    out, report = ingested
+    names = _by_name(out)
+    assert set(names) == set(EXPECTED)  # readme.txt ignored; nothing silently dropped
+    manifest = {r["recording_id"]: r for r in read_table("manifest", out / MANIFEST).to_pylist()}
+    quarantine = {r["recording_id"]: r for r in read_table("quarantine", out / QUARANTINE).to_pylist()}
+    assert not set(manifest) & set(quarantine)
+    for name, (reason, flags) in EXPECTED.items():
+        rid = names[name]
+        if reason is None:
+            assert rid in manifest, f"{name} should be accepted, got {quarantine.get(rid)}"
+            assert flags <= set(manifest[rid]["flags"]), (name, manifest[rid]["flags"])
+        else:
+            assert rid in quarantine, f"{name} should be quarantined as {reason}"
+            q = quarantine[rid]
+            assert q["reason"] == reason, (name, q)
+            assert q["stage"] == "ingest" and len(q["detail"]) > 10
+
+
+def test_cut_file_reports_decoded_coverage(ingested):
+    out, _ = ingested
+    rid = _by_name(out)["doe_jane_cut_midway_faststart.mp4"]
+    q = {r["recording_id"]: r for r in read_table("quarantine", out / QUARANTINE).to_pylist()}[rid]
+    assert 0.3 < q["decoded_coverage"] < 0.75
+    assert "%" in q["detail"]
+
+
+def test_manifest_probe_values(ingested):
+    out, _ = ingested
+    names = _by_name(out)
+    m = {r["recording_id"]: r for r in read_table("manifest", out / MANIFEST).to_pylist()}
+    good = m[names["doe_jane_good.mp4"]]
+    assert (good["width"], good["height"], good["fps"]) == (64, 48, FPS)
+    assert abs(good["duration_s"] - SECONDS) < 0.2 and good["has_audio"] and good["sample_rate"] == SR
+    rot = m[names["doe_jane_rotated.mp4"]]
+    assert (rot["width"], rot["height"], rot["rotation_deg"]) == (64, 48, 270)
+    assert m[names["doe_jane_vfr.mp4"]]["vfr"] and not good["vfr"]
+
+
+def test_rotated_frames_come_out_upright(inbox):
+    frame = next(iter(iter_frames(inbox / "doe_jane_rotated.mp4")))
+    assert frame.rgb.shape[:2] == (48, 64)
+    top, bottom = frame.rgb[:4].mean(axis=(0, 1)), frame.rgb[-4:].mean(axis=(0, 1))
+    assert top[0] > 150 and top[1] < 100 and bottom[0] < 100
+
+
+def test_ids_are_pseudonymous_and_keyed(ingested, inbox):
+    out, _ = ingested
+    for name, rid in _by_name(out).items():
+        digest = sha256_file(inbox / name)
+        assert rid == recording_id(digest, KEY)
+        assert rid != recording_id(digest, b"1" * 64)  # another site key, other ids
+        assert Path(name).stem.lower() not in rid.lower()
+
+
+def test_no_file_name_or_path_outside_the_private_map(ingested, inbox):
+    out, _ = ingested
+    for table in (MANIFEST, QUARANTINE):
+        text = str(pq.read_table(out / table).to_pylist())
+        assert str(inbox) not in text
+        assert "doe" not in text.lower() and "jane" not in text.lower(), table
+
+
+def test_private_map_is_owner_only(ingested):
+    out, _ = ingested
+    assert (out / ID_MAP).stat().st_mode & 0o777 == 0o600
+    assert (out / ID_MAP).parent.stat().st_mode & 0o777 == 0o700
+
+
+def test_idempotent_and_incremental(inbox, tmp_path):
+    box = tmp_path / "box"
+    box.mkdir()
+    for n in ("doe_jane_good.mp4", "doe_jane_no_audio.mp4", "doe_jane_zero.mp4"):
+        shutil.copy2(inbox / n, box / n)
+    out = tmp_path / "out"
+    params = IngestParams(settle_s=5)
+    first = ingest(box, out, params, id_key=KEY)
+    assert (len(first.accepted), len(first.quarantined)) == (2, 1)
+    snapshot = {p: (out / p).read_bytes() for p in (MANIFEST, QUARANTINE)}
+    second = ingest(box, out, params, id_key=KEY)
+    assert (second.accepted, second.quarantined, second.known) == ((), (), 3)
+    assert read_table("manifest", out / MANIFEST).num_rows == 2
+    assert read_table("quarantine", out / QUARANTINE).num_rows == 1
+    assert {p: (out / p).read_bytes() for p in snapshot} != {} and read_table("id_map", out / ID_MAP).num_rows == 3
+    # a renamed copy of known content is the same recording
+    shutil.copy2(box / "doe_jane_good.mp4", box / "good_copy.mp4")
+    assert ingest(box, out, params, id_key=KEY).accepted == ()
+    # one new file adds exactly one row
+    make_clip(box / "new.mp4", seconds=3)
+    os.utime(box / "new.mp4", (OLD, OLD))
+    third = ingest(box, out, params, id_key=KEY)
+    assert len(third.accepted) == 1
+    assert read_table("manifest", out / MANIFEST).num_rows == 3
+
+
+def test_file_still_being_written_is_left_for_next_run(inbox, tmp_path):
+    box = tmp_path / "box"
+    box.mkdir()
+    shutil.copy(inbox / "doe_jane_good.mp4", box / "fresh.mp4")  # mtime = now
+    out = tmp_path / "out"
+    params = IngestParams(settle_s=30)
+    r1 = ingest(box, out, params, id_key=KEY)
+    assert (r1.accepted, r1.pending) == ((), 1)
+    r2 = ingest(box, out, params, id_key=KEY, now=time.time() + 60)
+    assert len(r2.accepted) == 1 and r2.pending == 0
+
+
+def test_decoder_that_does_not_answer_is_quarantined_and_batch_continues(inbox, tmp_path):
+    box = tmp_path / "box"
+    box.mkdir()
+    shutil.copy2(inbox / "doe_jane_good.mp4", box / "slow.mp4")
+    out = tmp_path / "out"
+    # A decoder that cannot answer in 1 ms stands in for one that hangs: the
+    # probe runs in a child process that is killed at the deadline.
+    report = ingest(box, out, IngestParams(settle_s=5, probe_timeout_s=0.001), id_key=KEY)
+    assert [r for _, r in report.quarantined] == ["decoder_timeout"]
+    shutil.copy2(inbox / "doe_jane_no_audio.mp4", box / "next.mp4")
+    report2 = ingest(box, out, IngestParams(settle_s=5), id_key=KEY)
+    assert len(report2.accepted) == 1  # the batch goes on; the timed-out file stays quarantined
+
+
+def test_missing_inbox_is_a_clear_error(tmp_path):
+    from tasks.errors import SemioflowError
+
+    with pytest.raises(SemioflowError, match="inbox folder does not exist"):
+        ingest(tmp_path / "nope", tmp_path / "out", IngestParams(), id_key=KEY)
+
+
+def test_id_key_is_created_private_and_reused(tmp_path):
+    p = tmp_path / "k" / "id_key"
+    k1 = load_id_key(p)
+    assert p.stat().st_mode & 0o777 == 0o600 and len(k1) == 64
+    assert load_id_key(p) == k1
+    assert hashlib.sha256(k1).hexdigest() != hashlib.sha256(load_id_key(tmp_path / "other")).hexdigest()
