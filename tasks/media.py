@@ -413,3 +413,198 @@ def probe_with_timeout(path: str | Path, timeout_s: float) -> ProbeInfo:
     if status == "error":
         raise MediaError(payload)
     return payload
+
+
+# ---- frame-by-frame transcoding (de-identification) -------------------------------
+
+
+class Transcoder:
+    """Decode a video frame by frame and re-encode processed frames to a new MP4.
+
+    The audio stream (if kept) is copied packet by packet while the video is
+    read, so nothing accumulates in memory.  No container or stream metadata
+    of the source is carried over (creation time, GPS, handler names and
+    device serials are dropped).  The output appears at ``dst`` only after
+    ``commit()``; ``discard()`` (or an exception in a ``with`` block) leaves
+    nothing there.
+
+    Typical use::
+
+        with Transcoder(src, dst, keep_audio=True) as tc:
+            for f in tc.frames():          # upright RGB, source pts
+                tc.write(process(f.rgb), pts_s=f.pts_s)
+            tc.commit()
+    """
+
+    def __init__(self, src: str | Path, dst: str | Path, *, keep_audio: bool, crf: int = DEFAULT_CRF,
+                 preset: str = DEFAULT_PRESET) -> None:
+        self.dst = Path(dst)
+        self.dst.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = partial_name(self.dst)
+        self.decoded = 0
+        self.decode_error: str | None = None
+        self._crf, self._preset = crf, preset
+        self._committed = False
+        try:
+            self._in = av.open(str(src))
+        except av.FFmpegError as exc:
+            raise MediaError(f"cannot open video: {exc}") from None
+        if not self._in.streams.video:
+            self._in.close()
+            raise MediaError("file has no video stream")
+        self._vin = self._in.streams.video[0]
+        self._vin.thread_type = "AUTO"
+        self._ain = self._in.streams.audio[0] if (keep_audio and self._in.streams.audio) else None
+        self._out = av.open(str(self.tmp), mode="w", format="mp4")
+        self._aout = None
+        if self._ain is not None:
+            self._aout = self._out.add_stream_from_template(self._ain)
+            self._aout.metadata.clear()
+        self._vout = None
+        self._pending_audio: list = []
+        self._t0: float | None = None
+        rate = self._vin.average_rate or self._vin.guessed_rate or Fraction(30)
+        self._rate = Fraction(rate).limit_denominator(1001)
+
+    @property
+    def fps(self) -> float:
+        return float(self._rate)
+
+    def frames(self) -> Iterator[DecodedFrame]:
+        """Decoded frames, upright, pts in seconds from the first frame.
+
+        A decode error mid-file ends the iteration and is kept in
+        ``decode_error`` (the caller judges coverage from ``decoded``).
+        """
+        streams = [self._vin] + ([self._ain] if self._ain is not None else [])
+        tb = self._vin.time_base
+        try:
+            for packet in self._in.demux(*streams):
+                if packet.stream is self._ain:
+                    if packet.dts is None:
+                        continue
+                    packet.stream = self._aout
+                    if self._vout is None:
+                        # the header is written on the first mux, and the video
+                        # stream only exists once the first frame is processed
+                        self._pending_audio.append(packet)
+                    else:
+                        self._out.mux(packet)
+                    continue
+                for frame in packet.decode():
+                    pts = float(frame.pts * tb) if frame.pts is not None else self.decoded / self.fps
+                    if self._t0 is None:
+                        self._t0 = pts
+                    rot = int(round(frame.rotation or 0)) % 360
+                    rgb = upright(frame.to_ndarray(format="rgb24"), rot)
+                    self.decoded += 1
+                    yield DecodedFrame(index=self.decoded - 1, pts_s=pts - self._t0, rgb=rgb)
+        except av.FFmpegError as exc:
+            self.decode_error = str(exc)
+
+    def write(self, rgb: np.ndarray, *, pts_s: float) -> None:
+        """Encode one processed frame at its source presentation time."""
+        h, w = rgb.shape[:2]
+        w2, h2 = w - w % 2, h - h % 2  # yuv420p needs even sizes: drop a row/column
+        if (w2, h2) != (w, h):
+            rgb = rgb[:h2, :w2]
+        if self._vout is None:
+            self._vout = self._out.add_stream(VIDEO_CODEC, rate=self._rate)
+            self._vout.width, self._vout.height, self._vout.pix_fmt = w2, h2, PIX_FMT
+            self._vout.codec_context.time_base = 1 / (self._rate * VFR_TICKS_PER_FRAME)
+            self._vout.options = {"crf": str(self._crf), "preset": self._preset}
+            for packet in self._pending_audio:
+                self._out.mux(packet)
+            self._pending_audio.clear()
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+        frame.pts = int(round(pts_s * self._rate * VFR_TICKS_PER_FRAME))
+        frame.time_base = 1 / (self._rate * VFR_TICKS_PER_FRAME)
+        for packet in self._vout.encode(frame):
+            self._out.mux(packet)
+
+    def commit(self) -> Path:
+        """Flush, close and move the output into place."""
+        try:
+            if self._vout is not None:
+                for packet in self._vout.encode(None):
+                    self._out.mux(packet)
+            self._out.close()
+        except av.FFmpegError as exc:
+            self.discard()
+            raise MediaError(f"cannot finish video: {exc}") from None
+        finally:
+            self._in.close()
+        if self._vout is None:
+            self.tmp.unlink(missing_ok=True)
+            raise MediaError("no frame could be decoded")
+        self.tmp.replace(self.dst)
+        self._committed = True
+        return self.dst
+
+    def discard(self) -> None:
+        """Close everything and delete the partial output."""
+        for c in (self._out, self._in):
+            try:
+                c.close()
+            except (av.FFmpegError, ValueError):
+                pass
+        self.tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> Transcoder:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if not self._committed:  # an error, or the caller decided not to keep it
+            self.discard()
+
+
+def all_metadata(path: str | Path) -> dict[str, str]:
+    """Every container and stream metadata tag of a file (``stream<i>:`` prefixed)."""
+    with av.open(str(path)) as c:
+        tags = dict(c.metadata)
+        for s in c.streams:
+            tags.update({f"stream{s.index}:{k}": v for k, v in s.metadata.items()})
+    return tags
+
+
+def output_size(width: int, height: int, short_side: int) -> tuple[int, int]:
+    """Size with the short side scaled to ``short_side`` (never upscaled), both even."""
+    scale = min(1.0, short_side / min(width, height))
+    w, h = max(2, round(width * scale)), max(2, round(height * scale))
+    return w - w % 2, h - h % 2
+
+
+def sample_frames(path: str | Path, *, fps: float, short_side: int) -> Iterator[DecodedFrame]:
+    """Frames at ``fps`` chosen by presentation time, resized, upright.
+
+    Slot k covers [k/fps, (k+1)/fps) seconds from the first frame; the first
+    frame whose pts falls in a slot is kept (VFR-safe: uneven input timing
+    never shifts the grid; an empty slot is simply absent).  Only kept frames
+    are converted to RGB.  ``index`` counts kept frames; ``pts_s`` is the
+    source presentation time of the kept frame.
+    """
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            tb = stream.time_base
+            t0, last_slot, kept = None, -1, 0
+            for n, frame in enumerate(container.decode(stream)):
+                pts = float(frame.pts * tb) if frame.pts is not None else n / float(stream.average_rate or 30)
+                t0 = pts if t0 is None else t0
+                t = pts - t0
+                slot = int(np.floor(t * fps + 1e-6))
+                if slot <= last_slot:
+                    continue
+                last_slot = slot
+                rot = int(round(frame.rotation or 0)) % 360
+                disp_w, disp_h = (frame.height, frame.width) if rot % 180 else (frame.width, frame.height)
+                w, h = output_size(disp_w, disp_h, short_side)
+                conv_w, conv_h = (h, w) if rot % 180 else (w, h)
+                rgb = upright(frame.to_ndarray(format="rgb24", width=conv_w, height=conv_h), rot)
+                yield DecodedFrame(index=kept, pts_s=t, rgb=rgb)
+                kept += 1
+    except av.FFmpegError as exc:
+        raise MediaError(f"cannot decode video: {exc}") from None
+    except IndexError:
+        raise MediaError("file has no video stream") from None

@@ -76,13 +76,17 @@ class IngestParams:
 @dataclass(frozen=True)
 class DeidentifyParams:
     detector: Literal["mediapipe", "centerface"] = "mediapipe"
-    audit_detector: Literal["mediapipe", "centerface"] = "centerface"
-    threshold: float = 0.3
-    box_dilation: float = 0.3  # fraction of box size added on every side
-    gap_fill_s: float = 0.5  # blur a seen face this long before/after
-    blur: Literal["pixelate", "gaussian"] = "pixelate"
+    detect_short_side: int = 720  # pixels; frames are shrunk to this for detection (speed vs small faces)
+    threshold: float = 0.3  # low: recall over precision
+    box_dilation: float = 0.3  # fraction of the box size added on every side
+    gap_fill_s: float = 0.5  # a face seen at t is also blurred this long before and after t
+    blur: Literal["pixelate", "gaussian", "none"] = "pixelate"  # none: audit self-test only (fails closed)
     keep_audio: bool = True
-    audit_max_residual_frac: float = 0.0  # fraction of frames with a residual face
+    min_decoded_coverage: float = 0.98  # share of the duration that must decode
+    audit_detector: Literal["mediapipe", "centerface"] = "centerface"
+    audit_fps: float = 2.0  # frames per second the audit checks (the analysis rate)
+    audit_threshold: float = 0.5
+    audit_max_residual_frac: float = 0.0  # share of audited frames allowed to show a face
 
 
 @dataclass(frozen=True)

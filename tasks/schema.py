@@ -104,6 +104,24 @@ TABLES: dict[str, pa.Schema] = {
         _f("source", pa.string()),
         doc="Per-frame face boxes that were blurred (detected, gap-filled or interpolated).",
     ),
+    "deidentified": _schema(
+        _f(RECORDING_ID, pa.string()),
+        _f("status", pa.string()),  # ok | quarantined
+        _f("reason", pa.string(), nullable=True),
+        _f("detail", pa.string(), nullable=True),
+        _f("width", pa.int32()),
+        _f("height", pa.int32()),
+        _f("fps", pa.float64()),
+        _f("duration_s", pa.float64()),
+        _f("n_frames", pa.int64()),
+        _f("decoded_coverage", pa.float64()),
+        _f("face_frames", pa.int64()),  # frames with at least one blurred box
+        _f("audit_frames", pa.int64()),
+        _f("audit_residual_frames", pa.int64()),
+        _f("detector", pa.string()),
+        _f("audit_detector", pa.string()),
+        doc="Per-recording outcome of de-identification and its audit.",
+    ),
     "frames": _schema(
         _f(RECORDING_ID, pa.string()),
         _f(FRAME_INDEX, pa.int32()),

@@ -1,0 +1,55 @@
+"""downsample: the de-identified video at 2 fps, resized, plus a frames table.
+
+Per recording (``downsample_recording``): frames are chosen by presentation
+time (``tasks.media.sample_frames``: slot k = [k/fps, (k+1)/fps)), so
+variable-frame-rate input keeps an even time grid; the short side is scaled
+to ``short_side`` (never upscaled).  Outputs in ``out_dir``
+(``data/03_downsample/``): ``videos/<id>.mp4`` (H.264 at ``fps``, no audio),
+``frames/<id>.parquet`` (table ``frames``: recording_id, frame_index, pts_s in
+seconds), and for the stage ``frames.parquet`` (all recordings).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+
+from tasks.media import VideoWriter, sample_frames
+from tasks.params import DownsampleParams
+from tasks.schema import read_table, write_table
+
+CRF = 20  # a little higher quality than default: these frames are what the models see
+
+
+def downsample_recording(recording_id: str, src: Path, out_dir: Path, params: DownsampleParams) -> pa.Table:
+    """Write ``videos/<id>.mp4`` and ``frames/<id>.parquet``; returns the frames table."""
+    out_dir = Path(out_dir)
+    rows: list[dict] = []
+    writer = None
+    try:
+        for f in sample_frames(src, fps=params.fps, short_side=params.short_side):
+            if writer is None:
+                h, w = f.rgb.shape[:2]
+                writer = VideoWriter(out_dir / "videos" / f"{recording_id}.mp4", width=w, height=h, fps=params.fps,
+                                     crf=CRF)
+            writer.write(f.rgb, pts_s=f.pts_s)
+            rows.append(dict(recording_id=recording_id, frame_index=f.index, pts_s=f.pts_s))
+    except BaseException:
+        if writer is not None:
+            writer.__exit__(RuntimeError, None, None)
+        raise
+    if writer is None:
+        raise ValueError(f"{recording_id}: the de-identified video has no frames")
+    writer.close()
+    path = write_table("frames", rows, out_dir / "frames" / f"{recording_id}.parquet")
+    return read_table("frames", path)
+
+
+def collect(out_dir: Path, recording_ids: list[str]) -> pa.Table:
+    """Concatenate per-recording frames tables into ``frames.parquet``."""
+    out_dir = Path(out_dir)
+    tables = [read_table("frames", out_dir / "frames" / f"{rid}.parquet") for rid in sorted(recording_ids)]
+    table = pa.concat_tables(tables) if tables else None
+    write_table("frames", table if table is not None else [], out_dir / "frames.parquet")
+    return read_table("frames", out_dir / "frames.parquet")
