@@ -201,6 +201,66 @@ def synth_gait(obj: CliContext, size, fps, seed, out, workers, subjects_per_clas
     click.echo(summary.describe())
 
 
+def _prefect(obj: CliContext):
+    """Configure Prefect for this project, then import the flows."""
+    from flows import settings
+
+    settings.configure()
+    from flows import pipeline
+
+    return pipeline
+
+
+def _wait_option(fn):
+    return click.option("--wait", is_flag=True, help="If another run holds the data folder, wait for it.")(fn)
+
+
+@cli.command()
+@click.option("--inbox", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder of new recordings (default: ingest.inbox in params).")
+@_wait_option
+@pass_ctx
+def ingest(obj: CliContext, inbox: Path | None, wait: bool) -> None:
+    """Add new recordings from an inbox folder (pseudonymous ids, quarantine for bad files)."""
+    _run_flow(obj, "stage", wait, stage="ingest", inbox=inbox)
+
+
+@cli.command()
+@click.argument("name", type=click.Choice(["ingest", "deidentify", "downsample", "window"]))
+@click.option("--inbox", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Only for ingest: folder of new recordings.")
+@_wait_option
+@pass_ctx
+def stage(obj: CliContext, name: str, inbox: Path | None, wait: bool) -> None:
+    """Run one stage (one Prefect task run per recording; what dvc.yaml calls)."""
+    _run_flow(obj, "stage", wait, stage=name, inbox=inbox)
+
+
+@cli.command("run")
+@click.option("--inbox", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder of new recordings (default: ingest.inbox in params).")
+@_wait_option
+@pass_ctx
+def run_cmd(obj: CliContext, inbox: Path | None, wait: bool) -> None:
+    """Run every stage as one Prefect flow; finished recordings are cached."""
+    _run_flow(obj, "pipeline", wait, inbox=inbox)
+
+
+def _run_flow(obj: CliContext, which: str, wait: bool, **kw) -> None:
+    from flows.lock import run_lock
+
+    params = obj.params()  # fail fast on bad params, before Prefect starts
+    inbox = kw.pop("inbox", None)
+    with run_lock(obj.data_dir, wait=wait):
+        pipeline = _prefect(obj)
+        args = dict(data_dir=str(obj.data_dir), params_path=str(obj.params_path),
+                    inbox=str(inbox) if inbox else None, **kw)
+        f = pipeline.pipeline if which == "pipeline" else pipeline.stage_flow
+        out = pipeline.with_runner(f, params)(**args)
+    for line in out if isinstance(out, list) else [out]:
+        click.echo(line)
+
+
 def _wants_debug(argv: list[str]) -> bool:
     return "--debug" in argv
 

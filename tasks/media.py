@@ -14,6 +14,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+import cv2
 import numpy as np
 
 from tasks.atomic import partial_name
@@ -41,6 +42,21 @@ class DecodedFrame:
     rgb: np.ndarray  # (H, W, 3) uint8
 
 
+def to_video_frame(rgb: np.ndarray, pix_fmt: str) -> av.VideoFrame:
+    """An RGB array as a frame in ``pix_fmt`` ready for the encoder.
+
+    yuv420p is converted with OpenCV (BT.601, limited range, the same as
+    FFmpeg's default conversion within one level), which is cheaper than
+    letting the encoder convert.
+    """
+    rgb = np.ascontiguousarray(rgb)
+    h, w = rgb.shape[:2]
+    if pix_fmt == "yuv420p" and not (h % 2 or w % 2):
+        return av.VideoFrame.from_ndarray(cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420), format="yuv420p")
+    frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+    return frame if pix_fmt == "rgb24" else frame.reformat(format=pix_fmt)
+
+
 class VideoWriter:
     """Write an H.264 (+ optional AAC mono) MP4 atomically.
 
@@ -53,7 +69,11 @@ class VideoWriter:
 
     The file appears at ``path`` only when the block exits without error.
     ``metadata`` sets container tags (e.g. ``creation_time``); ``stream_metadata``
-    sets per-stream tags such as ``handler_name``.
+    sets per-stream tags such as ``handler_name``.  ``threads`` caps the
+    encoder's threads (0 = FFmpeg's choice).  Note: identical frames encoded
+    in different runs can give slightly different bytes (seen under
+    concurrent load, mean decoded difference < 1 grey level); compare
+    decoded frames with a tolerance, not file hashes.
     """
 
     def __init__(
@@ -72,6 +92,7 @@ class VideoWriter:
         pix_fmt: str = PIX_FMT,
         container_options: dict[str, str] | None = None,
         rotation_deg: int = 0,
+        threads: int = 0,
     ) -> None:
         if pix_fmt == "yuv420p" and (width % 2 or height % 2):
             raise MediaError(f"{codec} with yuv420p needs even dimensions, got {width}x{height}")
@@ -80,6 +101,7 @@ class VideoWriter:
         self._tmp = partial_name(self.path)
         self._n_video = 0
         self._n_audio = 0
+        self._pix_fmt = pix_fmt
         try:
             # the container format follows the suffix (.mp4, .mkv, .mov, .avi)
             self._container = av.open(str(self._tmp), mode="w", options=container_options or {})
@@ -89,8 +111,10 @@ class VideoWriter:
             self._video = self._container.add_stream(codec, rate=self._rate)
             self._video.width, self._video.height, self._video.pix_fmt = width, height, pix_fmt
             self._video.codec_context.time_base = 1 / (self._rate * VFR_TICKS_PER_FRAME)
-            if codec in ("libx264", "libx265"):
-                self._video.options = {"crf": str(crf), "preset": preset}
+            opts = {"crf": str(crf), "preset": preset} if codec in ("libx264", "libx265") else {}
+            if threads:
+                opts["threads"] = str(threads)
+            self._video.options = opts
             if rotation_deg:
                 self._video.set_display_rotation(rotation_deg)
             for k, v in (stream_metadata or {}).items():
@@ -113,7 +137,7 @@ class VideoWriter:
         Frames are evenly spaced at ``fps`` unless ``pts_s`` gives the
         presentation time (for variable-frame-rate files; must increase).
         """
-        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+        frame = to_video_frame(rgb, self._pix_fmt)
         if pts_s is None:
             frame.pts = self._n_video * VFR_TICKS_PER_FRAME
         else:
@@ -516,7 +540,7 @@ class Transcoder:
             for packet in self._pending_audio:
                 self._out.mux(packet)
             self._pending_audio.clear()
-        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+        frame = to_video_frame(rgb, PIX_FMT)
         frame.pts = int(round(pts_s * self._rate * VFR_TICKS_PER_FRAME))
         frame.time_base = 1 / (self._rate * VFR_TICKS_PER_FRAME)
         for packet in self._vout.encode(frame):

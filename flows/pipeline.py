@@ -1,0 +1,135 @@
+"""Flows wiring the stages, plus the nightly deployment.
+
+``pipeline`` = ingest -> deidentify -> downsample -> window, each stage one
+task run per recording (``<stage>-<recording_id>``) on a process pool of
+``base.workers``.  ``stage_flow`` runs a single stage (what ``dvc.yaml``
+calls through ``semioflow stage NAME``).  A recording whose task fails does
+not stop its siblings; the stage then ends with one clear error naming the
+failed recording ids.  Stage summaries are published as Prefect artifacts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prefect import flow, task
+from prefect.artifacts import create_table_artifact
+from prefect.task_runners import ProcessPoolTaskRunner
+
+from flows.stages import PER_RECORDING, TASKS, marker_key, marker_result, plan, prepare, stage_dir
+from tasks.errors import SemioflowError
+from tasks.params import Params, load_params, to_dict
+
+STAGES = ("ingest",) + PER_RECORDING
+
+
+class StageFailed(SemioflowError):
+    """Some recordings of a stage raised; the others finished."""
+
+
+@dataclass
+class StageReport:
+    stage: str
+    done: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    cached: int = 0
+    rebuilt: int = 0  # cache entries whose files had gone (e.g. removed by DVC)
+    results: list[dict] = field(default_factory=list)
+    summary: str = ""
+
+    def line(self) -> str:
+        if self.summary:
+            return self.summary
+        return (f"{self.stage}: {len(self.done)} recording(s) ok ({self.cached} cached, {self.rebuilt} rebuilt "
+                f"from a stale cache entry), {len(self.failed)} failed")
+
+
+@task(name="ingest", persist_result=False, cache_policy=None)
+def ingest_task(inbox: str, data_dir: str, params: dict) -> dict:
+    """Scan the inbox (always runs: finding new files is its job)."""
+    from tasks.ingest import ingest, load_id_key
+    from tasks.params import build
+
+    p = build(Params, params, prefix="")
+    report = ingest(Path(inbox), stage_dir(Path(data_dir), "ingest"), p.ingest, id_key=load_id_key())
+    return {"accepted": len(report.accepted), "quarantined": [r for _, r in report.quarantined],
+            "known": report.known, "pending": report.pending, "line": report.describe()}
+
+
+def _run_ingest(data_dir: Path, params: Params, inbox: str | None) -> StageReport:
+    prepare("ingest", data_dir)
+    res = ingest_task(inbox or params.ingest.inbox, str(data_dir), to_dict(params))
+    create_table_artifact(key="ingest", table=[{k: v for k, v in res.items() if k != "quarantined"}],
+                          description=res["line"])
+    return StageReport("ingest", results=[res], summary=res["line"])
+
+
+def run_stage(stage: str, data_dir: Path, params: Params, *, inbox: str | None = None) -> StageReport:
+    """Run one stage inside the current flow; returns its report."""
+    if stage == "ingest":
+        return _run_ingest(data_dir, params, inbox)
+    out = prepare(stage, data_dir)
+    jobs = plan(stage, data_dir, params)
+    pdict = to_dict(params)
+    report = StageReport(stage)
+    futures = []
+    for job in jobs:
+        # Files behind a cache entry gone (e.g. DVC removed them)? Re-run and re-cache.
+        stale = marker_result(out, job.recording_id, job.cache_key) is None
+        report.rebuilt += stale and marker_key(out, job.recording_id) == job.cache_key
+        t = TASKS[stage].with_options(refresh_cache=True) if stale else TASKS[stage]
+        futures.append((job, t.submit(recording_id=job.recording_id, data_dir=str(data_dir), params=pdict,
+                                      cache_key=job.cache_key)))
+    for job, fut in futures:
+        fut.wait()
+        if fut.state.is_completed():
+            report.cached += fut.state.name == "Cached"
+            report.done.append(job.recording_id)
+            report.results.append(fut.result())
+        else:
+            report.failed.append(job.recording_id)
+    _collect(stage, data_dir, report.done)
+    create_table_artifact(key=stage, table=report.results or [{"recordings": 0}], description=report.line())
+    if report.failed:
+        raise StageFailed(f"{stage} failed for {len(report.failed)} recording(s): {', '.join(report.failed)} "
+                          "(see the Prefect UI for their errors; the others finished)")
+    return report
+
+
+def _collect(stage: str, data_dir: Path, rids: list[str]) -> None:
+    out = stage_dir(data_dir, stage)
+    if stage == "deidentify":
+        from tasks.deidentify import collect
+    elif stage == "downsample":
+        from tasks.downsample import collect
+    else:
+        from tasks.window import collect
+    collect(out, rids)
+
+
+def _runner(params: Params) -> ProcessPoolTaskRunner:
+    return ProcessPoolTaskRunner(max_workers=max(1, params.base.workers))
+
+
+@flow(name="semioflow", log_prints=True)
+def pipeline(data_dir: str = "data", params_path: str = "params.yaml", inbox: str | None = None) -> list[str]:
+    """All stages in order; returns one summary line per stage."""
+    params = load_params(params_path)
+    lines = []
+    for stage in STAGES:
+        lines.append(run_stage(stage, Path(data_dir), params, inbox=inbox).line())
+    return lines
+
+
+@flow(name="semioflow-stage", log_prints=True)
+def stage_flow(stage: str, data_dir: str = "data", params_path: str = "params.yaml", inbox: str | None = None) -> str:
+    """One stage (what dvc.yaml runs)."""
+    if stage not in STAGES:
+        raise SemioflowError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
+    return run_stage(stage, Path(data_dir), load_params(params_path), inbox=inbox).line()
+
+
+def with_runner(f, params: Params):
+    """The flow with a process pool sized by ``base.workers``."""
+    return f.with_options(task_runner=_runner(params))

@@ -1,0 +1,88 @@
+"""Prefect configuration for this project; call ``configure()`` before importing prefect.
+
+All Prefect state lives under ``.semioflow/`` in the project (mode 0700):
+the SQLite database, result storage (small per-recording summaries, never
+media or names) and the local server's pid/log.  Analytics are off.  When a
+local server started by ``semioflow server start`` is up, flows report to
+it (the UI shows them); otherwise Prefect runs an ephemeral server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.request
+from pathlib import Path
+
+STATE_DIR = Path(".semioflow")
+SERVER_FILE = "server.json"
+DEFAULT_PORT = 4200
+HEALTH_TIMEOUT_S = 2.0
+
+
+def state_dir(root: Path | None = None) -> Path:
+    """``.semioflow/`` under ``root`` (default: the working directory), created 0700."""
+    d = (root or Path.cwd()) / STATE_DIR
+    d.mkdir(parents=True, exist_ok=True)
+    os.chmod(d, 0o700)
+    return d
+
+
+def prefect_home(root: Path | None = None) -> Path:
+    home = state_dir(root) / "prefect"
+    home.mkdir(parents=True, exist_ok=True)
+    os.chmod(home, 0o700)
+    return home
+
+
+def server_url(root: Path | None = None) -> str | None:
+    """API URL of the project's local server if it answers, else None."""
+    f = state_dir(root) / SERVER_FILE
+    if not f.is_file():
+        return None
+    try:
+        url = json.loads(f.read_text())["api_url"]
+    except (ValueError, KeyError):
+        return None
+    return url if healthy(url) else None
+
+
+def healthy(api_url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{api_url}/health", timeout=HEALTH_TIMEOUT_S) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def configure(root: Path | None = None, *, database_url: str | None = None) -> dict[str, str]:
+    """Set Prefect's environment for this project; returns what was set.
+
+    Must run before ``import prefect`` (settings are read at import).  An
+    explicit ``PREFECT_API_URL`` in the environment is respected.
+    """
+    home = prefect_home(root)
+    storage = home / "storage"
+    storage.mkdir(parents=True, exist_ok=True)
+    os.chmod(storage, 0o700)
+    env = {
+        "PREFECT_HOME": str(home),
+        "PREFECT_LOCAL_STORAGE_PATH": str(storage),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true",
+        "PREFECT_API_DATABASE_CONNECTION_URL": database_url or f"sqlite+aiosqlite:///{home / 'prefect.db'}",
+        "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+        # mediapipe/TFLite are chatty on stderr; keep logs readable
+        "GLOG_minloglevel": "2",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
+    if "PREFECT_API_URL" not in os.environ:
+        url = server_url(root)
+        if url:
+            env["PREFECT_API_URL"] = url
+    for k, v in env.items():
+        if k == "PREFECT_API_DATABASE_CONNECTION_URL" and database_url is None and k in os.environ:
+            continue  # a PostgreSQL URL set by the user wins over the SQLite default
+        os.environ[k] = v
+    return env

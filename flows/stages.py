@@ -1,0 +1,264 @@
+"""Thin Prefect wrappers: one task per stage, one task run per recording.
+
+Cache keys are content hashes of the recording's inputs + the stage's params
++ a hash of the stage's code (its module and every ``tasks`` module it
+imports, transitively) — never object identity or file paths.
+
+Prefect's cache and DVC's must not fight: DVC deletes a stage's outputs
+before it runs it, after which a Prefect cache hit would write nothing.  So
+every per-recording run leaves a marker (``done/<id>.json``: cache key,
+SHA-256 of each output file, the small result).  Before submitting, the
+stage checks the marker: if the files behind the cache entry are gone or
+changed, the task runs with ``refresh_cache=True``; and the task body itself
+returns the marker's result without recomputing when its files are intact
+(a fresh Prefect database over existing outputs never redoes work).
+Task results hold ids and counts only: no media, no names, no paths.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable
+
+from prefect import task
+
+from tasks.atomic import atomic_write_text, remove_stale_partials
+from tasks.params import Params, build, to_dict
+
+TASKS_DIR = Path(__file__).resolve().parents[1] / "tasks"
+STAGE_DIRS = {
+    "synth": "00_synth",
+    "ingest": "01_ingest",
+    "deidentify": "02_deidentify",
+    "downsample": "03_downsample",
+    "window": "04_window",
+}
+PER_RECORDING = ("deidentify", "downsample", "window")
+HASH_CHUNK = 8 << 20  # bytes
+
+
+def stage_dir(data_dir: Path, stage: str) -> Path:
+    """``<data_dir>/<NN>_<stage>``."""
+    return Path(data_dir) / STAGE_DIRS[stage]
+
+
+# ---- hashing -------------------------------------------------------------------
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(HASH_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _tasks_imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    mods = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "tasks":
+            mods.add(node.module)
+            mods.update(f"{node.module}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.Import):
+            mods.update(a.name for a in node.names if a.name.split(".")[0] == "tasks")
+    return mods
+
+
+def _module_file(mod: str) -> Path | None:
+    rel = Path(*mod.split(".")[1:])
+    for cand in (TASKS_DIR / rel.with_suffix(".py"), TASKS_DIR / rel / "__init__.py"):
+        if cand.is_file():
+            return cand
+    return None
+
+
+@lru_cache(maxsize=None)
+def code_hash(module: str) -> str:
+    """SHA-256 over the source of ``module`` and every ``tasks`` module it imports, transitively."""
+    seen: dict[str, Path] = {}
+    todo = [module]
+    while todo:
+        mod = todo.pop()
+        f = _module_file(mod)
+        if f is None or str(f) in {str(p) for p in seen.values()}:
+            continue
+        seen[mod] = f
+        todo.extend(_tasks_imports(f))
+    h = hashlib.sha256()
+    for f in sorted({str(p) for p in seen.values()}):
+        h.update(Path(f).relative_to(TASKS_DIR).as_posix().encode())
+        h.update(Path(f).read_bytes())
+    return h.hexdigest()
+
+
+def cache_key(stage: str, input_hash: str, params: dict, *extra: str) -> str:
+    """Key of one recording's run of ``stage``."""
+    blob = json.dumps({"stage": stage, "input": input_hash, "params": params, "code": code_hash(f"tasks.{stage}"),
+                       "extra": list(extra)}, sort_keys=True)
+    return f"{stage}-" + hashlib.sha256(blob.encode()).hexdigest()
+
+
+# ---- markers -------------------------------------------------------------------
+
+
+def _marker_path(out_dir: Path, rid: str) -> Path:
+    return out_dir / "done" / f"{rid}.json"
+
+
+def marker_key(out_dir: Path, rid: str) -> str | None:
+    """The cache key recorded for ``rid`` (whatever the state of its files)."""
+    try:
+        return json.loads(_marker_path(out_dir, rid).read_text()).get("key")
+    except (OSError, ValueError):
+        return None
+
+
+def marker_result(out_dir: Path, rid: str, key: str) -> dict | None:
+    """The stored result if the marker matches ``key`` and every output file is intact."""
+    p = _marker_path(out_dir, rid)
+    if not p.is_file():
+        return None
+    try:
+        m = json.loads(p.read_text())
+    except ValueError:
+        return None
+    if m.get("key") != key:
+        return None
+    for rel, digest in m.get("files", {}).items():
+        f = out_dir / rel
+        if not f.is_file() or file_sha256(f) != digest:
+            return None
+    return m.get("result")
+
+
+def write_marker(out_dir: Path, rid: str, key: str, files: list[Path], result: dict) -> None:
+    entries = {f.relative_to(out_dir).as_posix(): file_sha256(f) for f in files if f.is_file()}
+    atomic_write_text(_marker_path(out_dir, rid), json.dumps({"key": key, "files": entries, "result": result},
+                                                            sort_keys=True))
+
+
+# ---- per-recording work ------------------------------------------------------
+
+
+def _deidentify(rid: str, data_dir: Path, p: Params) -> tuple[dict, list[Path]]:
+    from tasks.deidentify import RecordingInput, deidentify_recording
+    from tasks.ingest import source_path
+    from tasks.schema import read_table
+
+    ingest_dir = stage_dir(data_dir, "ingest")
+    manifest = {r["recording_id"]: r for r in read_table("manifest", ingest_dir / "manifest.parquet").to_pylist()}
+    out = stage_dir(data_dir, "deidentify")
+    row = deidentify_recording(RecordingInput(rid, source_path(ingest_dir, rid), manifest[rid]["duration_s"]), out,
+                               p.deidentify)
+    files = [out / "videos" / f"{rid}.mp4", out / "boxes" / f"{rid}.parquet", out / "results" / f"{rid}.parquet"]
+    return row, files
+
+
+def _downsample(rid: str, data_dir: Path, p: Params) -> tuple[dict, list[Path]]:
+    from tasks.downsample import downsample_recording
+
+    out = stage_dir(data_dir, "downsample")
+    frames = downsample_recording(rid, stage_dir(data_dir, "deidentify") / "videos" / f"{rid}.mp4", out, p.downsample)
+    return {"recording_id": rid, "n_frames": frames.num_rows}, [out / "videos" / f"{rid}.mp4",
+                                                               out / "frames" / f"{rid}.parquet"]
+
+
+def _window(rid: str, data_dir: Path, p: Params) -> tuple[dict, list[Path]]:
+    from tasks.window import window_one
+
+    out = stage_dir(data_dir, "window")
+    rows = window_one(rid, stage_dir(data_dir, "downsample") / "frames" / f"{rid}.parquet",
+                      _durations(data_dir)[rid], out, p.window)
+    return {"recording_id": rid, "n_windows": len(rows)}, [out / "windows" / f"{rid}.parquet"]
+
+
+WORK: dict[str, Callable[[str, Path, Params], tuple[dict, list[Path]]]] = {
+    "deidentify": _deidentify,
+    "downsample": _downsample,
+    "window": _window,
+}
+
+
+def _durations(data_dir: Path) -> dict[str, float]:
+    from tasks.schema import read_table
+
+    rows = read_table("deidentified", stage_dir(data_dir, "deidentify") / "deidentified.parquet").to_pylist()
+    return {r["recording_id"]: r["duration_s"] for r in rows if r["status"] == "ok"}
+
+
+def run_recording(stage: str, recording_id: str, data_dir: str, params: dict, cache_key: str) -> dict:
+    """Body of every per-recording task (runs in a worker process)."""
+    out = stage_dir(Path(data_dir), stage)
+    done = marker_result(out, recording_id, cache_key)
+    if done is not None:
+        return done
+    p = build(Params, params, prefix="")
+    result, files = WORK[stage](recording_id, Path(data_dir), p)
+    write_marker(out, recording_id, cache_key, files, result)
+    return result
+
+
+def _key_from_params(context: Any, parameters: dict[str, Any]) -> str:
+    return parameters["cache_key"]
+
+
+def _make_task(stage: str):
+    def body(recording_id: str, data_dir: str, params: dict, cache_key: str) -> dict:
+        return run_recording(stage, recording_id, data_dir, params, cache_key)
+
+    body.__name__ = body.__qualname__ = f"{stage}_task"
+    body.__module__ = __name__
+    return task(name=stage, task_run_name=f"{stage}-{{recording_id}}", cache_key_fn=_key_from_params,
+                persist_result=True, retries=0)(body)
+
+
+deidentify_task = _make_task("deidentify")
+downsample_task = _make_task("downsample")
+window_task = _make_task("window")
+TASKS = {"deidentify": deidentify_task, "downsample": downsample_task, "window": window_task}
+
+
+# ---- stage planning ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Job:
+    """One per-recording unit of a stage with its cache key."""
+
+    recording_id: str
+    cache_key: str
+
+
+def plan(stage: str, data_dir: Path, params: Params) -> list[Job]:
+    """Recordings a stage must cover (those that passed the stage before) and their keys."""
+    from tasks.schema import read_table
+
+    section = to_dict(getattr(params, stage))
+    if stage == "deidentify":
+        rows = read_table("manifest", stage_dir(data_dir, "ingest") / "manifest.parquet").to_pylist()
+        return [Job(r["recording_id"], cache_key(stage, r["content_sha256"], section)) for r in rows]
+    if stage == "downsample":
+        rows = read_table("deidentified", stage_dir(data_dir, "deidentify") / "deidentified.parquet").to_pylist()
+        src = stage_dir(data_dir, "deidentify") / "videos"
+        return [Job(r["recording_id"], cache_key(stage, file_sha256(src / f"{r['recording_id']}.mp4"), section))
+                for r in rows if r["status"] == "ok"]
+    if stage == "window":
+        frames = stage_dir(data_dir, "downsample") / "frames"
+        durations = _durations(data_dir)
+        return [Job(rid, cache_key(stage, file_sha256(frames / f"{rid}.parquet"), section, repr(durations[rid])))
+                for rid in sorted(durations) if (frames / f"{rid}.parquet").is_file()]
+    raise ValueError(f"{stage} is not a per-recording stage")
+
+
+def prepare(stage: str, data_dir: Path) -> Path:
+    """Create the stage folder and remove temp files left by killed writers."""
+    out = stage_dir(data_dir, stage)
+    out.mkdir(parents=True, exist_ok=True)
+    remove_stale_partials(out)
+    return out
