@@ -8,6 +8,7 @@ happen inside the commands that need them so ``--help`` stays instant.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import traceback
 from dataclasses import dataclass
@@ -253,12 +254,76 @@ def _run_flow(obj: CliContext, which: str, wait: bool, **kw) -> None:
     inbox = kw.pop("inbox", None)
     with run_lock(obj.data_dir, wait=wait):
         pipeline = _prefect(obj)
+        from flows.settings import api_session
+
         args = dict(data_dir=str(obj.data_dir), params_path=str(obj.params_path),
                     inbox=str(inbox) if inbox else None, **kw)
         f = pipeline.pipeline if which == "pipeline" else pipeline.stage_flow
-        out = pipeline.with_runner(f, params)(**args)
+        with api_session():
+            out = pipeline.with_runner(f, params)(**args)
     for line in out if isinstance(out, list) else [out]:
         click.echo(line)
+
+
+@cli.group()
+def server() -> None:
+    """The project's local Prefect server and UI (127.0.0.1)."""
+
+
+@server.command("start")
+@click.option("--port", type=int, default=4200, show_default=True, help="Port on 127.0.0.1.")
+@click.option("--database-url", default=None, metavar="URL",
+              help="PostgreSQL URL (postgresql+asyncpg://...); default SQLite under .semioflow/.")
+def server_start(port: int, database_url: str | None) -> None:
+    """Start the server in the background; flows report to it while it is up."""
+    from flows import server as srv
+
+    info = srv.start(port=port, database_url=database_url)
+    click.echo(f"prefect server up: UI {info.ui_url}  API {info.api_url}  ({info.database}, pid {info.pid})")
+
+
+@server.command("stop")
+def server_stop() -> None:
+    """Stop the background server."""
+    from flows import server as srv
+
+    click.echo("stopped" if srv.stop() else "no server was running")
+
+
+@server.command("status")
+def server_status() -> None:
+    """Say whether the server is up (exit 1 if not)."""
+    from flows import server as srv
+
+    info, up = srv.status()
+    if not up:
+        click.echo("prefect server: not running")
+        raise SystemExit(EXIT_FAILURE)
+    click.echo(f"prefect server: up at {info.ui_url} (pid {info.pid}, {info.database})")
+
+
+@cli.command()
+@click.option("--cron", default="0 2 * * *", show_default=True, help="When to run (cron, server time zone).")
+@click.option("--inbox", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder of new recordings (default: ingest.inbox in params).")
+@click.option("--publish/--no-publish", default=True, show_default=True,
+              help="After the run: dvc commit + dvc push (+ git commit of dvc.lock).")
+@click.option("--register-only", is_flag=True, help="Register the deployment and exit (no serving process).")
+@pass_ctx
+def schedule(obj: CliContext, cron: str, inbox: Path | None, publish: bool, register_only: bool) -> None:
+    """Register the nightly deployment on the local server and serve it (blocks)."""
+    from flows import settings
+
+    obj.params()
+    settings.configure()
+    if "PREFECT_API_URL" not in os.environ:
+        raise click.ClickException("no Prefect server is running: start one with `semioflow server start`")
+    from flows import nightly
+
+    nightly.register_and_serve(cron=cron, data_dir=str(obj.data_dir.resolve()),
+                               params_path=str(obj.params_path.resolve()),
+                               inbox=str(inbox.resolve()) if inbox else None, publish=publish,
+                               keep_serving=not register_only)
 
 
 def _wants_debug(argv: list[str]) -> bool:

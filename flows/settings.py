@@ -9,6 +9,7 @@ it (the UI shows them); otherwise Prefect runs an ephemeral server.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import urllib.request
@@ -86,3 +87,34 @@ def configure(root: Path | None = None, *, database_url: str | None = None) -> d
             continue  # a PostgreSQL URL set by the user wins over the SQLite default
         os.environ[k] = v
     return env
+
+
+@contextlib.contextmanager
+def api_session():
+    """Make the flow and its worker processes talk to one Prefect API.
+
+    With the project's server up (or ``PREFECT_API_URL`` set) that is used.
+    Otherwise one temporary server is started for this command and shared by
+    the worker processes; left alone, every worker would start its own
+    ephemeral server (~8 s each) over the same SQLite file.
+    """
+    if os.environ.get("PREFECT_API_URL"):
+        yield os.environ["PREFECT_API_URL"]
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    srv = SubprocessASGIServer()
+    srv.start(timeout=120)
+    os.environ["PREFECT_API_URL"] = srv.api_url
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: srv.api_url}):
+            yield srv.api_url
+    finally:
+        # Send queued logs/events while the server still listens; otherwise
+        # they retry against a dead port at exit for about a minute.
+        from prefect._internal.concurrency.services import QueueService
+
+        QueueService.drain_all(timeout=30, at_exit=False)
+        os.environ.pop("PREFECT_API_URL", None)
+        srv.stop()

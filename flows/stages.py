@@ -20,6 +20,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -40,6 +41,9 @@ STAGE_DIRS = {
 }
 PER_RECORDING = ("deidentify", "downsample", "window")
 HASH_CHUNK = 8 << 20  # bytes
+# Knob definitions and error types do not change what a stage computes (the
+# knob *values* are in the key): editing them must not rerun every stage.
+NOT_CODE = ("params.py", "errors.py")
 
 
 def stage_dir(data_dir: Path, stage: str) -> Path:
@@ -70,30 +74,36 @@ def _tasks_imports(path: Path) -> set[str]:
     return mods
 
 
-def _module_file(mod: str) -> Path | None:
+def _module_file(mod: str, root: Path = TASKS_DIR) -> Path | None:
     rel = Path(*mod.split(".")[1:])
-    for cand in (TASKS_DIR / rel.with_suffix(".py"), TASKS_DIR / rel / "__init__.py"):
+    if not rel.parts:
+        return root / "__init__.py"
+    for cand in (root / rel.with_suffix(".py"), root / rel / "__init__.py"):
         if cand.is_file():
             return cand
     return None
 
 
-@lru_cache(maxsize=None)
-def code_hash(module: str) -> str:
-    """SHA-256 over the source of ``module`` and every ``tasks`` module it imports, transitively."""
-    seen: dict[str, Path] = {}
+def module_files(module: str, root: Path = TASKS_DIR) -> list[Path]:
+    """Source files of ``module`` and every ``tasks`` module it imports, transitively (sorted)."""
+    seen: set[Path] = set()
     todo = [module]
     while todo:
-        mod = todo.pop()
-        f = _module_file(mod)
-        if f is None or str(f) in {str(p) for p in seen.values()}:
+        f = _module_file(todo.pop(), root)
+        if f is None or f in seen:
             continue
-        seen[mod] = f
+        seen.add(f)
         todo.extend(_tasks_imports(f))
+    return sorted(f for f in seen if f.name not in NOT_CODE or f.parent != root)
+
+
+@lru_cache(maxsize=None)
+def code_hash(module: str, root: Path = TASKS_DIR) -> str:
+    """SHA-256 over the sources of ``module_files(module)``: editing any helper changes it."""
     h = hashlib.sha256()
-    for f in sorted({str(p) for p in seen.values()}):
-        h.update(Path(f).relative_to(TASKS_DIR).as_posix().encode())
-        h.update(Path(f).read_bytes())
+    for f in module_files(module, root):
+        h.update(f.relative_to(root).as_posix().encode())
+        h.update(f.read_bytes())
     return h.hexdigest()
 
 
@@ -199,9 +209,25 @@ def run_recording(stage: str, recording_id: str, data_dir: str, params: dict, ca
     if done is not None:
         return done
     p = build(Params, params, prefix="")
-    result, files = WORK[stage](recording_id, Path(data_dir), p)
+    try:
+        result, files = WORK[stage](recording_id, Path(data_dir), p)
+    except Exception as exc:  # noqa: BLE001 - re-raised without paths so the Prefect log/UI never shows one
+        raise RecordingFailed(f"{stage} failed for {recording_id}: {type(exc).__name__}: {scrub_paths(str(exc))}") \
+            from None
     write_marker(out, recording_id, cache_key, files, result)
     return result
+
+
+class RecordingFailed(RuntimeError):
+    """A per-recording task raised; the message carries no file path."""
+
+
+_PATHLIKE = re.compile(r"(?:[A-Za-z]:)?[/\\][^\s'\"]+")
+
+
+def scrub_paths(text: str) -> str:
+    """Replace anything that looks like a file path with ``<path>``."""
+    return _PATHLIKE.sub("<path>", text)
 
 
 def _key_from_params(context: Any, parameters: dict[str, Any]) -> str:

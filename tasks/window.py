@@ -64,8 +64,25 @@ def window_recording(recording_id: str, frames: pa.Table, duration_s: float, par
     return rows
 
 
+def window_one(recording_id: str, frames_path: Path, duration_s: float, out_dir: Path,
+               params: WindowParams) -> list[dict]:
+    """Window one recording: reads its frames table, writes ``windows/<id>.parquet``."""
+    frames = read_table("frames", frames_path)
+    rows = window_recording(recording_id, frames, duration_s, params)
+    write_table("windows", rows, Path(out_dir) / "windows" / f"{recording_id}.parquet")
+    return rows
+
+
+def collect(out_dir: Path, recording_ids: list[str]) -> pa.Table:
+    """Concatenate per-recording windows tables into ``windows.parquet``."""
+    out_dir = Path(out_dir)
+    tables = [read_table("windows", out_dir / "windows" / f"{rid}.parquet") for rid in sorted(recording_ids)]
+    write_table("windows", pa.concat_tables(tables) if tables else [], out_dir / "windows.parquet")
+    return read_table("windows", out_dir / "windows.parquet")
+
+
 def window_stage(frames_path: Path, durations: dict[str, float], out_path: Path, params: WindowParams) -> pa.Table:
-    """Window every recording in the frames table at ``frames_path``.
+    """Window every recording of a stage-level frames table in one go (no per-recording files).
 
     ``durations`` maps recording_id -> duration in seconds.  Writes the
     ``windows`` table atomically to ``out_path`` and returns it.
@@ -73,7 +90,7 @@ def window_stage(frames_path: Path, durations: dict[str, float], out_path: Path,
     frames = read_table("frames", frames_path)
     rows: list[dict] = []
     for rid in sorted(durations):
-        mask = pc.equal(frames.column("recording_id"), rid)
-        rows.extend(window_recording(rid, frames.filter(mask), durations[rid], params))
+        rows.extend(window_recording(rid, frames.filter(pc.equal(frames.column("recording_id"), rid)),
+                                     durations[rid], params))
     write_table("windows", rows, out_path)
     return read_table("windows", out_path)
