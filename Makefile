@@ -17,9 +17,12 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)  ## create .venv with the locked dependency set
 
-demo: install  ## build the phantom demo cohort and run every stage that exists
+demo: install  ## build the phantom demo cohorts and run every stage that exists on them
 	$(BIN)/semioflow features
-	$(BIN)/semioflow features --format json > /dev/null
+	$(BIN)/semioflow synth seizure
+	$(BIN)/semioflow synth gait
+	$(BIN)/semioflow run
+	@echo "demo done: outputs in data/ (see README, 'Stages'); run it again to see every recording Cached"
 
 test: install  ## the default test suite (slow tests excluded)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

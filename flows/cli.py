@@ -145,6 +145,7 @@ def _synth_options(fn):
         help="Output folder (default: DATA_DIR/00_synth/<kind>).",
     )(fn)
     fn = click.option("--workers", type=int, default=None, help="Parallel processes (default: base.workers).")(fn)
+    fn = click.option("--force", is_flag=True, help="Regenerate even if the same cohort is already there.")(fn)
     return fn
 
 
@@ -171,7 +172,7 @@ def _synth_common(obj: CliContext, section: str, kind: str, size, fps, seed, out
 @click.option("--patients", type=int, default=None, help="Number of phantom patients.")
 @click.option("--recordings-per-patient", type=int, default=None, help="Recordings per patient.")
 @pass_ctx
-def synth_seizure(obj: CliContext, size, fps, seed, out, workers, patients, recordings_per_patient) -> None:
+def synth_seizure(obj: CliContext, size, fps, seed, out, workers, force, patients, recordings_per_patient) -> None:
     """EMU-like seizure recordings (MP4 H.264 + AAC) and truth tables."""
     sub, out, seed, workers = _synth_common(
         obj, "seizure", "seizure", size, fps, seed, out, workers,
@@ -179,26 +180,55 @@ def synth_seizure(obj: CliContext, size, fps, seed, out, workers, patients, reco
     )
     from tasks.synth.seizure import generate_cohort
 
-    prog, update = progress_bar("synth seizure")
-    with prog:
-        summary = generate_cohort(out, sub, seed=seed, workers=workers, on_progress=update)
-    click.echo(summary.describe())
+    _generate("seizure", generate_cohort, sub, out, seed, workers, force)
 
 
 @synth.command("gait")
 @_synth_options
 @click.option("--subjects-per-class", type=int, default=None, help="Subjects per gait class.")
 @pass_ctx
-def synth_gait(obj: CliContext, size, fps, seed, out, workers, subjects_per_class) -> None:
+def synth_gait(obj: CliContext, size, fps, seed, out, workers, force, subjects_per_class) -> None:
     """Sagittal walking clips of 8 gait classes and truth tables."""
     sub, out, seed, workers = _synth_common(
         obj, "gait", "gait", size, fps, seed, out, workers, subjects_per_class=subjects_per_class,
     )
     from tasks.synth.gait import generate_cohort
 
-    prog, update = progress_bar("synth gait")
+    _generate("gait", generate_cohort, sub, out, seed, workers, force)
+
+
+COHORT_MARKER = "cohort.json"
+
+
+def _generate(kind: str, generate, sub, out: Path, seed: int, workers: int, force: bool) -> None:
+    """Generate a cohort unless ``out`` already holds this exact one (same kind, params, seed).
+
+    The marker makes ``dvc repro`` of the synth stage a no-op when nothing
+    changed, so downstream stages see the same files (re-encoding could
+    change bytes).  A different cohort replaces the folder entirely, so no
+    stale recording lingers in the inbox.
+    """
+    import dataclasses
+    import shutil
+
+    from tasks.atomic import atomic_write_text
+
+    spec = {"kind": kind, "seed": seed, "params": dataclasses.asdict(sub)}
+    marker = out / COHORT_MARKER
+    if not force and marker.is_file():
+        try:
+            same = json.loads(marker.read_text()) == spec
+        except ValueError:
+            same = False
+        if same and (out / "videos").is_dir():
+            click.echo(f"synth {kind}: cohort in {out} is up to date (seed {seed}); --force regenerates it")
+            return
+    if out.exists():
+        shutil.rmtree(out)
+    prog, update = progress_bar(f"synth {kind}")
     with prog:
-        summary = generate_cohort(out, sub, seed=seed, workers=workers, on_progress=update)
+        summary = generate(out, sub, seed=seed, workers=workers, on_progress=update)
+    atomic_write_text(marker, json.dumps(spec, sort_keys=True))
     click.echo(summary.describe())
 
 

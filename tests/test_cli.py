@@ -19,7 +19,7 @@ def test_entry_point_is_installed():
     assert SEMIOFLOW.exists(), "run `make install`: the semioflow console script is missing"
 
 
-@pytest.mark.parametrize("args", [(), ("features",), ("synth",), ("synth", "seizure"), ("synth", "gait")])
+@pytest.mark.parametrize("args", [(), ("features",), ("synth",), ("synth", "seizure"), ("synth", "gait"), ("ingest",), ("stage",), ("run",), ("server",), ("server", "start"), ("schedule",)])
 def test_help_everywhere(args):
     res = run(*args, "--help")
     assert res.returncode == 0, res.stderr

@@ -1,0 +1,351 @@
+"""Orchestration against a real local Prefect server (started by the tests).
+
+Covers: named per-recording task runs read back through the API, caching
+(second run all Cached; one new recording; a params change reruns only the
+stages that use it; a helper edit changes the stage's code hash), the run
+lock, SIGKILL mid-stage, privacy of Prefect storage, the nightly deployment,
+and DVC (dag, repro after `semioflow run` without redundant work, exp run).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from flows.stages import PER_RECORDING, STAGE_DIRS, code_hash, module_files
+from tasks.atomic import is_partial
+from tasks.params import SeizureSynthParams
+from tasks.schema import read_table
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+SEMIOFLOW = str(BIN / "semioflow")
+SMALL = SeizureSynthParams(patients=1, recordings_per_patient=3, min_duration_s=40.0, max_duration_s=44.0)
+OLD = time.time() - 3600
+NIGHTLY_TIMEOUT_S = 240
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env.pop("PREFECT_API_URL", None)
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def sf(proj: Path, *args: str, timeout: int = 600, check: bool = True) -> subprocess.CompletedProcess:
+    res = subprocess.run([SEMIOFLOW, *args], cwd=proj, env=_env(), capture_output=True, text=True, timeout=timeout)
+    if check and res.returncode != 0:
+        raise AssertionError(f"semioflow {' '.join(args)} failed ({res.returncode}):\n{res.stderr[-3000:]}")
+    return res
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory) -> Path:
+    """Three short phantom recordings (one patient)."""
+    from tasks.synth.seizure import generate_cohort
+
+    out = tmp_path_factory.mktemp("phantom")
+    generate_cohort(out, SMALL, seed=7, workers=2)
+    for p in (out / "videos").iterdir():
+        os.utime(p, (OLD, OLD))
+    return out / "videos"
+
+
+@pytest.fixture(scope="module")
+def proj(tmp_path_factory, phantom) -> Path:
+    """A project folder with its own params, inbox (2 of the 3 recordings) and a running server."""
+    d = tmp_path_factory.mktemp("proj")
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["ingest"]["inbox"] = "inbox"
+    params["ingest"]["settle_s"] = 1.0
+    (d / "params.yaml").write_text(yaml.safe_dump(params))
+    (d / "inbox").mkdir()
+    for p in sorted(phantom.iterdir())[:2]:
+        shutil.copy2(p, d / "inbox" / p.name)
+    sf(d, "server", "start", "--port", str(_free_port()), timeout=180)
+    yield d
+    sf(d, "server", "stop", check=False)
+
+
+def api(proj: Path) -> str:
+    return json.loads((proj / ".semioflow" / "server.json").read_text())["api_url"]
+
+
+def latest_flow_run(proj: Path, name: str = "semioflow") -> dict:
+    runs = httpx.post(f"{api(proj)}/flow_runs/filter", json={
+        "flows": {"name": {"any_": [name]}}, "sort": "EXPECTED_START_TIME_DESC", "limit": 1}).json()
+    assert runs, f"no flow run of {name}"
+    return runs[0]
+
+
+def task_states(proj: Path, flow_run_id: str) -> dict[str, str]:
+    """task run name -> state name, for one flow run."""
+    runs = httpx.post(f"{api(proj)}/task_runs/filter", json={
+        "flow_runs": {"id": {"any_": [flow_run_id]}}, "limit": 200}).json()
+    return {r["name"]: r["state"]["name"] for r in runs}
+
+
+def per_recording(states: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in states.items() if k.split("-")[0] in PER_RECORDING}
+
+
+def rids(proj: Path) -> list[str]:
+    return sorted(read_table("manifest", proj / "data" / "01_ingest" / "manifest.parquet")["recording_id"].to_pylist())
+
+
+def passed(proj: Path) -> list[str]:
+    """Recordings that passed de-identification (the audit may quarantine one: fail-closed)."""
+    rows = read_table("deidentified", proj / "data" / "02_deidentify" / "deidentified.parquet").to_pylist()
+    return sorted(r["recording_id"] for r in rows if r["status"] == "ok")
+
+
+def expected_tasks(proj: Path) -> set[str]:
+    return {f"deidentify-{r}" for r in rids(proj)} | {f"{s}-{r}" for s in ("downsample", "window")
+                                                       for r in passed(proj)}
+
+
+# ---- server, flow, caching -------------------------------------------------------------
+
+
+def test_run_shows_named_task_runs_through_the_api(proj):
+    res = sf(proj, "run")
+    assert "ingest: 2 new" in res.stdout
+    fr = latest_flow_run(proj)
+    assert fr["state"]["type"] == "COMPLETED"
+    states = per_recording(task_states(proj, fr["id"]))
+    assert passed(proj), "every recording was quarantined"
+    assert set(states) == expected_tasks(proj)
+    assert set(states.values()) == {"Completed"}
+    arts = httpx.post(f"{api(proj)}/artifacts/filter", json={"artifacts": {"key": {"any_": list(PER_RECORDING)}}}).json()
+    assert {a["key"] for a in arts} == set(PER_RECORDING)
+
+
+def test_second_run_is_entirely_cached(proj):
+    sf(proj, "run")
+    states = per_recording(task_states(proj, latest_flow_run(proj)["id"]))
+    assert set(states) == expected_tasks(proj)
+    assert set(states.values()) == {"Cached"}, states
+
+
+def test_one_new_recording_runs_only_its_tasks(proj, phantom):
+    before = set(rids(proj))
+    new = sorted(phantom.iterdir())[2]
+    shutil.copy2(new, proj / "inbox" / new.name)
+    sf(proj, "run")
+    (added,) = set(rids(proj)) - before
+    states = per_recording(task_states(proj, latest_flow_run(proj)["id"]))
+    for name, state in states.items():
+        assert state == ("Completed" if name.endswith(added) else "Cached"), (name, state)
+    assert set(states) == expected_tasks(proj) and f"deidentify-{added}" in states
+
+
+def test_params_change_reruns_only_the_stage_that_uses_it(proj):
+    p = yaml.safe_load((proj / "params.yaml").read_text())
+    p["window"]["overlap_s"] = 10.0
+    (proj / "params_overlap.yaml").write_text(yaml.safe_dump(p))
+    sf(proj, "--params", "params_overlap.yaml", "run")
+    states = per_recording(task_states(proj, latest_flow_run(proj)["id"]))
+    for name, state in states.items():
+        assert state == ("Completed" if name.startswith("window-") else "Cached"), (name, state)
+
+
+def test_editing_a_helper_changes_the_code_hash_of_stages_that_use_it(tmp_path):
+    copy = tmp_path / "tasks"
+    shutil.copytree(REPO / "tasks", copy)
+    before = {s: code_hash(f"tasks.{s}", copy) for s in PER_RECORDING}
+    with open(copy / "detectors.py", "a") as fh:
+        fh.write("\n# an edit to a helper only deidentify uses\n")
+    code_hash.cache_clear()
+    after = {s: code_hash(f"tasks.{s}", copy) for s in PER_RECORDING}
+    assert after["deidentify"] != before["deidentify"]
+    assert after["downsample"] == before["downsample"] and after["window"] == before["window"]
+    with open(copy / "media.py", "a") as fh:
+        fh.write("\n# media is shared by deidentify and downsample\n")
+    code_hash.cache_clear()
+    again = {s: code_hash(f"tasks.{s}", copy) for s in PER_RECORDING}
+    assert again["downsample"] != after["downsample"] and again["window"] == after["window"]
+    code_hash.cache_clear()
+
+
+def test_dvc_yaml_deps_cover_each_stage_code():
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    for stage in ("ingest",) + PER_RECORDING:
+        deps = set(stages[stage]["deps"])
+        needed = {f.relative_to(REPO).as_posix() for f in module_files(f"tasks.{stage}")}
+        assert needed <= deps, (stage, needed - deps)
+        assert stages[stage]["params"] == [stage]
+        outs = [next(iter(o)) if isinstance(o, dict) else o for o in stages[stage]["outs"]]
+        assert all(o.startswith(f"data/{STAGE_DIRS[stage]}") for o in outs)
+
+
+# ---- robustness ------------------------------------------------------------------------
+
+
+def test_second_run_while_one_holds_the_data_folder_exits_clearly(proj):
+    from flows.lock import run_lock
+
+    manifest = proj / "data" / "01_ingest" / "manifest.parquet"
+    before = manifest.read_bytes()
+    with run_lock(proj / "data"):
+        res = sf(proj, "run", check=False, timeout=120)
+    assert res.returncode == 1
+    assert "another semioflow run" in res.stderr and "Traceback" not in res.stderr
+    assert manifest.read_bytes() == before
+
+
+def test_sigkill_mid_stage_then_rerun_completes(proj):
+    data = proj / "data_kill"
+    sf(proj, "--data-dir", str(data), "stage", "ingest")
+    proc = subprocess.Popen([SEMIOFLOW, "--data-dir", str(data), "stage", "deidentify"], cwd=proj, env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    videos = data / "02_deidentify" / "videos"
+    deadline = time.time() + 180
+    while time.time() < deadline and not (videos.is_dir() and any(is_partial(p) for p in videos.iterdir())):
+        time.sleep(0.2)
+    assert videos.is_dir(), "deidentify never started writing"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    finals = [p for p in videos.iterdir() if not is_partial(p)]
+    for p in finals:  # whatever was renamed into place must be complete
+        from tasks.media import probe
+
+        assert probe(p).first_frame_ok
+    sf(proj, "--data-dir", str(data), "stage", "deidentify")
+    leftovers = [p for p in (data / "02_deidentify").rglob("*") if is_partial(p)]
+    assert leftovers == []
+    rows = read_table("deidentified", data / "02_deidentify" / "deidentified.parquet").to_pylist()
+    assert len(rows) == 3 and any(r["status"] == "ok" for r in rows)
+    for r in rows:  # a video exists exactly for the recordings that passed the audit
+        assert (videos / f"{r['recording_id']}.mp4").is_file() == (r["status"] == "ok")
+
+
+def test_prefect_state_is_private_and_holds_no_names(proj, phantom):
+    state = proj / ".semioflow"
+    assert state.stat().st_mode & 0o777 == 0o700
+    assert (state / "prefect").stat().st_mode & 0o777 == 0o700
+    names = [p.stem for p in phantom.iterdir()]
+    storage = state / "prefect" / "storage"
+    files = [p for p in storage.rglob("*") if p.is_file()]
+    assert files, "task results should be persisted"
+    for f in files:
+        blob = f.read_bytes()
+        assert str(proj / "inbox").encode() not in blob
+        assert not any(n.encode() in blob for n in names), f
+    # nor in any task run parameter or flow run log line
+    runs = httpx.post(f"{api(proj)}/task_runs/filter", json={"limit": 200}).json()
+    logs = httpx.post(f"{api(proj)}/logs/filter", json={"limit": 200}).json()
+    text = json.dumps(runs) + json.dumps(logs)
+    assert not any(n in text for n in names)
+
+
+def test_nightly_deployment_registers_and_a_triggered_run_completes(proj):
+    log = open(proj / "schedule.log", "w")
+    proc = subprocess.Popen([SEMIOFLOW, "schedule", "--cron", "0 2 * * *", "--no-publish"], cwd=proj, env=_env(),
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        url = api(proj)
+        dep = None
+        deadline = time.time() + 120
+        while time.time() < deadline and dep is None:
+            r = httpx.get(f"{url}/deployments/name/semioflow-nightly/nightly")
+            dep = r.json() if r.status_code == 200 else None
+            time.sleep(1)
+        assert dep, "deployment never registered:\n" + (proj / "schedule.log").read_text()[-2000:]
+        assert dep["schedules"][0]["schedule"]["cron"] == "0 2 * * *"
+        fr = httpx.post(f"{url}/deployments/{dep['id']}/create_flow_run", json={}).json()
+        deadline = time.time() + NIGHTLY_TIMEOUT_S
+        state = None
+        while time.time() < deadline:
+            state = httpx.get(f"{url}/flow_runs/{fr['id']}").json()["state"]["type"]
+            if state in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+                break
+            time.sleep(2)
+        assert state == "COMPLETED", (state, (proj / "schedule.log").read_text()[-3000:])
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+# ---- DVC -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def dvc_proj(tmp_path_factory, proj) -> Path:
+    """A git + DVC project with this repo's dvc.yaml and code, and a tiny synth cohort."""
+    d = tmp_path_factory.mktemp("dvcproj")
+    for name in ("dvc.yaml", ".gitignore"):
+        shutil.copy2(REPO / name, d / name)
+    shutil.copytree(REPO / "tasks", d / "tasks", ignore=shutil.ignore_patterns("__pycache__"))
+    p = yaml.safe_load((REPO / "params.yaml").read_text())
+    p["synth"]["seizure"].update(patients=1, recordings_per_patient=1, min_duration_s=40.0, max_duration_s=40.0)
+    p["ingest"]["settle_s"] = 0.0
+    (d / "params.yaml").write_text(yaml.safe_dump(p))
+    # share the test server: every `semioflow` DVC runs reports to it
+    (d / ".semioflow").mkdir(mode=0o700)
+    shutil.copy2(proj / ".semioflow" / "server.json", d / ".semioflow" / "server.json")
+    for args in (["git", "init", "-q"], ["dvc", "init", "-q"], ["git", "add", "-A"],
+                 ["git", "commit", "-qm", "init"]):
+        subprocess.run(args, cwd=d, env=_env(), check=True, capture_output=True)
+    return d
+
+
+def dvc(d: Path, *args: str) -> subprocess.CompletedProcess:
+    res = subprocess.run([str(BIN / "dvc"), *args], cwd=d, env=_env(), capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, f"dvc {' '.join(args)}:\n{res.stdout[-2000:]}\n{res.stderr[-2000:]}"
+    return res
+
+
+def test_dvc_dag_shows_the_stages(dvc_proj):
+    out = dvc(dvc_proj, "dag").stdout
+    for stage in ("synth", "ingest", "deidentify", "downsample", "window"):
+        assert stage in out
+
+
+def test_dvc_repro_after_semioflow_run_does_no_redundant_work(dvc_proj):
+    sf(dvc_proj, "synth", "seizure")
+    for p in (dvc_proj / "data" / "00_synth" / "seizure" / "videos").iterdir():
+        os.utime(p, (OLD, OLD))
+    sf(dvc_proj, "run")
+    t0 = time.time()
+    dvc(dvc_proj, "repro")
+    flows = httpx.post(f"{api(dvc_proj)}/flow_runs/filter", json={
+        "flows": {"name": {"any_": ["semioflow-stage"]}}, "flow_runs": {"start_time": {"after_": _iso(t0)}}}).json()
+    states = {}
+    for fr in flows:
+        assert fr["state"]["type"] == "COMPLETED"
+        states.update(per_recording(task_states(dvc_proj, fr["id"])))
+    assert states and set(states.values()) == {"Cached"}, states
+    assert "up to date" in dvc(dvc_proj, "repro").stdout.lower()
+    # -f: DVC runs every stage again; persisted outputs keep every recording cached
+    dvc(dvc_proj, "repro", "-f", "window")
+    assert (dvc_proj / "data" / "04_window" / "windows.parquet").is_file()
+
+
+def test_dvc_exp_run_with_a_param_override(dvc_proj):
+    out = dvc(dvc_proj, "exp", "run", "-S", "window.overlap_s=10").stdout
+    assert "Running stage 'window'" in out
+    assert "Running stage 'deidentify'" not in out and "Running stage 'synth'" not in out
+    assert yaml.safe_load((dvc_proj / "params.yaml").read_text())["window"]["overlap_s"] == 10
+
+
+def _iso(t: float) -> str:
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat()
