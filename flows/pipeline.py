@@ -98,14 +98,10 @@ def run_stage(stage: str, data_dir: Path, params: Params, *, inbox: str | None =
 
 
 def _collect(stage: str, data_dir: Path, rids: list[str]) -> None:
-    out = stage_dir(data_dir, stage)
-    if stage == "deidentify":
-        from tasks.deidentify import collect
-    elif stage == "downsample":
-        from tasks.downsample import collect
-    else:
-        from tasks.window import collect
-    collect(out, rids)
+    """The stage's tables from its per-recording files (each tasks module has ``collect``)."""
+    import importlib
+
+    importlib.import_module(f"tasks.{stage}").collect(stage_dir(data_dir, stage), rids)
 
 
 def _runner(params: Params) -> ProcessPoolTaskRunner:

@@ -29,6 +29,7 @@ from typing import Any, Callable
 from prefect import task
 
 from tasks.atomic import atomic_write_text, remove_stale_partials
+from tasks.ingest import sha256_file as file_sha256
 from tasks.params import Params, build, to_dict
 
 TASKS_DIR = Path(__file__).resolve().parents[1] / "tasks"
@@ -38,9 +39,12 @@ STAGE_DIRS = {
     "deidentify": "02_deidentify",
     "downsample": "03_downsample",
     "window": "04_window",
+    "face_crop": "05_face_crop",
+    "pose": "06_pose",
+    "audio": "07_audio",
+    "transcript": "08_transcript",
 }
-PER_RECORDING = ("deidentify", "downsample", "window")
-HASH_CHUNK = 8 << 20  # bytes
+PER_RECORDING = ("deidentify", "downsample", "window")  # in pipeline order
 # Knob definitions and error types do not change what a stage computes (the
 # knob *values* are in the key): editing them must not rerun every stage.
 NOT_CODE = ("params.py", "errors.py")
@@ -52,14 +56,6 @@ def stage_dir(data_dir: Path, stage: str) -> Path:
 
 
 # ---- hashing -------------------------------------------------------------------
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(HASH_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _tasks_imports(path: Path) -> set[str]:
@@ -156,43 +152,73 @@ def write_marker(out_dir: Path, rid: str, key: str, files: list[Path], result: d
 # ---- per-recording work ------------------------------------------------------
 
 
-def _deidentify(rid: str, data_dir: Path, p: Params) -> tuple[dict, list[Path]]:
+def _outputs(out_dir: Path, rid: str) -> list[Path]:
+    """Every file a stage wrote for ``rid`` (file names carry the id), markers excluded."""
+    return sorted(p for p in out_dir.rglob(f"*{rid}*")
+                  if p.is_file() and p.parent.name != "done" and not p.name.startswith("."))
+
+
+def _deidentify(rid: str, data_dir: Path, out: Path, p: Params) -> dict:
     from tasks.deidentify import RecordingInput, deidentify_recording
     from tasks.ingest import source_path
     from tasks.schema import read_table
 
     ingest_dir = stage_dir(data_dir, "ingest")
     manifest = {r["recording_id"]: r for r in read_table("manifest", ingest_dir / "manifest.parquet").to_pylist()}
-    out = stage_dir(data_dir, "deidentify")
-    row = deidentify_recording(RecordingInput(rid, source_path(ingest_dir, rid), manifest[rid]["duration_s"]), out,
-                               p.deidentify)
-    files = [out / "videos" / f"{rid}.mp4", out / "boxes" / f"{rid}.parquet", out / "results" / f"{rid}.parquet"]
-    return row, files
+    return deidentify_recording(RecordingInput(rid, source_path(ingest_dir, rid), manifest[rid]["duration_s"]), out,
+                                p.deidentify)
 
 
-def _downsample(rid: str, data_dir: Path, p: Params) -> tuple[dict, list[Path]]:
+def _downsample(rid: str, data_dir: Path, out: Path, p: Params) -> dict:
     from tasks.downsample import downsample_recording
 
-    out = stage_dir(data_dir, "downsample")
     frames = downsample_recording(rid, stage_dir(data_dir, "deidentify") / "videos" / f"{rid}.mp4", out, p.downsample)
-    return {"recording_id": rid, "n_frames": frames.num_rows}, [out / "videos" / f"{rid}.mp4",
-                                                               out / "frames" / f"{rid}.parquet"]
+    return {"recording_id": rid, "n_frames": frames.num_rows}
 
 
-def _window(rid: str, data_dir: Path, p: Params) -> tuple[dict, list[Path]]:
+def _window(rid: str, data_dir: Path, out: Path, p: Params) -> dict:
     from tasks.window import window_one
 
-    out = stage_dir(data_dir, "window")
     rows = window_one(rid, stage_dir(data_dir, "downsample") / "frames" / f"{rid}.parquet",
                       _durations(data_dir)[rid], out, p.window)
-    return {"recording_id": rid, "n_windows": len(rows)}, [out / "windows" / f"{rid}.parquet"]
+    return {"recording_id": rid, "n_windows": len(rows)}
 
 
-WORK: dict[str, Callable[[str, Path, Params], tuple[dict, list[Path]]]] = {
-    "deidentify": _deidentify,
-    "downsample": _downsample,
-    "window": _window,
-}
+def _enhance(module: str, func: str):
+    def work(rid: str, data_dir: Path, out: Path, p: Params) -> dict:
+        import importlib
+
+        stage = module.rsplit(".", 1)[1]
+        return getattr(importlib.import_module(module), func)(rid, data_dir, out, getattr(p, stage))
+
+    return work
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """How one per-recording stage finds its recordings, hashes its inputs and runs."""
+
+    name: str
+    inputs: tuple[str, ...]  # files under the data dir ("{rid}" = the recording), content-hashed into the key
+    after: str  # recordings come from this stage's outputs
+    work: Callable[[str, Path, Path, Params], dict]
+
+
+WINDOWS = "04_window/windows/{rid}.parquet"
+SPECS: dict[str, StageSpec] = {s.name: s for s in (
+    StageSpec("deidentify", (), "ingest", _deidentify),
+    StageSpec("downsample", ("02_deidentify/videos/{rid}.mp4",), "deidentify", _downsample),
+    StageSpec("window", ("03_downsample/frames/{rid}.parquet",), "deidentify", _window),
+    StageSpec("face_crop", ("02_deidentify/boxes/{rid}.parquet", "03_downsample/videos/{rid}.mp4",
+                            "03_downsample/frames/{rid}.parquet", WINDOWS), "window",
+              _enhance("tasks.face_crop", "face_crop_recording")),
+    StageSpec("pose", ("03_downsample/videos/{rid}.mp4", "03_downsample/frames/{rid}.parquet", WINDOWS), "window",
+              _enhance("tasks.pose", "pose_recording")),
+    StageSpec("audio", ("02_deidentify/videos/{rid}.mp4", WINDOWS), "window",
+              _enhance("tasks.audio", "audio_recording")),
+    StageSpec("transcript", ("07_audio/audio/{rid}_denoised.wav", WINDOWS), "audio",
+              _enhance("tasks.transcript", "transcript_recording")),
+)}
 
 
 def _durations(data_dir: Path) -> dict[str, float]:
@@ -210,11 +236,11 @@ def run_recording(stage: str, recording_id: str, data_dir: str, params: dict, ca
         return done
     p = build(Params, params, prefix="")
     try:
-        result, files = WORK[stage](recording_id, Path(data_dir), p)
+        result = SPECS[stage].work(recording_id, Path(data_dir), out, p)
     except Exception as exc:  # noqa: BLE001 - re-raised without paths so the Prefect log/UI never shows one
         raise RecordingFailed(f"{stage} failed for {recording_id}: {type(exc).__name__}: {scrub_paths(str(exc))}") \
             from None
-    write_marker(out, recording_id, cache_key, files, result)
+    write_marker(out, recording_id, cache_key, _outputs(out, recording_id), result)
     return result
 
 
@@ -244,10 +270,7 @@ def _make_task(stage: str):
                 persist_result=True, retries=0)(body)
 
 
-deidentify_task = _make_task("deidentify")
-downsample_task = _make_task("downsample")
-window_task = _make_task("window")
-TASKS = {"deidentify": deidentify_task, "downsample": downsample_task, "window": window_task}
+TASKS = {name: _make_task(name) for name in SPECS}
 
 
 # ---- stage planning ------------------------------------------------------------------
@@ -261,25 +284,42 @@ class Job:
     cache_key: str
 
 
-def plan(stage: str, data_dir: Path, params: Params) -> list[Job]:
-    """Recordings a stage must cover (those that passed the stage before) and their keys."""
+def recordings_after(stage: str, data_dir: Path) -> list[str]:
+    """Recordings that came through ``stage`` successfully."""
     from tasks.schema import read_table
 
-    section = to_dict(getattr(params, stage))
+    if stage == "ingest":
+        return read_table("manifest", stage_dir(data_dir, "ingest") / "manifest.parquet")["recording_id"].to_pylist()
+    if stage == "deidentify":
+        return sorted(_durations(data_dir))
+    return sorted(marker_rids(stage_dir(data_dir, stage)))
+
+
+def marker_rids(out_dir: Path) -> list[str]:
+    return [p.stem for p in (out_dir / "done").glob("*.json")]
+
+
+def input_hash(stage: str, data_dir: Path, rid: str) -> str:
+    """Content hash of a recording's inputs to ``stage`` (raw content hash for deidentify)."""
+    from tasks.schema import read_table
+
     if stage == "deidentify":
         rows = read_table("manifest", stage_dir(data_dir, "ingest") / "manifest.parquet").to_pylist()
-        return [Job(r["recording_id"], cache_key(stage, r["content_sha256"], section)) for r in rows]
-    if stage == "downsample":
-        rows = read_table("deidentified", stage_dir(data_dir, "deidentify") / "deidentified.parquet").to_pylist()
-        src = stage_dir(data_dir, "deidentify") / "videos"
-        return [Job(r["recording_id"], cache_key(stage, file_sha256(src / f"{r['recording_id']}.mp4"), section))
-                for r in rows if r["status"] == "ok"]
-    if stage == "window":
-        frames = stage_dir(data_dir, "downsample") / "frames"
-        durations = _durations(data_dir)
-        return [Job(rid, cache_key(stage, file_sha256(frames / f"{rid}.parquet"), section, repr(durations[rid])))
-                for rid in sorted(durations) if (frames / f"{rid}.parquet").is_file()]
-    raise ValueError(f"{stage} is not a per-recording stage")
+        return next(r["content_sha256"] for r in rows if r["recording_id"] == rid)
+    h = hashlib.sha256()
+    for pattern in SPECS[stage].inputs:
+        f = data_dir / pattern.format(rid=rid)
+        h.update(pattern.encode())
+        h.update(file_sha256(f).encode() if f.is_file() else b"<absent>")
+    return h.hexdigest()
+
+
+def plan(stage: str, data_dir: Path, params: Params) -> list[Job]:
+    """Recordings a stage must cover (those that passed the stage before) and their keys."""
+    section = to_dict(getattr(params, stage))
+    durations = _durations(data_dir) if stage != "deidentify" else {}
+    return [Job(rid, cache_key(stage, input_hash(stage, data_dir, rid), section, repr(durations.get(rid))))
+            for rid in recordings_after(SPECS[stage].after, data_dir)]
 
 
 def prepare(stage: str, data_dir: Path) -> Path:

@@ -19,7 +19,11 @@ def test_entry_point_is_installed():
     assert SEMIOFLOW.exists(), "run `make install`: the semioflow console script is missing"
 
 
-@pytest.mark.parametrize("args", [(), ("features",), ("synth",), ("synth", "seizure"), ("synth", "gait"), ("ingest",), ("stage",), ("run",), ("server",), ("server", "start"), ("schedule",)])
+COMMANDS = [(), ("features",), ("synth",), ("synth", "seizure"), ("synth", "gait"), ("ingest",), ("stage",),
+            ("run",), ("server",), ("server", "start"), ("server", "stop"), ("server", "status"), ("schedule",)]
+
+
+@pytest.mark.parametrize("args", COMMANDS)
 def test_help_everywhere(args):
     res = run(*args, "--help")
     assert res.returncode == 0, res.stderr
@@ -76,3 +80,18 @@ def test_bad_params_value_names_the_key(tmp_path):
     res = run("--params", str(bad), "synth", "seizure", "--out", str(tmp_path / "o"))
     assert res.returncode == 1
     assert "window.overlap_s" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_synth_gait_via_cli_then_up_to_date(tmp_path):
+    out = tmp_path / "gait"
+    res = run("synth", "gait", "--subjects-per-class", "1", "--out", str(out), "--workers", "2")
+    assert res.returncode == 0, res.stderr
+    from tasks.schema import read_table
+
+    clips = read_table("gait_clips", out / "gait_clips.parquet")
+    assert clips.num_rows == 8 * 2 and len(set(clips["gait_class"].to_pylist())) == 8
+    assert len(list((out / "videos").glob("*.mp4"))) == clips.num_rows
+    again = run("synth", "gait", "--subjects-per-class", "1", "--out", str(out))
+    assert again.returncode == 0 and "up to date" in again.stdout
+    other = run("synth", "gait", "--subjects-per-class", "1", "--out", str(out), "--seed", "5")
+    assert other.returncode == 0 and "up to date" not in other.stdout
