@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.semioflow-installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-slow lock clean-venv
+.PHONY: install demo test test-slow lock clean-venv speech-tools
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] in ((3, 11), (3, 12)), "semioflow needs Python 3.11 or 3.12"'
@@ -24,7 +24,14 @@ demo: install  ## build the phantom demo cohorts and run every stage that exists
 	$(BIN)/semioflow run
 	@echo "demo done: outputs in data/ (see README, 'Stages'); run it again to see every recording Cached"
 
-test: install  ## the default test suite (slow tests excluded)
+# espeak-ng speaks the sentence the real-Whisper transcript test must hear; installed here when
+# apt-get can (root), otherwise that one test skips and says why.
+speech-tools:
+	@command -v espeak-ng >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && { apt-get update -qq && apt-get install -y -qq espeak-ng; } >/dev/null 2>&1; } \
+	  || echo "espeak-ng not installed: the real-speech transcript test will skip"
+
+test: install speech-tools  ## the default test suite (slow tests excluded)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-slow: install  ## only the tests marked slow

@@ -24,6 +24,8 @@ from pathlib import Path
 import httpx
 import yaml
 
+from flows.stages import PER_RECORDING
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 OLD = time.time() - 3600
@@ -41,8 +43,8 @@ def sf(proj: Path, *args: str) -> float:
 def task_states(api: str) -> list[str]:
     fr = httpx.post(f"{api}/flow_runs/filter", json={"flows": {"name": {"any_": ["semioflow"]}},
                                                      "sort": "EXPECTED_START_TIME_DESC", "limit": 1}).json()[0]
-    runs = httpx.post(f"{api}/task_runs/filter", json={"flow_runs": {"id": {"any_": [fr["id"]]}}, "limit": 500}).json()
-    return [r["state"]["name"] for r in runs if r["name"].split("-")[0] in ("deidentify", "downsample", "window")]
+    runs = httpx.post(f"{api}/task_runs/filter", json={"flow_runs": {"id": {"any_": [fr["id"]]}}, "limit": 200}).json()
+    return [r["state"]["name"] for r in runs if r["name"].split("-")[0] in PER_RECORDING]
 
 
 def main() -> None:

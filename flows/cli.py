@@ -257,7 +257,8 @@ def ingest(obj: CliContext, inbox: Path | None, wait: bool) -> None:
 
 
 @cli.command()
-@click.argument("name", type=click.Choice(["ingest", "deidentify", "downsample", "window"]))
+@click.argument("name", type=click.Choice(["ingest", "deidentify", "downsample", "window", "face_crop", "pose",
+                                           "audio", "transcript"]))
 @click.option("--inbox", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Only for ingest: folder of new recordings.")
 @_wait_option

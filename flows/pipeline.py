@@ -90,7 +90,9 @@ def run_stage(stage: str, data_dir: Path, params: Params, *, inbox: str | None =
         else:
             report.failed.append(job.recording_id)
     _collect(stage, data_dir, report.done)
-    create_table_artifact(key=stage, table=report.results or [{"recordings": 0}], description=report.line())
+    # artifact keys allow lowercase letters, digits and dashes only
+    create_table_artifact(key=stage.replace("_", "-"), table=report.results or [{"recordings": 0}],
+                          description=report.line())
     if report.failed:
         raise StageFailed(f"{stage} failed for {len(report.failed)} recording(s): {', '.join(report.failed)} "
                           "(see the Prefect UI for their errors; the others finished)")

@@ -44,7 +44,7 @@ STAGE_DIRS = {
     "audio": "07_audio",
     "transcript": "08_transcript",
 }
-PER_RECORDING = ("deidentify", "downsample", "window")  # in pipeline order
+PER_RECORDING = ("deidentify", "downsample", "window", "face_crop", "pose", "audio", "transcript")  # in order
 # Knob definitions and error types do not change what a stage computes (the
 # knob *values* are in the key): editing them must not rerun every stage.
 NOT_CODE = ("params.py", "errors.py")
@@ -212,11 +212,13 @@ SPECS: dict[str, StageSpec] = {s.name: s for s in (
     StageSpec("face_crop", ("02_deidentify/boxes/{rid}.parquet", "03_downsample/videos/{rid}.mp4",
                             "03_downsample/frames/{rid}.parquet", WINDOWS), "window",
               _enhance("tasks.face_crop", "face_crop_recording")),
-    StageSpec("pose", ("03_downsample/videos/{rid}.mp4", "03_downsample/frames/{rid}.parquet", WINDOWS), "window",
+    StageSpec("pose", ("02_deidentify/boxes/{rid}.parquet", "03_downsample/videos/{rid}.mp4",
+                       "03_downsample/frames/{rid}.parquet", WINDOWS), "window",
               _enhance("tasks.pose", "pose_recording")),
     StageSpec("audio", ("02_deidentify/videos/{rid}.mp4", WINDOWS), "window",
               _enhance("tasks.audio", "audio_recording")),
-    StageSpec("transcript", ("07_audio/audio/{rid}_denoised.wav", WINDOWS), "audio",
+    StageSpec("transcript", ("07_audio/quality/{rid}.parquet", "07_audio/audio/{rid}_raw.wav",
+                             "07_audio/audio/{rid}_denoised.wav", WINDOWS), "audio",
               _enhance("tasks.transcript", "transcript_recording")),
 )}
 

@@ -2,24 +2,28 @@
 
 Per recording (``downsample_recording``): frames are chosen by presentation
 time (``tasks.media.sample_frames``: slot k = [k/fps, (k+1)/fps)), so
-variable-frame-rate input keeps an even time grid; the short side is scaled
-to ``short_side`` (never upscaled).  Outputs in ``out_dir``
+variable-frame-rate input keeps an even time grid: a kept frame is stamped
+with its slot's start ``k / fps`` (off the source time by less than one
+source frame), and a slot the source left empty is simply absent.  The
+short side is scaled to ``short_side`` (never upscaled).  Outputs in ``out_dir``
 (``data/03_downsample/``): ``videos/<id>.mp4`` (H.264 at ``fps``, no audio),
 ``frames/<id>.parquet`` (table ``frames``: recording_id, frame_index, pts_s in
-seconds), and for the stage ``frames.parquet`` (all recordings).
+seconds, on the k / fps grid), and for the stage ``frames.parquet``.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pyarrow as pa
 
 from tasks.media import VideoWriter, sample_frames
 from tasks.params import DownsampleParams
-from tasks.schema import read_table, write_table
+from tasks.schema import concat_write, read_table, write_table
 
 CRF = 20  # a little higher quality than default: these frames are what the models see
+SLOT_EPS = 1e-6  # the same tolerance sample_frames uses to assign a pts to its slot
 
 
 def downsample_recording(recording_id: str, src: Path, out_dir: Path, params: DownsampleParams) -> pa.Table:
@@ -33,8 +37,9 @@ def downsample_recording(recording_id: str, src: Path, out_dir: Path, params: Do
                 h, w = f.rgb.shape[:2]
                 writer = VideoWriter(out_dir / "videos" / f"{recording_id}.mp4", width=w, height=h, fps=params.fps,
                                      crf=CRF)
-            writer.write(f.rgb, pts_s=f.pts_s)
-            rows.append(dict(recording_id=recording_id, frame_index=f.index, pts_s=f.pts_s))
+            grid_s = math.floor(f.pts_s * params.fps + SLOT_EPS) / params.fps
+            writer.write(f.rgb, pts_s=grid_s)
+            rows.append(dict(recording_id=recording_id, frame_index=f.index, pts_s=grid_s))
     except BaseException:
         if writer is not None:
             writer.__exit__(RuntimeError, None, None)
@@ -49,7 +54,5 @@ def downsample_recording(recording_id: str, src: Path, out_dir: Path, params: Do
 def collect(out_dir: Path, recording_ids: list[str]) -> pa.Table:
     """Concatenate per-recording frames tables into ``frames.parquet``."""
     out_dir = Path(out_dir)
-    tables = [read_table("frames", out_dir / "frames" / f"{rid}.parquet") for rid in sorted(recording_ids)]
-    table = pa.concat_tables(tables) if tables else None
-    write_table("frames", table if table is not None else [], out_dir / "frames.parquet")
-    return read_table("frames", out_dir / "frames.parquet")
+    return concat_write("frames", [out_dir / "frames" / f"{rid}.parquet" for rid in sorted(recording_ids)],
+                        out_dir / "frames.parquet")

@@ -8,6 +8,7 @@ then rename), so a killed writer never leaves a file that looks complete.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -27,6 +28,7 @@ DEFAULT_CRF = 23  # x264 constant rate factor (lower = better quality)
 DEFAULT_PRESET = "veryfast"
 AUDIO_BITRATE = 64_000  # bit/s, mono speech-grade AAC
 VFR_TICKS_PER_FRAME = 100  # time-base ticks per nominal frame, so pts can be uneven
+FULL_RANGE = 2  # AVCOL_RANGE_JPEG: 0-255 luma, which the limited-range yuv420p output must not copy as is
 
 
 class MediaError(SemioflowError):
@@ -42,6 +44,70 @@ class DecodedFrame:
     rgb: np.ndarray  # (H, W, 3) uint8
 
 
+@dataclass(frozen=True)
+class YuvFrame:
+    """One decoded frame kept in yuv420p, plus a small RGB copy for detectors.
+
+    ``yuv`` is an I420 array of shape (height * 3 / 2, width), upright, with
+    even sizes (an odd last row/column is dropped); ``i420_planes`` gives
+    writable views of its Y, U and V planes.  ``small_rgb`` is the same
+    picture shrunk (area interpolation) to the requested short side.
+    """
+
+    index: int
+    pts_s: float
+    yuv: np.ndarray  # (H * 3 / 2, W) uint8, I420
+    small_rgb: np.ndarray  # (h, w, 3) uint8
+
+    @property
+    def width(self) -> int:
+        return self.yuv.shape[1]
+
+    @property
+    def height(self) -> int:
+        return self.yuv.shape[0] * 2 // 3
+
+
+def i420_planes(yuv: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Views (Y, U, V) into an I420 array of shape (H * 3 / 2, W); writing them writes ``yuv``."""
+    h, w = yuv.shape[0] * 2 // 3, yuv.shape[1]
+    flat = yuv.reshape(-1)  # a view: the array is contiguous
+    n, q = h * w, h * w // 4  # U and V need not start on a row of the (H * 3 / 2, W) layout
+    return (flat[:n].reshape(h, w), flat[n:n + q].reshape(h // 2, w // 2),
+            flat[n + q:n + 2 * q].reshape(h // 2, w // 2))
+
+
+def i420_from_planes(y: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Pack Y, U, V planes (any strides) into one contiguous I420 array."""
+    h, w = y.shape
+    out = np.empty((h * 3 // 2, w), np.uint8)
+    oy, ou, ov = i420_planes(out)
+    oy[:], ou[:], ov[:] = y, u, v
+    return out
+
+
+def shrink_i420_to_rgb(yuv: np.ndarray, width: int, height: int) -> np.ndarray:
+    """An I420 picture as RGB at ``width`` x ``height`` (even), area interpolation.
+
+    Each plane is shrunk before the colour conversion, so only the small
+    picture is converted (about 2 ms for 1080p -> 640x360 instead of ~7 ms
+    for convert-then-shrink).  Same result as shrinking the RGB frame within
+    a tenth of a grey level.
+    """
+    h, w = yuv.shape[0] * 2 // 3, yuv.shape[1]
+    if (width, height) == (w, h):
+        return cv2.cvtColor(yuv, cv2.COLOR_YUV2RGB_I420)
+    small = np.empty((height * 3 // 2, width), np.uint8)
+    for src, dst in zip(i420_planes(yuv), i420_planes(small)):
+        dst[:] = cv2.resize(src, (dst.shape[1], dst.shape[0]), interpolation=cv2.INTER_AREA)
+    return cv2.cvtColor(small, cv2.COLOR_YUV2RGB_I420)
+
+
+def rgb_to_i420(rgb: np.ndarray) -> np.ndarray:
+    """RGB (even sizes) to I420 with OpenCV (BT.601 limited range, as FFmpeg's default)."""
+    return cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2YUV_I420)
+
+
 def to_video_frame(rgb: np.ndarray, pix_fmt: str) -> av.VideoFrame:
     """An RGB array as a frame in ``pix_fmt`` ready for the encoder.
 
@@ -52,7 +118,7 @@ def to_video_frame(rgb: np.ndarray, pix_fmt: str) -> av.VideoFrame:
     rgb = np.ascontiguousarray(rgb)
     h, w = rgb.shape[:2]
     if pix_fmt == "yuv420p" and not (h % 2 or w % 2):
-        return av.VideoFrame.from_ndarray(cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420), format="yuv420p")
+        return av.VideoFrame.from_ndarray(rgb_to_i420(rgb), format="yuv420p")
     frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
     return frame if pix_fmt == "rgb24" else frame.reformat(format=pix_fmt)
 
@@ -458,6 +524,9 @@ class Transcoder:
             for f in tc.frames():          # upright RGB, source pts
                 tc.write(process(f.rgb), pts_s=f.pts_s)
             tc.commit()
+
+    ``frames_yuv``/``write_yuv`` do the same without full-size RGB (the
+    decoder's yuv420p planes are edited and encoded as they are).
     """
 
     def __init__(self, src: str | Path, dst: str | Path, *, keep_audio: bool, crf: int = DEFAULT_CRF,
@@ -486,6 +555,7 @@ class Transcoder:
             self._aout.metadata.clear()
         self._vout = None
         self._pending_audio: list = []
+        self._mux_lock = threading.Lock()  # audio (demux side) and video (encode side) may mux from two threads
         self._t0: float | None = None
         rate = self._vin.average_rate or self._vin.guessed_rate or Fraction(30)
         self._rate = Fraction(rate).limit_denominator(1001)
@@ -500,6 +570,36 @@ class Transcoder:
         A decode error mid-file ends the iteration and is kept in
         ``decode_error`` (the caller judges coverage from ``decoded``).
         """
+        for frame, pts in self._decoded():
+            rot = int(round(frame.rotation or 0)) % 360
+            yield DecodedFrame(index=self.decoded - 1, pts_s=pts, rgb=upright(frame.to_ndarray(format="rgb24"), rot))
+
+    def frames_yuv(self, *, small_short_side: int | None) -> Iterator[YuvFrame]:
+        """Decoded frames kept in yuv420p (upright, even sizes) with a small RGB copy.
+
+        The cheap path for frame-by-frame editing: no full-size RGB is ever
+        made (``write_yuv`` encodes the planes as they are).  ``small_rgb``
+        has its short side at ``small_short_side`` (never upscaled; None =
+        full size).  Iterating may run in another thread than ``write_yuv``:
+        audio packets copied on the way are muxed under a lock.
+        """
+        for frame, pts in self._decoded():
+            rot = int(round(frame.rotation or 0)) % 360
+            as_is = frame.format.name == PIX_FMT and frame.color_range != FULL_RANGE
+            if as_is and not (frame.width % 2 or frame.height % 2):
+                yuv = frame.to_ndarray(format=PIX_FMT)  # a copy: the decoder may reuse its buffers
+            else:  # odd size, full range or another pixel format: via RGB, cropped to even
+                rgb = frame.to_ndarray(format="rgb24")
+                h, w = rgb.shape[:2]
+                yuv = rgb_to_i420(rgb[:h - h % 2, :w - w % 2])
+            if rot:
+                yuv = i420_from_planes(*(upright(p, rot) for p in i420_planes(yuv)))
+            h, w = yuv.shape[0] * 2 // 3, yuv.shape[1]
+            sw, sh = output_size(w, h, small_short_side) if small_short_side else (w, h)
+            yield YuvFrame(index=self.decoded - 1, pts_s=pts, yuv=yuv, small_rgb=shrink_i420_to_rgb(yuv, sw, sh))
+
+    def _decoded(self) -> Iterator[tuple[av.VideoFrame, float]]:
+        """(frame, pts in s from the first frame); copies audio packets to the output on the way."""
         streams = [self._vin] + ([self._ain] if self._ain is not None else [])
         tb = self._vin.time_base
         try:
@@ -508,43 +608,50 @@ class Transcoder:
                     if packet.dts is None:
                         continue
                     packet.stream = self._aout
-                    if self._vout is None:
-                        # the header is written on the first mux, and the video
-                        # stream only exists once the first frame is processed
-                        self._pending_audio.append(packet)
-                    else:
-                        self._out.mux(packet)
+                    with self._mux_lock:
+                        if self._vout is None:
+                            # the header is written on the first mux, and the video
+                            # stream only exists once the first frame is processed
+                            self._pending_audio.append(packet)
+                        else:
+                            self._out.mux(packet)
                     continue
                 for frame in packet.decode():
                     pts = float(frame.pts * tb) if frame.pts is not None else self.decoded / self.fps
                     if self._t0 is None:
                         self._t0 = pts
-                    rot = int(round(frame.rotation or 0)) % 360
-                    rgb = upright(frame.to_ndarray(format="rgb24"), rot)
                     self.decoded += 1
-                    yield DecodedFrame(index=self.decoded - 1, pts_s=pts - self._t0, rgb=rgb)
+                    yield frame, pts - self._t0
         except av.FFmpegError as exc:
             self.decode_error = str(exc)
 
     def write(self, rgb: np.ndarray, *, pts_s: float) -> None:
-        """Encode one processed frame at its source presentation time."""
+        """Encode one processed RGB frame at its source presentation time."""
         h, w = rgb.shape[:2]
         w2, h2 = w - w % 2, h - h % 2  # yuv420p needs even sizes: drop a row/column
-        if (w2, h2) != (w, h):
-            rgb = rgb[:h2, :w2]
-        if self._vout is None:
-            self._vout = self._out.add_stream(VIDEO_CODEC, rate=self._rate)
-            self._vout.width, self._vout.height, self._vout.pix_fmt = w2, h2, PIX_FMT
-            self._vout.codec_context.time_base = 1 / (self._rate * VFR_TICKS_PER_FRAME)
-            self._vout.options = {"crf": str(self._crf), "preset": self._preset}
-            for packet in self._pending_audio:
-                self._out.mux(packet)
-            self._pending_audio.clear()
-        frame = to_video_frame(rgb, PIX_FMT)
+        self._encode(to_video_frame(rgb[:h2, :w2], PIX_FMT), w2, h2, pts_s)
+
+    def write_yuv(self, yuv: np.ndarray, *, pts_s: float) -> None:
+        """Encode one processed I420 frame (as from ``frames_yuv``) at its source presentation time."""
+        h, w = yuv.shape[0] * 2 // 3, yuv.shape[1]
+        self._encode(av.VideoFrame.from_ndarray(yuv, format=PIX_FMT), w, h, pts_s)
+
+    def _encode(self, frame: av.VideoFrame, w: int, h: int, pts_s: float) -> None:
+        with self._mux_lock:
+            if self._vout is None:
+                self._vout = self._out.add_stream(VIDEO_CODEC, rate=self._rate)
+                self._vout.width, self._vout.height, self._vout.pix_fmt = w, h, PIX_FMT
+                self._vout.codec_context.time_base = 1 / (self._rate * VFR_TICKS_PER_FRAME)
+                self._vout.options = {"crf": str(self._crf), "preset": self._preset}
+                for packet in self._pending_audio:
+                    self._out.mux(packet)
+                self._pending_audio.clear()
         frame.pts = int(round(pts_s * self._rate * VFR_TICKS_PER_FRAME))
         frame.time_base = 1 / (self._rate * VFR_TICKS_PER_FRAME)
-        for packet in self._vout.encode(frame):
-            self._out.mux(packet)
+        packets = self._vout.encode(frame)  # outside the lock: the encoder is this thread's alone
+        with self._mux_lock:
+            for packet in packets:
+                self._out.mux(packet)
 
     def commit(self) -> Path:
         """Flush, close and move the output into place."""

@@ -76,16 +76,21 @@ class IngestParams:
 @dataclass(frozen=True)
 class DeidentifyParams:
     detector: Literal["mediapipe", "centerface"] = "mediapipe"
-    detect_short_side: int = 720  # pixels; frames are shrunk to this for detection (speed vs small faces)
+    # pixels; frames are shrunk to this for detection.  mediapipe's full-range model sees 192x192
+    # whatever it is given, so more only costs time; raise it for detector=centerface (small faces).
+    detect_short_side: int = 360
     threshold: float = 0.3  # low: recall over precision
     box_dilation: float = 0.3  # fraction of the box size added on every side
     gap_fill_s: float = 0.5  # a face seen at t is also blurred this long before and after t
-    blur: Literal["pixelate", "gaussian", "none"] = "pixelate"  # none: audit self-test only (fails closed)
+    # gaussian: detectors fired on 6-block mosaics (pixelate) in the phantom tests; none: audit self-test only
+    blur: Literal["pixelate", "gaussian", "none"] = "gaussian"
     keep_audio: bool = True
+    encoder_preset: str = "ultrafast"  # libx264 preset: bigger files than veryfast at the same crf, less CPU
     min_decoded_coverage: float = 0.98  # share of the duration that must decode
     audit_detector: Literal["mediapipe", "centerface"] = "centerface"
     audit_fps: float = 2.0  # frames per second the audit checks (the analysis rate)
     audit_threshold: float = 0.5
+    audit_short_side: int = 480  # pixels; CenterFace cost grows with the frame area
     audit_max_residual_frac: float = 0.0  # share of audited frames allowed to show a face
 
 
@@ -109,6 +114,72 @@ class WindowParams:
     @property
     def stride_s(self) -> float:
         return self.length_s - self.overlap_s
+
+
+@dataclass(frozen=True)
+class FaceCropParams:
+    """Smoothed patient face track per window, cropped to a fixed-size clip."""
+
+    size: int = 224  # pixels, square output clip
+    margin: float = 0.6  # fraction of the face box added on every side
+    hold_s: float = 2.0  # keep the last box through misses this long
+    smooth_s: float = 1.5  # temporal smoothing window of the crop box
+
+    def __post_init__(self) -> None:
+        if self.size < 16 or self.size % 2:
+            raise ConfigError("face_crop.size must be an even number of pixels >= 16 (H.264 4:2:0)")
+        if self.margin < 0 or self.hold_s < 0 or self.smooth_s < 0:
+            raise ConfigError("face_crop.margin, hold_s and smooth_s must be >= 0")
+
+
+@dataclass(frozen=True)
+class PoseParams:
+    """mediapipe pose per 2 fps frame; skeleton overlay clips per window."""
+
+    model_complexity: int = 1  # the only complexity mediapipe 0.10.14 ships
+    min_detection_confidence: float = 0.5
+    min_tracking_confidence: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.model_complexity != 1:
+            # 0 (lite) and 2 (heavy) are not in the wheel; mediapipe would download them at run time
+            raise ConfigError("pose.model_complexity must be 1 (the only model mediapipe 0.10.14 ships)")
+        for name in ("min_detection_confidence", "min_tracking_confidence"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"pose.{name} must be in [0, 1]")
+
+
+@dataclass(frozen=True)
+class AudioParams:
+    """Mono 16 kHz extraction and DSP denoising (stationary noise profile, STFT gain)."""
+
+    sample_rate: int = 16000  # Hz
+    method: Literal["spectral_gate", "wiener"] = "spectral_gate"
+    silence_dbfs: float = -60.0  # whole-recording RMS below this counts as silent
+    noise_quantile: float = 0.2  # share of the quietest STFT frames that define the noise profile
+    gate_db: float = 6.0  # spectral_gate: a bin opens this far above the noise power
+    floor_db: float = -25.0  # gain of a fully gated bin (deeper floors add musical noise)
+
+    def __post_init__(self) -> None:
+        if self.sample_rate < 8000:
+            raise ConfigError("audio.sample_rate must be >= 8000 Hz")
+        if not 0 < self.noise_quantile < 1:
+            raise ConfigError("audio.noise_quantile must be in (0, 1)")
+        if self.floor_db > 0:
+            raise ConfigError("audio.floor_db must be <= 0 dB")
+
+
+@dataclass(frozen=True)
+class TranscriptParams:
+    """Whisper ASR per recording, aligned to windows; models only from local files."""
+
+    backend: Literal["openai-whisper", "faster-whisper"] = "faster-whisper"
+    model: str = "base"  # "base" = the packaged weights; or a CT2 folder / openai-whisper .pt path
+    language: str = "en"
+    audio_source: Literal["denoised", "raw"] = "denoised"  # which 07_audio track is transcribed
+    beam_size: int = 5
+    compute_type: str = "int8"  # faster-whisper (CTranslate2) CPU precision
+    no_speech_threshold: float = 0.6  # window text skips segments above this that also decode poorly
 
 
 @dataclass(frozen=True)
@@ -139,6 +210,10 @@ class Params:
     deidentify: DeidentifyParams = field(default_factory=DeidentifyParams)
     downsample: DownsampleParams = field(default_factory=DownsampleParams)
     window: WindowParams = field(default_factory=WindowParams)
+    face_crop: FaceCropParams = field(default_factory=FaceCropParams)
+    pose: PoseParams = field(default_factory=PoseParams)
+    audio: AudioParams = field(default_factory=AudioParams)
+    transcript: TranscriptParams = field(default_factory=TranscriptParams)
     aggregate: AggregateParams = field(default_factory=AggregateParams)
     folds: FoldsParams = field(default_factory=FoldsParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)

@@ -137,6 +137,61 @@ TABLES: dict[str, pa.Schema] = {
         _f("frame_end", pa.int32()),
         doc="Analysis windows; frames [frame_start, frame_end) of the frames table.",
     ),
+    # ---- enhancement ---------------------------------------------------------
+    "arms": _schema(
+        _f(RECORDING_ID, pa.string()),
+        _f(WINDOW_INDEX, pa.int32()),
+        _f("arm", pa.string()),  # face_crop | pose_overlay | audio_raw | audio_denoised | transcript
+        _f("path", pa.string(), nullable=True),  # relative to the data dir; null when unavailable
+        _f("status", pa.string()),  # ok | no_face | no_audio | silent | ...
+        doc="Per-window enhancement artifacts, named so the query stage finds the arm it needs.",
+    ),
+    "face_tracks": _schema(
+        _f(RECORDING_ID, pa.string()),
+        _f(FRAME_INDEX, pa.int32()),
+        _f(PTS_S, pa.float64()),
+        BOX,  # the smoothed crop box (pixels of the 2 fps frame)
+        _f("detected", pa.bool_()),  # a patient face box was observed at this frame
+        _f("held", pa.bool_()),  # box carried over a short miss
+        doc="Smoothed patient face track per 2 fps frame.",
+    ),
+    "pose_landmarks": _schema(
+        _f(RECORDING_ID, pa.string()),
+        _f(FRAME_INDEX, pa.int32()),
+        _f(PTS_S, pa.float64()),
+        _f("landmark", pa.int8()),  # mediapipe PoseLandmark index 0..32
+        _f("name", pa.string()),
+        _f("x", pa.float32()),  # normalised image coordinates
+        _f("y", pa.float32()),
+        _f("z", pa.float32()),
+        _f("visibility", pa.float32()),
+        _f("wx", pa.float32()),  # world coordinates, metres, hip-centred
+        _f("wy", pa.float32()),
+        _f("wz", pa.float32()),
+        doc="mediapipe pose landmarks of the patient per 2 fps frame.",
+    ),
+    "audio_quality": _schema(
+        _f(RECORDING_ID, pa.string()),
+        _f("has_audio", pa.bool_()),
+        _f("silent", pa.bool_()),
+        _f("rms_dbfs", pa.float64(), nullable=True),
+        _f("snr_before_db", pa.float64(), nullable=True),  # blind estimate (loud vs quiet frames)
+        _f("snr_after_db", pa.float64(), nullable=True),
+        _f("method", pa.string()),  # spectral_gate | wiener
+        _f("duration_s", pa.float64()),  # seconds of decoded audio (0 without an audio stream)
+        _f("flags", pa.list_(pa.string())),  # no_audio_stream | silent | audio_shorter_than_video
+        doc="Per-recording audio extraction/denoising outcome.",
+    ),
+    "transcript_segments": _schema(
+        _f(RECORDING_ID, pa.string()),
+        _f("t_start_s", pa.float64()),
+        _f("t_end_s", pa.float64()),
+        _f("text", pa.string()),
+        _f("avg_logprob", pa.float64(), nullable=True),
+        _f("no_speech_prob", pa.float64(), nullable=True),
+        _f("model_id", pa.string()),
+        doc="Whisper segments per recording (times in recording seconds).",
+    ),
     # ---- query / aggregate --------------------------------------------------
     "answers": _schema(
         _f(RECORDING_ID, pa.string()),
@@ -414,3 +469,13 @@ def read_table(name: str, path: str | Path) -> pa.Table:
     if not path.is_file():
         raise SchemaError(f"table {name!r}: no file at {path}")
     return validate(name, pq.read_table(path))
+
+
+def concat_write(name: str, paths: list[Path], out: str | Path) -> pa.Table:
+    """Concatenate per-recording tables of ``name`` (validated) and write them atomically to ``out``.
+
+    This is how every per-recording stage builds its stage-level table.
+    """
+    tables = [read_table(name, p) for p in paths]
+    write_table(name, pa.concat_tables(tables) if tables else [], out)
+    return read_table(name, out)

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tasks.params import WindowParams
-from tasks.schema import read_table, write_table
+from tasks.schema import concat_write, read_table, write_table
 
 EPS_S = 1e-6  # seconds; absorbs float error when a window ends exactly at the end
 
@@ -76,9 +76,8 @@ def window_one(recording_id: str, frames_path: Path, duration_s: float, out_dir:
 def collect(out_dir: Path, recording_ids: list[str]) -> pa.Table:
     """Concatenate per-recording windows tables into ``windows.parquet``."""
     out_dir = Path(out_dir)
-    tables = [read_table("windows", out_dir / "windows" / f"{rid}.parquet") for rid in sorted(recording_ids)]
-    write_table("windows", pa.concat_tables(tables) if tables else [], out_dir / "windows.parquet")
-    return read_table("windows", out_dir / "windows.parquet")
+    return concat_write("windows", [out_dir / "windows" / f"{rid}.parquet" for rid in sorted(recording_ids)],
+                        out_dir / "windows.parquet")
 
 
 def window_stage(frames_path: Path, durations: dict[str, float], out_path: Path, params: WindowParams) -> pa.Table:
