@@ -6,7 +6,10 @@ Per recording (``deidentify_recording``):
    detector (low threshold, boxes dilated by ``box_dilation``).  Frames stay
    in yuv420p as decoded; the detector sees a small RGB copy
    (``detect_short_side``), and decoding + detection run in a second thread
-   ahead of blur + encode (a bounded queue, so memory stays fixed).
+   ahead of blur + encode (a bounded queue, so memory stays fixed).  A second
+   detector (CenterFace, low threshold) runs every ``second_every_s`` on the
+   same small copy: mediapipe misses faces in profile, CenterFace finds
+   them, and gap-fill carries its boxes to the frames in between.
 2. Temporal gap-fill: a frame is blurred with the union of the boxes detected
    within ``gap_fill_s`` before *and after* it, which also bridges short
    misses between two detections.  Frames wait in a small look-ahead buffer
@@ -234,18 +237,29 @@ def _decode_and_detect(tc: Transcoder, detector: FaceDetector, params: Deidentif
     detectors release the GIL for their native work, so this overlaps the
     blur/encode thread on a second core.  Ends with ``_END`` or the exception.
     """
+    second = None
+    if params.second_detector != "none":
+        second = make_detector(params.second_detector, threshold=params.second_threshold)
+    next_second = 0.0
     try:
         for f in tc.frames_yuv(small_short_side=params.detect_short_side):
             w, h = f.width, f.height
             sh, sw = f.small_rgb.shape[:2]
             sx, sy = w / sw, h / sh
+            found = detector.detect(f.small_rgb)
+            if second is not None and f.pts_s + 1e-6 >= next_second:
+                next_second = f.pts_s + params.second_every_s
+                found = found + second.detect(f.small_rgb)
             dets = [FaceBox(b.x0 * sx, b.y0 * sy, b.x1 * sx, b.y1 * sy, b.score).dilate(params.box_dilation, w, h)
-                    for b in detector.detect(f.small_rgb)]
+                    for b in found]
             if not _put(q, (f, dets), stop):
                 return
         _put(q, _END, stop)
     except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which re-raises it
         _put(q, exc, stop)
+    finally:
+        if second is not None:
+            second.close()
 
 
 def _blur_stream(tc: Transcoder, detector: FaceDetector, auditor: _Auditor, params: DeidentifyParams,

@@ -82,6 +82,11 @@ class DeidentifyParams:
     threshold: float = 0.3  # low: recall over precision
     box_dilation: float = 0.3  # fraction of the box size added on every side
     gap_fill_s: float = 0.5  # a face seen at t is also blurred this long before and after t
+    # A second detector on a cadence catches what the first misses (mediapipe misses profile
+    # faces); gap fill carries its boxes to the frames in between.  "none" turns it off.
+    second_detector: Literal["none", "mediapipe", "centerface"] = "centerface"
+    second_every_s: float = 0.2  # seconds between second-detector passes
+    second_threshold: float = 0.2
     # gaussian: detectors fired on 6-block mosaics (pixelate) in the phantom tests; none: audit self-test only
     blur: Literal["pixelate", "gaussian", "none"] = "gaussian"
     keep_audio: bool = True
