@@ -54,7 +54,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tasks.media import VideoWriter, iter_frames, probe
+from tasks.media import ClipPlan, probe, write_clips
 from tasks.params import FaceCropParams
 from tasks.schema import concat_write, read_table, write_table
 
@@ -325,27 +325,11 @@ def face_crop_recording(recording_id: str, data_dir: Path, out_dir: Path, params
 
 
 def _write_clips(video: Path, plans: list[tuple[int, int, Path, dict]], *, size: int, fps: float) -> None:
-    """One pass over the 2 fps video; a writer is open only while its window's frames stream by."""
-    if not plans:
-        return
-    open_: dict[int, VideoWriter] = {}
-    ok = False
-    try:
-        for f in iter_frames(video):
-            k = f.index
-            for i, (k0, k1, path, use) in enumerate(plans):
-                if k0 <= k <= k1 and k in use:
-                    if i not in open_:
-                        open_[i] = VideoWriter(path, width=size, height=size, fps=fps, crf=CLIP_CRF, threads=1)
-                    open_[i].write(crop(f.rgb, use[k], size))
-                if k == k1 and i in open_:
-                    open_.pop(i).close()
-            if k >= max(p[1] for p in plans):
-                break
-        ok = True
-    finally:
-        for w in open_.values():  # the video ended early: keep what was written; on an error, nothing
-            w.__exit__(None if ok else RuntimeError, None, None)
+    """One pass over the 2 fps video: each window's crop clip (frames without a box are left out)."""
+    clips = [ClipPlan(k0, k1, path) for k0, k1, path, _ in plans]
+    uses = [use for *_, use in plans]
+    write_clips(video, clips, lambda i, k, rgb: crop(rgb, uses[i][k], size) if k in uses[i] else None,
+                fps=fps, crf=CLIP_CRF)
 
 
 def collect(out_dir: Path, recording_ids: list[str]) -> pa.Table:

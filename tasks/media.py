@@ -739,3 +739,46 @@ def sample_frames(path: str | Path, *, fps: float, short_side: int) -> Iterator[
         raise MediaError(f"cannot decode video: {exc}") from None
     except IndexError:
         raise MediaError("file has no video stream") from None
+
+
+@dataclass(frozen=True)
+class ClipPlan:
+    """One output clip: frames ``first``..``last`` (inclusive indices) of a video, written to ``path``."""
+
+    first: int
+    last: int
+    path: Path
+
+
+def write_clips(video: str | Path, plans: list[ClipPlan], render, *, fps: float, crf: int) -> None:
+    """Cut several (possibly overlapping) clips from one decoding pass over ``video``.
+
+    ``render(i, k, rgb)`` returns the image clip ``i`` gets for frame ``k``, or
+    None to leave that frame out.  A clip's writer is open only while its
+    frames stream by.  If the video ends early, what was written is kept; on
+    an error nothing is left at any clip's path.
+    """
+    if not plans:
+        return
+    open_: dict[int, VideoWriter] = {}
+    end = max(p.last for p in plans)
+    ok = False
+    try:
+        for f in iter_frames(video):
+            k = f.index
+            for i, p in enumerate(plans):
+                if p.first <= k <= p.last:
+                    img = render(i, k, f.rgb)
+                    if img is not None:
+                        if i not in open_:
+                            h, w = img.shape[:2]
+                            open_[i] = VideoWriter(p.path, width=w, height=h, fps=fps, crf=crf, threads=1)
+                        open_[i].write(img)
+                if k == p.last and i in open_:
+                    open_.pop(i).close()
+            if k >= end:
+                break
+        ok = True
+    finally:
+        for w in open_.values():
+            w.__exit__(None if ok else RuntimeError, None, None)

@@ -49,7 +49,7 @@ import pyarrow as pa
 
 from tasks import face_crop as fc
 from tasks.errors import ModelNotFoundError
-from tasks.media import VideoWriter, iter_frames, probe
+from tasks.media import ClipPlan, iter_frames, probe, write_clips
 from tasks.params import PoseParams
 from tasks.schema import concat_write, read_table, write_table
 
@@ -296,30 +296,11 @@ def pose_recording(recording_id: str, data_dir: Path, out_dir: Path, params: Pos
 
 def _write_overlays(video: Path, plans: list[tuple[int, int, Path]], found: dict[int, np.ndarray], *,
                     fps: float) -> None:
-    """One pass over the 2 fps video; each window's writer is open only while its frames stream by."""
-    if not plans:
-        return
+    """One pass over the 2 fps video: each window's frames with the patient's skeleton drawn."""
     conns = limb_connections()
-    open_: dict[int, VideoWriter] = {}
-    ok = False
-    try:
-        for f in iter_frames(video):
-            k = f.index
-            img = draw_skeleton(f.rgb, found[k], conns) if k in found else f.rgb
-            for i, (k0, k1, path) in enumerate(plans):
-                if k0 <= k <= k1:
-                    if i not in open_:
-                        h, w = img.shape[:2]
-                        open_[i] = VideoWriter(path, width=w, height=h, fps=fps, crf=OVERLAY_CRF, threads=1)
-                    open_[i].write(img)
-                if k == k1 and i in open_:
-                    open_.pop(i).close()
-            if k >= max(p[1] for p in plans):
-                break
-        ok = True
-    finally:
-        for wr in open_.values():  # the video ended early: keep what was written; on an error, nothing
-            wr.__exit__(None if ok else RuntimeError, None, None)
+    write_clips(video, [ClipPlan(k0, k1, path) for k0, k1, path in plans],
+                lambda i, k, rgb: draw_skeleton(rgb, found[k], conns) if k in found else rgb,
+                fps=fps, crf=OVERLAY_CRF)
 
 
 def collect(out_dir: Path, recording_ids: list[str]) -> pa.Table:
