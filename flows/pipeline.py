@@ -74,20 +74,20 @@ def run_stage(stage: str, data_dir: Path, params: Params, *, inbox: str | None =
     pdict = to_dict(params)
     report = StageReport(stage)
     kw = dict(data_dir=str(data_dir), params=pdict)
-    futures, finished = [], []
+    futures, fresh, finished = [], [], []
     for job in jobs:
         # Files behind a cache entry gone (e.g. DVC removed them)? Re-run and re-cache.
-        stale = marker_result(out, job.recording_id, job.cache_key) is None
-        report.rebuilt += stale and marker_key(out, job.recording_id) == job.cache_key
-        if stale:
+        if marker_result(out, job.recording_id, job.cache_key) is None:
+            report.rebuilt += marker_key(out, job.recording_id) == job.cache_key
             t = TASKS[stage].with_options(refresh_cache=True)
             futures.append((job, t.submit(recording_id=job.recording_id, cache_key=job.cache_key, **kw)))
-    for job in jobs:
+        else:
+            fresh.append(job)
+    for job in fresh:
         # Finished recordings are cache hits: checked in this process rather than
         # shipped to a worker (that round trip dominated a nightly rerun's time).
-        if not any(j is job for j, _ in futures):
-            finished.append((job, TASKS[stage](recording_id=job.recording_id, cache_key=job.cache_key,
-                                               return_state=True, **kw)))
+        finished.append((job, TASKS[stage](recording_id=job.recording_id, cache_key=job.cache_key,
+                                           return_state=True, **kw)))
     for job, fut in futures:
         fut.wait()
         finished.append((job, fut.state))

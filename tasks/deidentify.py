@@ -55,7 +55,6 @@ PIXELATE_BLOCKS = 6  # blocks across a face: identity is gone, a head stays visi
 # nothing even at confidence 0.05 there.
 GAUSS_SIGMA_FRAC = 0.35
 GAUSS_WORK_PX = 32  # pixels; the long side of a box is blurred at this size, then scaled back
-AUDIT_DILATION = 0.0  # audit boxes are taken as the detector gives them
 
 
 @dataclass(frozen=True)
