@@ -21,6 +21,7 @@ demo: install  ## build the phantom demo cohorts and run every stage that exists
 	$(BIN)/semioflow features
 	$(BIN)/semioflow synth seizure
 	$(BIN)/semioflow synth gait
+	$(BIN)/semioflow models tiny
 	$(BIN)/semioflow run
 	@echo "demo done: outputs in data/ (see README, 'Stages'); run it again to see every recording Cached"
 

@@ -258,7 +258,8 @@ def ingest(obj: CliContext, inbox: Path | None, wait: bool) -> None:
 
 @cli.command()
 @click.argument("name", type=click.Choice(["ingest", "deidentify", "downsample", "window", "face_crop", "pose",
-                                           "audio", "transcript"]))
+                                           "audio", "transcript", "query", "aggregate", "folds", "train",
+                                           "evaluate"]))
 @click.option("--inbox", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Only for ingest: folder of new recordings.")
 @_wait_option
@@ -294,6 +295,46 @@ def _run_flow(obj: CliContext, which: str, wait: bool, **kw) -> None:
             out = pipeline.with_runner(f, params)(**args)
     for line in out if isinstance(out, list) else [out]:
         click.echo(line)
+
+
+@cli.group()
+def models() -> None:
+    """Model folders the query stage loads."""
+
+
+@models.command("tiny")
+@click.option("--vision-arch", type=click.Choice(["qwen2_5_vl", "internvl", "qwen3_vl"]), default="qwen2_5_vl",
+              show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--force", is_flag=True, help="Rebuild even if the folders exist.")
+@pass_ctx
+def models_tiny(obj: CliContext, vision_arch: str, seed: int, force: bool) -> None:
+    """Build random-weight smoke models at query.vision.model / query.audio.model.
+
+    Real architectures with tiny random weights: every answer they give is
+    noise, and every output of a run with them says so.  For demos and tests only.
+    """
+    import shutil
+    import uuid
+
+    from tasks.local_models import build_tiny
+
+    q = obj.params().query
+    for ep, arch in ((q.vision, vision_arch), (q.audio, "audioflamingo3")):
+        if ep.backend != "local":
+            click.echo(f"skip {arch}: backend is {ep.backend}, not local")
+            continue
+        folder = Path(ep.model)
+        if (folder / "config.json").is_file() and not force:
+            click.echo(f"keep {folder} (exists; --force rebuilds)")
+            continue
+        # built beside the target and renamed: a killed build never looks like a model folder
+        tmp = folder.parent / f".{folder.name}.partial-{uuid.uuid4().hex[:8]}"
+        build_tiny(arch, tmp, seed=seed)
+        if folder.exists():
+            shutil.rmtree(folder)
+        tmp.rename(folder)
+        click.echo(f"built {arch} random-weight smoke model at {folder} (answers are noise: for smoke runs only)")
 
 
 @cli.group()

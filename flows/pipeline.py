@@ -17,11 +17,12 @@ from prefect import flow, task
 from prefect.artifacts import create_table_artifact
 from prefect.task_runners import ProcessPoolTaskRunner
 
-from flows.stages import PER_RECORDING, TASKS, marker_key, marker_result, plan, prepare, stage_dir
+from flows.stages import (COHORT, COHORT_MARKER, COHORT_TASKS, PER_RECORDING, SPECS, TASKS, cohort_key,
+                          marker_key, marker_result, plan, prepare, stage_dir)
 from tasks.errors import SemioflowError
 from tasks.params import Params, load_params, to_dict
 
-STAGES = ("ingest",) + PER_RECORDING
+STAGES = ("ingest",) + PER_RECORDING + COHORT
 
 
 class StageFailed(SemioflowError):
@@ -69,18 +70,28 @@ def run_stage(stage: str, data_dir: Path, params: Params, *, inbox: str | None =
     """Run one stage inside the current flow; returns its report."""
     if stage == "ingest":
         return _run_ingest(data_dir, params, inbox)
+    if stage in COHORT:
+        return _run_cohort(stage, data_dir, params)
+    spec = SPECS[stage]
+    for line in spec.preflight(params) if spec.preflight else []:
+        print(f"{stage}: {line}")
     out = prepare(stage, data_dir)
     jobs = plan(stage, data_dir, params)
     pdict = to_dict(params)
     report = StageReport(stage)
     kw = dict(data_dir=str(data_dir), params=pdict)
     futures, fresh, finished = [], [], []
+    in_process = spec.in_process(params)
     for job in jobs:
         # Files behind a cache entry gone (e.g. DVC removed them)? Re-run and re-cache.
         if marker_result(out, job.recording_id, job.cache_key) is None:
             report.rebuilt += marker_key(out, job.recording_id) == job.cache_key
             t = TASKS[stage].with_options(refresh_cache=True)
-            futures.append((job, t.submit(recording_id=job.recording_id, cache_key=job.cache_key, **kw)))
+            if in_process:  # one model in this process (e.g. on the GPU), recordings in turn
+                finished.append((job, t(recording_id=job.recording_id, cache_key=job.cache_key,
+                                        return_state=True, **kw)))
+            else:
+                futures.append((job, t.submit(recording_id=job.recording_id, cache_key=job.cache_key, **kw)))
         else:
             fresh.append(job)
     for job in fresh:
@@ -106,6 +117,32 @@ def run_stage(stage: str, data_dir: Path, params: Params, *, inbox: str | None =
         raise StageFailed(f"{stage} failed for {len(report.failed)} recording(s): {', '.join(report.failed)} "
                           "(see the Prefect UI for their errors; the others finished)")
     return report
+
+
+def _run_cohort(stage: str, data_dir: Path, params: Params) -> StageReport:
+    """A whole-cohort stage: one task run, cached on its inputs' contents + params + code."""
+    out = prepare(stage, data_dir)
+    key = cohort_key(stage, data_dir, params)
+    t = COHORT_TASKS[stage]
+    rebuilt = marker_result(out, COHORT_MARKER, key) is None and marker_key(out, COHORT_MARKER) == key
+    if marker_result(out, COHORT_MARKER, key) is None:
+        t = t.with_options(refresh_cache=True)
+    state = t(data_dir=str(data_dir), params=to_dict(params), cache_key=key, return_state=True)
+    if not state.is_completed():
+        raise StageFailed(str(state.result(raise_on_failure=False)) or f"{stage} failed (see the Prefect UI)")
+    result = state.result()
+    cached = state.name == "Cached"
+    line = result.get("line") or f"{stage}: done" + (" (cached)" if cached else "") + (
+        " (rebuilt from a stale cache entry)" if rebuilt else "")
+    if result.get("banner"):
+        line += f" -- {result['banner']}"
+    create_table_artifact(key=stage.replace("_", "-"), table=[_flat(result)], description=line)
+    return StageReport(stage, done=["cohort"], cached=int(cached), rebuilt=int(rebuilt), results=[result],
+                       summary=line)
+
+
+def _flat(result: dict) -> dict:
+    return {k: (v if isinstance(v, (str, int, float, bool)) or v is None else str(v)) for k, v in result.items()}
 
 
 def _collect(stage: str, data_dir: Path, rids: list[str]) -> None:

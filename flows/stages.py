@@ -43,8 +43,16 @@ STAGE_DIRS = {
     "pose": "06_pose",
     "audio": "07_audio",
     "transcript": "08_transcript",
+    "query": "09_query",
+    "aggregate": "10_aggregate",
+    "folds": "11_folds",
+    "train": "12_train",
+    "evaluate": "13_evaluate",
 }
-PER_RECORDING = ("deidentify", "downsample", "window", "face_crop", "pose", "audio", "transcript")  # in order
+PER_RECORDING = ("deidentify", "downsample", "window", "face_crop", "pose", "audio", "transcript", "query")  # in order
+# Whole-cohort stages, in order: tasks.<stage> exposes ``run(data_dir, out_dir, params) -> dict`` and
+# ``INPUTS`` (data-dir-relative files/folders it reads).
+COHORT = tuple(s for s in ("aggregate", "folds", "train", "evaluate") if (TASKS_DIR / f"{s}.py").is_file())
 # Knob definitions and error types do not change what a stage computes (the
 # knob *values* are in the key): editing them must not rerun every stage.
 NOT_CODE = ("params.py", "errors.py")
@@ -194,6 +202,45 @@ def _enhance(module: str, func: str):
     return work
 
 
+def _query(rid: str, data_dir: Path, out: Path, p: Params) -> dict:
+    from tasks.query import query_recording
+
+    return query_recording(rid, data_dir, out, p.query, backends=_query_backends(p))
+
+
+_BACKENDS: dict[str, dict] = {}  # loaded models, per process (a worker or the flow process)
+
+
+def _query_backends(p: Params) -> dict:
+    from tasks.query import make_backend
+
+    key = json.dumps(to_dict(p.query), sort_keys=True)
+    if key not in _BACKENDS:
+        _BACKENDS.clear()
+        _BACKENDS[key] = {"vision": make_backend(p.query.vision, p.query), "audio": make_backend(p.query.audio, p.query)}
+    return _BACKENDS[key]
+
+
+def _query_preflight(p: Params) -> list[str]:
+    from tasks.query import preflight
+
+    return preflight(p.query)
+
+
+def _query_identity(p: Params) -> str:
+    from tasks.query import model_fingerprint
+
+    return model_fingerprint(p.query)
+
+
+def _local_query(p: Params) -> bool:
+    return "local" in (p.query.vision.backend, p.query.audio.backend)
+
+
+def _never(p: Params) -> bool:
+    return False
+
+
 @dataclass(frozen=True)
 class StageSpec:
     """How one per-recording stage finds its recordings, hashes its inputs and runs."""
@@ -202,6 +249,12 @@ class StageSpec:
     inputs: tuple[str, ...]  # files under the data dir ("{rid}" = the recording), content-hashed into the key
     after: str  # recordings come from this stage's outputs
     work: Callable[[str, Path, Path, Params], dict]
+    # Extra cache-key material from params (e.g. the identity of the model files a path points to).
+    identity: Callable[[Params], str] | None = None
+    # Checked once before any recording runs; returns lines to print (raises ConfigError).
+    preflight: Callable[[Params], list[str]] | None = None
+    # Run recordings one by one in the flow process (a model loaded once, e.g. on one GPU).
+    in_process: Callable[[Params], bool] = _never
 
 
 WINDOWS = "04_window/windows/{rid}.parquet"
@@ -220,6 +273,10 @@ SPECS: dict[str, StageSpec] = {s.name: s for s in (
     StageSpec("transcript", ("07_audio/quality/{rid}.parquet", "07_audio/audio/{rid}_raw.wav",
                              "07_audio/audio/{rid}_denoised.wav", WINDOWS), "audio",
               _enhance("tasks.transcript", "transcript_recording")),
+    StageSpec("query", ("03_downsample/videos/{rid}.mp4", "03_downsample/frames/{rid}.parquet", WINDOWS,
+                        "05_face_crop/done/{rid}.json", "06_pose/done/{rid}.json", "07_audio/done/{rid}.json",
+                        "08_transcript/done/{rid}.json"), "window", _query,
+              identity=_query_identity, preflight=_query_preflight, in_process=_local_query),
 )}
 
 
@@ -320,8 +377,10 @@ def plan(stage: str, data_dir: Path, params: Params) -> list[Job]:
     """Recordings a stage must cover (those that passed the stage before) and their keys."""
     section = to_dict(getattr(params, stage))
     durations = _durations(data_dir) if stage != "deidentify" else {}
-    return [Job(rid, cache_key(stage, input_hash(stage, data_dir, rid), section, repr(durations.get(rid))))
-            for rid in recordings_after(SPECS[stage].after, data_dir)]
+    spec = SPECS[stage]
+    identity = spec.identity(params) if spec.identity else ""
+    return [Job(rid, cache_key(stage, input_hash(stage, data_dir, rid), section, repr(durations.get(rid)), identity))
+            for rid in recordings_after(spec.after, data_dir)]
 
 
 def prepare(stage: str, data_dir: Path) -> Path:
@@ -330,3 +389,67 @@ def prepare(stage: str, data_dir: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_partials(out)
     return out
+
+
+# ---- whole-cohort stages ------------------------------------------------------------------
+
+COHORT_MARKER = "_cohort"
+
+
+def _cohort_inputs(stage: str, data_dir: Path) -> str:
+    import importlib
+
+    h = hashlib.sha256()
+    for rel in importlib.import_module(f"tasks.{stage}").INPUTS:
+        root = data_dir / rel
+        files = sorted(p for p in root.rglob("*") if p.is_file() and "done" not in p.relative_to(root).parts) \
+            if root.is_dir() else [root]
+        for f in files:
+            h.update(f.relative_to(data_dir).as_posix().encode() if f.is_relative_to(data_dir) else b"")
+            h.update(file_sha256(f).encode() if f.is_file() else b"<absent>")
+    return h.hexdigest()
+
+
+def cohort_key(stage: str, data_dir: Path, params: Params) -> str:
+    """Key of a whole-cohort stage: its inputs' contents + the params sections it reads + its code.
+
+    ``tasks.<stage>.PARAMS`` names those sections (default: the stage's own).
+    """
+    import importlib
+
+    sections = getattr(importlib.import_module(f"tasks.{stage}"), "PARAMS", (stage,))
+    return cache_key(stage, _cohort_inputs(stage, data_dir), {k: to_dict(getattr(params, k)) for k in sections})
+
+
+def _cohort_outputs(out: Path) -> list[Path]:
+    return sorted(p for p in out.rglob("*") if p.is_file() and p.parent.name != "done" and not p.name.startswith("."))
+
+
+def run_cohort(stage: str, data_dir: str, params: dict, cache_key: str) -> dict:
+    """Body of a whole-cohort task: reuse intact outputs, else ``tasks.<stage>.run``."""
+    import importlib
+
+    out = stage_dir(Path(data_dir), stage)
+    done = marker_result(out, COHORT_MARKER, cache_key)
+    if done is not None:
+        return done
+    p = build(Params, params, prefix="")
+    try:
+        result = importlib.import_module(f"tasks.{stage}").run(Path(data_dir), out, p)
+    except Exception as exc:  # noqa: BLE001 - re-raised without paths (Prefect UI/logs)
+        raise RecordingFailed(f"{stage} failed: {type(exc).__name__}: {scrub_paths(str(exc))}") from None
+    write_marker(out, COHORT_MARKER, cache_key, _cohort_outputs(out), result)
+    return result
+
+
+def _make_cohort_task(stage: str):
+    def body(data_dir: str, params: dict, cache_key: str) -> dict:
+        return run_cohort(stage, data_dir, params, cache_key)
+
+    body.__name__ = body.__qualname__ = f"{stage}_task"
+    body.__module__ = __name__
+    return task(name=stage, task_run_name=stage, cache_key_fn=_key_from_params, persist_result=True,
+                retries=0)(body)
+
+
+COHORT_TASKS = {name: _make_cohort_task(name) for name in COHORT}

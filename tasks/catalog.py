@@ -64,6 +64,8 @@ class Templates:
     system: str
     context: dict[str, str]
     answer_format: str
+    transcript: str  # secondary text of the audio + transcript arm ({transcript})
+    batched: dict[str, str]  # intro, item ({id}, {prompt}), answer_format
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,9 @@ def _parse_templates(raw: dict) -> Templates:
         system=str(_require(raw, "system", where)).strip(),
         context={m: str(context[m]).strip() for m in MODALITIES},
         answer_format=str(_require(raw, "answer_format", where)).strip(),
+        transcript=str(_require(raw, "transcript", where)).strip(),
+        batched={k: str(_require(_require(raw, "batched", where), k, f"{where}: batched")).strip()
+                 for k in ("intro", "item", "answer_format")},
     )
 
 
@@ -213,6 +218,34 @@ def prompt_version(feature: Feature, catalog: Catalog | None = None) -> str:
     text = "\x1f".join([feature.prompt, tpl.system, tpl.context[feature.modality], tpl.answer_format])
     digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:8]
     return f"{feature.id}@v{feature.version}.t{tpl.version}-{digest}"
+
+
+def render_batched(features: tuple[Feature, ...], *, duration_s: float, fps: float,
+                   catalog: Catalog | None = None) -> str:
+    """The user text asking every feature of ``features`` at once (batched mode).
+
+    All features must share one modality; the answer is one JSON object keyed by feature id.
+    """
+    tpl = (catalog or load_catalog()).templates
+    modalities = {f.modality for f in features}
+    if len(modalities) != 1:
+        raise CatalogError(f"a batched prompt needs one modality, got {sorted(modalities)}")
+    context = tpl.context[modalities.pop()].format(duration_s=_num(duration_s), fps=_num(fps))
+    items = "\n".join(tpl.batched["item"].format(id=f.id, prompt=f.prompt) for f in features)
+    return f"{context}\n\n{tpl.batched['intro']}\n{items}\n\n{tpl.batched['answer_format'].format()}"
+
+
+def batched_version(features: tuple[Feature, ...], catalog: Catalog | None = None) -> str:
+    """Version key of a batched prompt: the member features' keys + the batched template text."""
+    cat = catalog or load_catalog()
+    parts = [prompt_version(f, cat) for f in features] + list(cat.templates.batched.values())
+    digest = hashlib.sha256("\x1f".join(parts).encode("utf-8")).hexdigest()[:8]
+    return f"batch[{','.join(f.id for f in features)}].t{cat.templates.version}-{digest}"
+
+
+def render_transcript(text: str, catalog: Catalog | None = None) -> str:
+    """The transcript sentence that follows the audio in the audio + transcript arm."""
+    return (catalog or load_catalog()).templates.transcript.format(transcript=text.strip())
 
 
 def _num(x: float) -> str:

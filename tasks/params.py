@@ -188,21 +188,119 @@ class TranscriptParams:
 
 
 @dataclass(frozen=True)
+class EndpointParams:
+    """One model the query stage asks: an OpenAI-compatible server or a local Hugging Face folder."""
+
+    backend: Literal["openai", "local", "none"] = "local"  # none: skip the arms this model would answer
+    model: str = ""  # served model name (openai) or a local model folder (local)
+    base_url: str = "http://127.0.0.1:8000/v1"  # openai: the server's /v1 root (vLLM, SGLang, LMDeploy, Ollama)
+    api_key_env: str = "SEMIOFLOW_API_KEY"  # openai: name of the environment variable holding the key
+    media_format: Literal["images", "video"] = "images"  # openai: frames as image parts or one video part
+    structured_output: bool = True  # openai: JSON-schema response_format (dropped if the server refuses it)
+    logprobs: bool = True  # openai: ask for top logprobs to record P(yes) (dropped if refused)
+    concurrency: int = 4  # openai: requests in flight per recording
+    timeout_s: float = 120.0  # openai: per request
+    retries: int = 4  # timeouts, 429 and 5xx retried this often
+    backoff_s: float = 1.0  # first retry delay, doubled each time (Retry-After honoured, capped)
+    device: str = "auto"  # local: auto | cpu | cuda[:N]
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1 or self.retries < 0 or self.timeout_s <= 0 or self.backoff_s < 0:
+            raise ValueError("concurrency >= 1, retries >= 0, timeout_s > 0 and backoff_s >= 0 required")
+
+
+@dataclass(frozen=True)
+class QueryParams:
+    """The MLLM query: which arms and features, how media is packed, which models answer."""
+
+    arms: tuple[str, ...] = ("raw", "face_crop", "pose_overlay", "audio_raw", "audio_denoised", "audio_transcript")
+    features: tuple[str, ...] = ()  # feature ids to ask; empty = the whole catalog
+    mode: Literal["single", "batched"] = "single"  # single: one request per feature; batched: per group
+    max_frames: int = 60  # frames per window sent (2 fps x 30 s); evenly thinned above this
+    max_pixels: int = 200704  # per frame (448 x 448); larger frames are shrunk, aspect kept
+    jpeg_quality: int = 90
+    max_tokens: int = 256  # answer length cap (finish_reason "length" = truncated)
+    temperature: float = 0.0
+    vision: EndpointParams = field(default_factory=lambda: EndpointParams(backend="local", model="models/vision"))
+    audio: EndpointParams = field(default_factory=lambda: EndpointParams(backend="local", model="models/audio"))
+
+    def __post_init__(self) -> None:
+        if self.max_frames < 1 or self.max_pixels < 28 * 28 or not 1 <= self.jpeg_quality <= 100:
+            raise ValueError("max_frames >= 1, max_pixels >= 784 and jpeg_quality in 1..100 required")
+
+
+@dataclass(frozen=True)
 class AggregateParams:
-    rule: Literal["any_yes", "k_of_n", "mean_prob"] = "any_yes"
-    k: int = 2
-    threshold: float = 0.5
+    """Window answers -> recording decision per feature and arm."""
+
+    rule: Literal["any_yes", "k_of_n", "mean_prob"] = "any_yes"  # any_yes is the study's rule
+    k: int = 2  # k_of_n: yes windows needed
+    threshold: float = 0.5  # mean_prob: mean P(yes) over windows at or above this = present
 
 
 @dataclass(frozen=True)
 class FoldsParams:
+    """Patient-grouped, label-stratified folds; labels come from users' annotation tables."""
+
     n_folds: int = 3
+    labels: str = "data/00_synth/seizure/labels.parquet"  # table ``labels`` keyed by source file name
+    recordings: str = "data/00_synth/seizure/recordings.parquet"  # source_name -> patient_id
+    restarts: int = 200  # seeded greedy assignments tried; the best-stratified one wins
+
+    def __post_init__(self) -> None:
+        if self.n_folds < 2 or self.restarts < 1:
+            raise ConfigError("folds.n_folds must be >= 2 and folds.restarts >= 1")
+
+
+@dataclass(frozen=True)
+class BaselineParams:
+    """One video baseline (R(2+1)D or ViViT): size preset, weights, clip shape, optimiser."""
+
+    size: Literal["tiny", "full"] = "full"  # full = the published architecture; tiny = CPU tests
+    pretrained: str = ""  # local weights (R(2+1)D: torchvision state-dict file; ViViT: HF folder); "" = random init
+    frames: int = 16  # frames per clip, spread evenly over the window
+    image_size: int = 112  # pixels, square clip frames
+    epochs: int = 10
+    batch_size: int = 8
+    lr: float = 1e-4  # AdamW
+
+    def __post_init__(self) -> None:
+        if self.frames < 1 or self.image_size < 8 or self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise ConfigError("train baseline: frames >= 1, image_size >= 8, epochs >= 1, batch_size >= 1, lr > 0")
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    """Per-fold video baselines on the 2 fps windows; window scores -> recording score by max."""
+
+    arms: tuple[str, ...] = ("r2plus1d", "vivit")
+    mode: Literal["per_feature", "multilabel"] = "per_feature"  # per_feature = one model per feature (the study)
+    features: tuple[str, ...] = ()  # video feature ids; empty = every video feature of the catalog
+    r2plus1d: BaselineParams = field(default_factory=BaselineParams)
+    vivit: BaselineParams = field(default_factory=lambda: BaselineParams(frames=32, image_size=224, batch_size=4,
+                                                                        lr=5e-5))
+    weight_decay: float = 0.01
+    flip: bool = True  # random horizontal flips while training (left/right does not change a label)
+    device: str = "auto"  # auto (CUDA when present) | cpu | cuda[:N]
+    save_checkpoints: bool = True  # model weights per arm x fold x feature under 12_train/models/
+    keep_clips: bool = False  # keep the decoded clip cache (12_train/clips/) after the stage
+
+    def __post_init__(self) -> None:
+        unknown = set(self.arms) - {"r2plus1d", "vivit"}
+        if unknown or not self.arms:
+            raise ConfigError(f"train.arms must be a non-empty subset of r2plus1d, vivit (got {sorted(unknown)})")
+        if self.weight_decay < 0:
+            raise ConfigError("train.weight_decay must be >= 0")
 
 
 @dataclass(frozen=True)
 class EvaluateParams:
-    bootstrap: int = 1000
+    bootstrap: int = 1000  # patient-level bootstrap resamples
     ci: float = 0.95
+
+    def __post_init__(self) -> None:
+        if self.bootstrap < 1 or not 0 < self.ci < 1:
+            raise ConfigError("evaluate.bootstrap must be >= 1 and evaluate.ci in (0, 1)")
 
 
 @dataclass(frozen=True)
@@ -219,8 +317,10 @@ class Params:
     pose: PoseParams = field(default_factory=PoseParams)
     audio: AudioParams = field(default_factory=AudioParams)
     transcript: TranscriptParams = field(default_factory=TranscriptParams)
+    query: QueryParams = field(default_factory=QueryParams)
     aggregate: AggregateParams = field(default_factory=AggregateParams)
     folds: FoldsParams = field(default_factory=FoldsParams)
+    train: TrainParams = field(default_factory=TrainParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
 
 

@@ -201,7 +201,7 @@ TABLES: dict[str, pa.Schema] = {
         _f("model_id", pa.string()),
         _f("backend", pa.string()),
         _f("prompt_version", pa.string()),
-        _f("status", pa.string()),  # yes | no | unparsed | refused | truncated | error
+        _f("status", pa.string()),  # yes | no | unparsed | refused | truncated | skipped (no media/model)
         _f("present", pa.bool_(), nullable=True),  # null unless status is yes/no
         _f("yes_prob", pa.float64(), nullable=True),
         _f("justification", pa.string(), nullable=True),
@@ -222,6 +222,16 @@ TABLES: dict[str, pa.Schema] = {
         _f("n_yes", pa.int32()),
         _f("evidence_windows", pa.list_(pa.int32())),
         doc="Per recording x feature decision with the windows that said yes.",
+    ),
+    "evidence": _schema(
+        _f(RECORDING_ID, pa.string()),
+        _f(FEATURE_ID, pa.string()),
+        _f("arm", pa.string()),
+        _f("model_id", pa.string()),
+        _f(WINDOW_INDEX, pa.int32()),
+        _f("yes_prob", pa.float64(), nullable=True),
+        _f("justification", pa.string(), nullable=True),
+        doc="The windows behind each positive vote: what the model said there.",
     ),
     # ---- ground truth (phantom cohorts or imported annotations) -------------
     "patients": _schema(
@@ -312,6 +322,31 @@ TABLES: dict[str, pa.Schema] = {
         _f(PATIENT_ID, pa.string()),
         _f("fold", pa.int8()),
         doc="Patient-stratified fold assignment.",
+    ),
+    "recording_labels": _schema(
+        _f(RECORDING_ID, pa.string()),
+        _f(PATIENT_ID, pa.string()),  # pseudonymous (HMAC of the annotation table's patient id)
+        _f(FEATURE_ID, pa.string()),
+        _f("label", pa.bool_()),
+        doc="Reference labels per de-identified recording x feature, keyed by pseudonymous ids.",
+    ),
+    "window_scores": _schema(
+        _f("arm", pa.string()),
+        _f(FEATURE_ID, pa.string()),
+        _f("fold", pa.int8()),  # the held-out fold of the model that scored the window
+        _f(RECORDING_ID, pa.string()),
+        _f(WINDOW_INDEX, pa.int32()),
+        _f("split", pa.string()),  # train | test (the recording's role for that model)
+        _f("score", pa.float64()),  # P(feature present) from the sigmoid
+        doc="Baseline window scores of every fold's model on its training and held-out recordings.",
+    ),
+    "thresholds": _schema(
+        _f("arm", pa.string()),
+        _f(FEATURE_ID, pa.string()),
+        _f("fold", pa.int8()),  # the held-out fold the threshold is applied to
+        _f("threshold", pa.float64()),  # recording score >= threshold = present
+        _f("train_f1", pa.float64()),  # F1 at that threshold on the training folds
+        doc="Per arm x feature x fold decision threshold, chosen on the training folds only.",
     ),
     "metrics": _schema(
         _f("arm", pa.string()),

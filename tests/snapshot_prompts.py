@@ -11,15 +11,31 @@ import json
 import sys
 from pathlib import Path
 
-from tasks.catalog import load_catalog, prompt_version, render_prompt
+from tasks.catalog import (GROUPS, batched_version, load_catalog, prompt_version, render_batched, render_prompt,
+                           render_transcript)
 
 SNAPSHOT = Path(__file__).resolve().parent / "snapshots" / "prompts.json"
 EXAMPLE_MEDIA = {"duration_s": 30.0, "fps": 2.0}  # one study window
 
 
 def render_all() -> list[dict]:
+    """One entry per feature prompt, per batched group prompt, and the transcript sentence."""
     cat = load_catalog()
-    return [
+    batched = [
+        {
+            "id": f"batched:{group}",
+            "version": 1,
+            "template_version": cat.templates.version,
+            "prompt_version": batched_version(cat.in_group(group), cat),
+            "system": cat.templates.system,
+            "user": render_batched(cat.in_group(group), catalog=cat, **EXAMPLE_MEDIA),
+        }
+        for group in GROUPS
+    ]
+    transcript = [{"id": "transcript", "version": 1, "template_version": cat.templates.version,
+                   "prompt_version": "transcript", "system": "",
+                   "user": render_transcript("Can you hear me? Yes.", cat)}]
+    return batched + transcript + [
         {
             "id": f.id,
             "version": f.version,

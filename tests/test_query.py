@@ -1,0 +1,324 @@
+"""query: requests, answer parsing, the response cache and endpoint faults.
+
+Media come from one phantom recording run through the real stages
+(``tests/enhance_fixture.py``: ingest -> deidentify -> downsample -> window,
+then face_crop and audio here).  Endpoint behaviour is exercised against a
+real HTTP server on localhost (``tests/fake_openai.py``) that a test scripts:
+plain answers, garbage, refusals, truncation, 429/5xx, timeouts, death.
+The real ``transformers serve`` and the in-process models are in
+``tests/test_query_models.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from tasks import audio, face_crop
+from tasks.catalog import load_catalog
+from tasks.params import AudioParams, EndpointParams, FaceCropParams, QueryParams
+from tasks.query import (EndpointError, OpenAIBackend, parse_answer, query_recording, questions_for,
+                         window_media)
+from tasks.schema import read_table
+from tests.enhance_fixture import enhanced_data
+from tests.fake_openai import FakeOpenAI, Response, chat, user_text
+
+CATALOG = load_catalog()
+VIDEO_FEATURES = [f.id for f in CATALOG.features if f.modality == "video"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """The phantom's data dir plus face_crop and audio outputs (the transcript stage is not run)."""
+    e = enhanced_data(tmp_path_factory)
+    d = tmp_path_factory.mktemp("query_data")
+    for sub in ("01_ingest", "02_deidentify", "03_downsample", "04_window"):
+        (d / sub).symlink_to(e.data_dir / sub, target_is_directory=True)
+    face_crop.face_crop_recording(e.recording_id, d, d / "05_face_crop", FaceCropParams())
+    audio.audio_recording(e.recording_id, d, d / "07_audio", AudioParams())
+    return d, e.recording_id
+
+
+def params_for(url: str, **kw) -> QueryParams:
+    vision = EndpointParams(backend="openai", model="fake-vlm", base_url=url, retries=3, backoff_s=0.01,
+                            timeout_s=5.0, concurrency=4)
+    audio_ep = replace(vision, model="fake-alm")
+    return replace(QueryParams(max_frames=8, max_pixels=160 * 120, vision=vision, audio=audio_ep), **kw)
+
+
+def yes_for(feature_ids: set[str]):
+    """A server that says yes to the questions of ``feature_ids`` and no to the rest."""
+    prompts = {f.id: f.prompt for f in CATALOG.features}
+
+    def respond(body: dict) -> Response:
+        text = user_text(body)
+        fid = next(i for i, p in prompts.items() if p in text)
+        present = "yes" if fid in feature_ids else "no"
+        return chat(json.dumps({"present": present, "justification": f"{fid} {present}"}))
+
+    return respond
+
+
+# ---- requests ---------------------------------------------------------------------------
+
+
+def test_media_prefix_is_byte_identical_across_a_windows_questions(data):
+    d, rid = data
+    params = params_for("http://127.0.0.1:9/v1")
+    windows = read_table("windows", d / "04_window" / "windows" / f"{rid}.parquet").to_pylist()
+    media = window_media(rid, d, windows, params, ("raw", "face_crop"), CATALOG)
+    backend = OpenAIBackend(params.vision, params)
+    for arm, n in (("raw", 18), ("face_crop", 7)):
+        m = media[(0, arm)]
+        assert len(m.images) == 8 and m.fps == pytest.approx(8 / 30, abs=1e-3)
+        parts = backend.media_parts(m)
+        qs = questions_for(rid, 0, arm, m, 30.0, params, CATALOG)
+        assert len(qs) == n
+        bodies = [json.dumps(backend.body(q, parts)) for q in qs]
+        prefixes = {b[:b.index('{"type": "text"')] for b in bodies}
+        assert len(prefixes) == 1, "media parts differ between questions of one window"
+        prefix = prefixes.pop()
+        assert len({b[len(prefix):] for b in bodies}) == n, "questions must differ"
+        first = backend.body(qs[0], parts)["messages"][1]["content"]
+        assert [p["type"] for p in first] == ["image_url"] * 8 + ["text"], "media first, question last"
+    # windows differ from each other
+    assert media[(0, "raw")].images != media[(1, "raw")].images
+
+
+def test_arms_without_media_are_recorded_as_skipped(data, tmp_path):
+    d, rid = data
+    with FakeOpenAI(yes_for(set())) as srv:
+        params = params_for(srv.url, arms=("audio_transcript", "pose_overlay"))
+        res = query_recording(rid, d, tmp_path, params)
+    assert res["requests"] == 0
+    rows = read_table("answers", tmp_path / "answers" / f"{rid}.parquet").to_pylist()
+    assert {r["status"] for r in rows} == {"skipped"}
+    assert len(rows) == 2 * (2 + 11)  # 2 windows x (2 audio + 11 limb features)
+    assert all("run transcript" in r["justification"] or "run pose" in r["justification"] for r in rows)
+
+
+# ---- answers ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text, finish, status, present", [
+    ('{"present": "yes", "justification": "rhythmic jerks"}', "stop", "yes", True),
+    ('```json\n{"present": "no", "justification": "still"}\n```', "stop", "no", False),
+    ("Yes. The left arm jerks rhythmically.", "stop", "yes", True),
+    ("no", "stop", "no", False),
+    ('{"present": "yes", "justification": "rhythmic jerks of the le', "length", "truncated", None),
+    ('{"present": "yes", "justification": "ok"}', "length", "truncated", None),
+    ("I'm sorry, but I can't help with assessing medical videos.", "stop", "refused", None),
+    ("The image shows a room with a bed.", "stop", "unparsed", None),
+    ('{"present": "maybe", "justification": "unclear"}', "stop", "unparsed", None),
+    ("", "stop", "unparsed", None),
+])
+def test_parse_answer(text, finish, status, present):
+    got = parse_answer(text, finish, ("clonic",), batched=False)["clonic"]
+    assert (got.status, got.present) == (status, present)
+
+
+def test_parse_batched_answer_per_feature():
+    text = json.dumps({"clonic": {"present": "yes", "justification": "a"}, "tonic": {"present": "no"}})
+    got = parse_answer(text, "stop", ("clonic", "tonic", "limb_automatisms"), batched=True)
+    assert [got[k].status for k in ("clonic", "tonic", "limb_automatisms")] == ["yes", "no", "unparsed"]
+
+
+def test_statuses_recorded_with_raw_text_and_rerun_makes_zero_requests(data, tmp_path):
+    d, rid = data
+    script = {"clonic": chat('{"present": "yes", "justification": "jerks"}'),
+              "tonic": chat("lorem ipsum dolor"),
+              "head_turning": chat("I cannot help with that request."),
+              "limb_automatisms": chat('{"present": "no", "justification": "the patient', finish_reason="length")}
+    prompts = {CATALOG.by_id(k).prompt: k for k in script}
+
+    def respond(body):
+        text = user_text(body)
+        return next((script[k] for p, k in prompts.items() if p in text),
+                    chat('{"present": "no", "justification": "x"}'))
+
+    with FakeOpenAI(respond) as srv:
+        params = params_for(srv.url, arms=("raw",), features=tuple(script) + ("blank_stare",))
+        first = query_recording(rid, d, tmp_path, params)
+        n_first = len(srv.bodies)
+        second = query_recording(rid, d, tmp_path, params)
+        assert len(srv.bodies) == n_first, "a rerun must not call the endpoint"
+    assert first["requests"] == n_first == 2 * 5 and first["cache_hits"] == 0
+    assert second["requests"] == 0 and second["cache_hits"] == 10
+    rows = read_table("answers", tmp_path / "answers" / f"{rid}.parquet").to_pylist()
+    by = {(r["window_index"], r["feature_id"]): r for r in rows}
+    expect = {"clonic": "yes", "tonic": "unparsed", "head_turning": "refused", "limb_automatisms": "truncated",
+              "blank_stare": "no"}
+    for (wi, fid), r in by.items():
+        assert r["status"] == expect[fid], (fid, r)
+        assert r["raw_text"], "raw text is kept for every answer"
+        assert (r["present"] is None) == (r["status"] not in ("yes", "no"))
+    assert by[(0, "limb_automatisms")]["finish_reason"] == "length"
+    assert by[(0, "clonic")]["justification"] == "jerks"
+
+
+def test_structured_output_requested_and_dropped_when_refused(data, tmp_path):
+    d, rid = data
+    seen = []
+
+    def respond(body):
+        seen.append("response_format" in body)
+        if "response_format" in body:
+            return Response(400, {"error": {"message": "response_format json_schema is not supported"}})
+        return chat('{"present": "no", "justification": "x"}')
+
+    with FakeOpenAI(respond) as srv:
+        params = params_for(srv.url, arms=("raw",), features=("clonic",))
+        params = replace(params, vision=replace(params.vision, concurrency=1))
+        res = query_recording(rid, d, tmp_path, params)
+        assert all(b.get("logprobs") for b in srv.bodies), "only the refused option is dropped"
+    assert seen == [True, False, False]
+    assert res["statuses"] == {"no": 2}
+
+
+def test_logprobs_give_yes_probability(data, tmp_path):
+    d, rid = data
+    lp = [{"token": '{"', "logprob": 0.0, "top_logprobs": []},
+          {"token": "yes", "logprob": -0.2231, "top_logprobs": [{"token": "yes", "logprob": -0.2231},
+                                                                  {"token": "no", "logprob": -1.6094}]}]
+    with FakeOpenAI(lambda b: chat('{"present": "yes", "justification": "x"}', logprobs=lp)) as srv:
+        params = params_for(srv.url, arms=("raw",), features=("clonic",))
+        query_recording(rid, d, tmp_path, params)
+        assert srv.bodies[0]["logprobs"] is True
+    rows = read_table("answers", tmp_path / "answers" / f"{rid}.parquet").to_pylist()
+    assert rows[0]["yes_prob"] == pytest.approx(0.8 / (0.8 + 0.2), abs=1e-3)
+
+
+# ---- faults -----------------------------------------------------------------------------
+
+
+def test_429_5xx_and_timeouts_are_retried(data, tmp_path):
+    d, rid = data
+    faults = iter([Response(429, headers={"retry-after": "0"}), Response(503), Response(500),
+                   Response(200, chat("{}").body, delay_s=1.5)])  # the slow one times out
+
+    def respond(body):
+        f = next(faults, None)
+        return f if f is not None else chat('{"present": "yes", "justification": "x"}')
+
+    with FakeOpenAI(respond) as srv:
+        params = params_for(srv.url, arms=("raw",), features=("clonic",))
+        params = replace(params, vision=replace(params.vision, timeout_s=0.5, concurrency=1, retries=4))
+        res = query_recording(rid, d, tmp_path, params)
+    assert res["statuses"] == {"yes": 2}
+    assert res["requests"] == 2 + 4, "each fault costs one more attempt"
+
+
+def test_permanent_failure_is_not_cached_and_rerun_resumes(data, tmp_path):
+    d, rid = data
+    params = params_for("", arms=("raw",), features=("clonic", "tonic"))
+    with FakeOpenAI(lambda b: Response(503)) as srv:
+        params = replace(params, vision=replace(params.vision, base_url=srv.url))
+        with pytest.raises(EndpointError, match="failed 4 times.*rerun to resume"):
+            query_recording(rid, d, tmp_path, params)
+    assert not list((tmp_path / "cache").rglob("*.json")), "a failure must never be cached"
+    assert not (tmp_path / "answers").exists()
+    with FakeOpenAI(yes_for({"tonic"})) as srv:
+        params = replace(params, vision=replace(params.vision, base_url=srv.url))
+        res = query_recording(rid, d, tmp_path, params)
+    assert res["requests"] == 4 and res["statuses"] == {"yes": 2, "no": 2}
+
+
+def test_endpoint_dying_mid_run_keeps_answers_and_rerun_asks_only_the_rest(data, tmp_path):
+    d, rid = data
+    feats = tuple(VIDEO_FEATURES[:6])
+    state = {"n": 0}
+    holder = {}
+
+    def respond(body):
+        state["n"] += 1
+        if state["n"] == 5:  # the server process "dies" after four answers
+            import threading
+
+            threading.Thread(target=holder["srv"].stop, daemon=True).start()
+            return Response(500, delay_s=0.3)
+        return chat('{"present": "no", "justification": "x"}')
+
+    params = params_for("", arms=("raw",), features=feats)
+    srv = FakeOpenAI(respond)
+    holder["srv"] = srv
+    with srv:
+        params = replace(params, vision=replace(params.vision, base_url=srv.url, concurrency=1, retries=2))
+        with pytest.raises(EndpointError, match="cannot reach the endpoint|HTTP 500"):
+            query_recording(rid, d, tmp_path, params)
+    cached = list((tmp_path / "cache").rglob("*.json"))
+    assert len(cached) == 4
+    with FakeOpenAI(yes_for(set())) as srv2:
+        params = replace(params, vision=replace(params.vision, base_url=srv2.url))
+        res = query_recording(rid, d, tmp_path, params)
+    assert res["requests"] == 2 * len(feats) - 4 and res["cache_hits"] == 4
+
+
+KILL_SCRIPT = r"""
+import json, sys
+from pathlib import Path
+from dataclasses import replace
+from tasks.params import QueryParams, EndpointParams
+from tasks.query import query_recording
+d, rid, out, url = sys.argv[1:5]
+ep = EndpointParams(backend="openai", model="fake", base_url=url, concurrency=2, timeout_s=30)
+p = QueryParams(arms=("raw",), max_frames=8, max_pixels=160 * 120, vision=ep, audio=replace(ep, backend="none"))
+print(json.dumps(query_recording(rid, Path(d), Path(out), p)), flush=True)
+"""
+
+
+def test_sigkill_during_the_stage_leaves_no_partial_cache_entry(data, tmp_path):
+    d, rid = data
+    respond_slow = lambda b: chat('{"present": "no", "justification": "' + "x" * 4000 + '"}', )  # noqa: E731
+    with FakeOpenAI(lambda b: Response(200, respond_slow(b).body, delay_s=0.05)) as srv:
+        proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(d), rid, str(tmp_path), srv.url],
+                                cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 120
+        while len(list((tmp_path / "cache").rglob("*.json"))) < 6 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        entries = [p for p in (tmp_path / "cache").rglob("*.json") if not p.name.startswith(".")]
+        assert 6 <= len(entries) < 36, "killed mid-run"
+        for p in entries:
+            e = json.loads(p.read_text())  # complete, or it would not parse
+            assert e["key"] == p.stem and e["text"].endswith('"}')
+        n_before = len(srv.bodies)
+        out = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(d), rid, str(tmp_path), srv.url],
+                             cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, check=True)
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["cache_hits"] == len(entries) and res["requests"] == 36 - len(entries)
+    assert len(srv.bodies) - n_before == 36 - len(entries)
+    assert res["statuses"] == {"no": 36}
+
+
+# ---- batched mode -----------------------------------------------------------------------
+
+
+def test_batched_mode_cuts_requests_at_least_5x_on_the_same_windows(data, tmp_path):
+    d, rid = data
+
+    def respond(body):
+        text = user_text(body)
+        ids = [f.id for f in CATALOG.features if f'"{f.id}"' in text]
+        return chat(json.dumps({i: {"present": "yes" if i == "clonic" else "no", "justification": i} for i in ids}))
+
+    with FakeOpenAI(respond) as srv:
+        single = query_recording(rid, d, tmp_path / "single", params_for(srv.url, arms=("raw", "face_crop")))
+        with FakeOpenAI(respond) as srv2:
+            batched = query_recording(rid, d, tmp_path / "batched",
+                                      params_for(srv2.url, arms=("raw", "face_crop"), mode="batched"))
+    assert len(srv2.bodies) == batched["requests"] == 2 * 3  # windows x (facial, limb on raw; facial on crop)
+    assert single["requests"] >= 5 * batched["requests"]
+    rows = read_table("answers", tmp_path / "batched" / "answers" / f"{rid}.parquet").to_pylist()
+    assert len(rows) == 2 * (18 + 7)
+    assert {r["feature_id"] for r in rows if r["status"] == "yes"} == {"clonic"}
+    assert all(r["status"] in ("yes", "no") for r in rows)
