@@ -322,3 +322,26 @@ def test_batched_mode_cuts_requests_at_least_5x_on_the_same_windows(data, tmp_pa
     assert len(rows) == 2 * (18 + 7)
     assert {r["feature_id"] for r in rows if r["status"] == "yes"} == {"clonic"}
     assert all(r["status"] in ("yes", "no") for r in rows)
+
+
+def test_video_part_and_audio_part_formats(data, tmp_path):
+    """media_format video: one H.264 part holding every frame; audio arms: an input_audio WAV part."""
+    import base64
+
+    from tasks.media import probe
+
+    d, rid = data
+    with FakeOpenAI(yes_for(set())) as srv:
+        params = params_for(srv.url, arms=("raw", "audio_denoised"), features=("clonic", "ictal_vocalization"))
+        params = replace(params, vision=replace(params.vision, media_format="video"))
+        res = query_recording(rid, d, tmp_path, params)
+    assert res["statuses"] == {"no": 4}
+    video_body = next(b for b in srv.bodies if b["messages"][1]["content"][0]["type"] == "video_url")
+    parts = video_body["messages"][1]["content"]
+    assert [p["type"] for p in parts] == ["video_url", "text"]
+    mp4 = tmp_path / "part.mp4"
+    mp4.write_bytes(base64.b64decode(parts[0]["video_url"]["url"].split(",", 1)[1]))
+    assert probe(mp4).n_frames == 8
+    audio_body = next(b for b in srv.bodies if b["messages"][1]["content"][0]["type"] == "input_audio")
+    wav = base64.b64decode(audio_body["messages"][1]["content"][0]["input_audio"]["data"])
+    assert wav[:4] == b"RIFF" and len(wav) > 16000 * 2 * 20, "about 30 s of 16 kHz 16-bit audio"
