@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.semioflow-installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-slow lock clean-venv speech-tools
+.PHONY: install demo test test-slow lock clean-venv speech-tools browser-tools
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] in ((3, 11), (3, 12)), "semioflow needs Python 3.11 or 3.12"'
@@ -32,7 +32,14 @@ speech-tools:
 	  && { apt-get update -qq && apt-get install -y -qq espeak-ng; } >/dev/null 2>&1; } \
 	  || echo "espeak-ng not installed: the real-speech transcript test will skip"
 
-test: install speech-tools  ## the default test suite (slow tests excluded)
+# Chromium drives the report screenshot and review-app browser tests (Playwright with the system browser;
+# Playwright's own download is never used); installed here when apt-get can (root), otherwise they skip.
+browser-tools:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && { apt-get update -qq && apt-get install -y -qq chromium chromium-driver; } >/dev/null 2>&1; } \
+	  || echo "chromium not installed: the browser tests (report, review app) will skip"
+
+test: install speech-tools browser-tools  ## the default test suite (slow tests excluded)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-slow: install  ## only the tests marked slow

@@ -259,7 +259,7 @@ def ingest(obj: CliContext, inbox: Path | None, wait: bool) -> None:
 @cli.command()
 @click.argument("name", type=click.Choice(["ingest", "deidentify", "downsample", "window", "face_crop", "pose",
                                            "audio", "transcript", "query", "aggregate", "folds", "train",
-                                           "evaluate"]))
+                                           "evaluate", "kinematics", "gait", "report"]))
 @click.option("--inbox", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Only for ingest: folder of new recordings.")
 @_wait_option
@@ -319,12 +319,15 @@ def models_tiny(obj: CliContext, vision_arch: str, seed: int, force: bool) -> No
 
     from tasks.local_models import build_tiny
 
-    q = obj.params().query
-    for ep, arch in ((q.vision, vision_arch), (q.audio, "audioflamingo3")):
-        if ep.backend != "local":
-            click.echo(f"skip {arch}: backend is {ep.backend}, not local")
+    p = obj.params()
+    wanted = [(p.query.vision.backend, p.query.vision.model, vision_arch),
+              (p.query.audio.backend, p.query.audio.model, "audioflamingo3"),
+              ("local", p.gait.vlm, "internvl")]  # BioGait's frozen VLM
+    for backend, model, arch in wanted:
+        if backend != "local":
+            click.echo(f"skip {arch}: backend is {backend}, not local")
             continue
-        folder = Path(ep.model)
+        folder = Path(model)
         if (folder / "config.json").is_file() and not force:
             click.echo(f"keep {folder} (exists; --force rebuilds)")
             continue
@@ -396,6 +399,98 @@ def schedule(obj: CliContext, cron: str, inbox: Path | None, publish: bool, regi
                                params_path=str(obj.params_path.resolve()),
                                inbox=str(inbox.resolve()) if inbox else None, publish=publish,
                                keep_serving=not register_only)
+
+
+@cli.command()
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Output file (default: DATA_DIR/16_report/report.html).")
+@pass_ctx
+def report(obj: CliContext, out: Path | None) -> None:
+    """Write the self-contained HTML report: timelines, justifications, keyframes, metrics."""
+    from tasks.report import OUTPUT, build_report
+
+    path = build_report(obj.data_dir, out or obj.data_dir / "16_report" / OUTPUT, obj.params())
+    click.echo(f"report written to {path}")
+
+
+@cli.group("review")
+def review_group() -> None:
+    """Blinded expert review: Study 1 (faithfulness) and Study 2 (comparison of rationales)."""
+
+
+def _database_option(fn):
+    return click.option("--database", metavar="URL", default=None,
+                        help="SQLAlchemy URL (default: $SEMIOFLOW_REVIEW_DB, review.database, or SQLite in "
+                             "DATA_DIR/17_review).")(fn)
+
+
+def _review_db(obj: CliContext, database: str | None):
+    from tasks import review as rv
+
+    params = obj.params()
+    return params, rv, rv.open_db(rv.database_url(obj.data_dir, params.review, database))
+
+
+@review_group.command("add-reviewer")
+@click.argument("name")
+@click.option("--password-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Read the password from this file's first line instead of prompting.")
+@click.option("--reset", is_flag=True, help="Set a new password for an existing reviewer.")
+@_database_option
+@pass_ctx
+def review_add_reviewer(obj: CliContext, name: str, password_file: Path | None, reset: bool,
+                        database: str | None) -> None:
+    """Create a reviewer account (the password is prompted for unless --password-file is given)."""
+    _, rv, engine = _review_db(obj, database)
+    if password_file:
+        lines = password_file.read_text(encoding="utf-8").splitlines()
+        password = lines[0] if lines else ""
+    else:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    rv.add_reviewer(engine, name, password, replace=reset)
+    click.echo(f"reviewer {name} {'updated' if reset else 'added'}")
+
+
+@review_group.command("serve")
+@click.option("--host", default=None, help="Interface (default: review.host, 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Port (default: review.port).")
+@_database_option
+@pass_ctx
+def review_serve(obj: CliContext, host: str | None, port: int | None, database: str | None) -> None:
+    """Serve the review app (blocks; Ctrl-C stops it).  Cases are drawn from the data dir on start."""
+    params, rv, engine = _review_db(obj, database)
+    host = host or params.review.host
+    port = port or params.review.port
+    counts = rv.prepare(engine, obj.data_dir, params)
+    if not rv.reviewer_names(engine):
+        click.echo("no reviewers yet: add one with `semioflow review add-reviewer NAME`", err=True)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        click.echo(f"warning: serving on {host} over plain HTTP; put it behind TLS or keep it on 127.0.0.1", err=True)
+    click.echo(f"review app on http://{host}:{port}/ (Study 1: {counts[rv.STUDY_FAITHFULNESS]} cases, "
+               f"Study 2: {counts[rv.STUDY_COMPARISON]} cases; database {rv.safe_url(engine)})")
+    from tasks.review_app import serve
+
+    serve(engine, obj.data_dir, params, host=host, port=port)
+
+
+@review_group.command("stats")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Output folder (default: DATA_DIR/17_review).")
+@_database_option
+@pass_ctx
+def review_stats(obj: CliContext, out: Path | None, database: str | None) -> None:
+    """Faithfulness share >= pass score and medians, mean Likert, preference rates; exported to Parquet."""
+    params, rv, engine = _review_db(obj, database)
+    out = out or obj.data_dir / rv.OUT_DIR
+    summary = rv.export(engine, out, params)
+    rows = summary.pop("stats")
+    click.echo(f"{summary['reviewers']} reviewers, {summary['faithfulness_ratings']} faithfulness scores, "
+               f"{summary['comparison_ratings']} Likert ratings, {summary['choices']} preference choices")
+    for r in rows:
+        p = f"  p={r['p_value']:.3g}" if r["p_value"] is not None else ""
+        scale = f" [{r['scale']}]" if r["scale"] else ""
+        click.echo(f"{r['study']:<12} {r['metric']:<11} {r['key']}{scale}: {r['value']:.3f} (n={r['n']}){p}")
+    click.echo(f"exported to {out}")
 
 
 def _wants_debug(argv: list[str]) -> bool:

@@ -48,11 +48,15 @@ STAGE_DIRS = {
     "folds": "11_folds",
     "train": "12_train",
     "evaluate": "13_evaluate",
+    "kinematics": "14_kinematics",
+    "gait": "15_gait",
+    "report": "16_report",
 }
 PER_RECORDING = ("deidentify", "downsample", "window", "face_crop", "pose", "audio", "transcript", "query")  # in order
 # Whole-cohort stages, in order: tasks.<stage> exposes ``run(data_dir, out_dir, params) -> dict`` and
 # ``INPUTS`` (data-dir-relative files/folders it reads).
-COHORT = tuple(s for s in ("aggregate", "folds", "train", "evaluate") if (TASKS_DIR / f"{s}.py").is_file())
+# The gait track (kinematics, gait) runs after the seizure track; report reads both.
+COHORT = ("aggregate", "folds", "train", "evaluate", "kinematics", "gait", "report")
 # Knob definitions and error types do not change what a stage computes (the
 # knob *values* are in the key): editing them must not rerun every stage.
 NOT_CODE = ("params.py", "errors.py")
@@ -290,16 +294,22 @@ def _durations(data_dir: Path) -> dict[str, float]:
 def run_recording(stage: str, recording_id: str, data_dir: str, params: dict, cache_key: str) -> dict:
     """Body of every per-recording task (runs in a worker process)."""
     out = stage_dir(Path(data_dir), stage)
-    done = marker_result(out, recording_id, cache_key)
+    return _run_marked(out, recording_id, cache_key, params,
+                       lambda p: SPECS[stage].work(recording_id, Path(data_dir), out, p),
+                       lambda: _outputs(out, recording_id), f"{stage} failed for {recording_id}")
+
+
+def _run_marked(out: Path, marker: str, cache_key: str, params: dict, work: Callable[[Params], dict],
+                outputs: Callable[[], list[Path]], failure: str) -> dict:
+    """The marker's result if its files are intact, else ``work`` then a new marker over ``outputs()``."""
+    done = marker_result(out, marker, cache_key)
     if done is not None:
         return done
-    p = build(Params, params, prefix="")
     try:
-        result = SPECS[stage].work(recording_id, Path(data_dir), out, p)
+        result = work(build(Params, params, prefix=""))
     except Exception as exc:  # noqa: BLE001 - re-raised without paths so the Prefect log/UI never shows one
-        raise RecordingFailed(f"{stage} failed for {recording_id}: {type(exc).__name__}: {scrub_paths(str(exc))}") \
-            from None
-    write_marker(out, recording_id, cache_key, _outputs(out, recording_id), result)
+        raise RecordingFailed(f"{failure}: {type(exc).__name__}: {scrub_paths(str(exc))}") from None
+    write_marker(out, marker, cache_key, outputs(), result)
     return result
 
 
@@ -319,14 +329,18 @@ def _key_from_params(context: Any, parameters: dict[str, Any]) -> str:
     return parameters["cache_key"]
 
 
-def _make_task(stage: str):
-    def body(recording_id: str, data_dir: str, params: dict, cache_key: str) -> dict:
-        return run_recording(stage, recording_id, data_dir, params, cache_key)
+def _make_task(stage: str, *, cohort: bool = False):
+    if cohort:
+        def body(data_dir: str, params: dict, cache_key: str) -> dict:
+            return run_cohort(stage, data_dir, params, cache_key)
+    else:
+        def body(recording_id: str, data_dir: str, params: dict, cache_key: str) -> dict:
+            return run_recording(stage, recording_id, data_dir, params, cache_key)
 
     body.__name__ = body.__qualname__ = f"{stage}_task"
     body.__module__ = __name__
-    return task(name=stage, task_run_name=f"{stage}-{{recording_id}}", cache_key_fn=_key_from_params,
-                persist_result=True, retries=0)(body)
+    return task(name=stage, task_run_name=stage if cohort else f"{stage}-{{recording_id}}",
+                cache_key_fn=_key_from_params, persist_result=True, retries=0)(body)
 
 
 TASKS = {name: _make_task(name) for name in SPECS}
@@ -396,16 +410,21 @@ def prepare(stage: str, data_dir: Path) -> Path:
 COHORT_MARKER = "_cohort"
 
 
-def _cohort_inputs(stage: str, data_dir: Path) -> str:
+def _cohort_inputs(stage: str, data_dir: Path, params: Params) -> str:
+    """Content hash of what a whole-cohort stage reads: ``INPUTS`` under the data dir, plus
+    ``external_inputs(<its params section>)`` (e.g. annotation tables named in params)."""
     import importlib
 
+    mod = importlib.import_module(f"tasks.{stage}")
+    external = mod.external_inputs(getattr(params, stage)) if hasattr(mod, "external_inputs") else ()
     h = hashlib.sha256()
-    for rel in importlib.import_module(f"tasks.{stage}").INPUTS:
-        root = data_dir / rel
+    # external paths are read as given (relative to the working directory), like the stage reads them
+    inside = tuple(mod.INPUTS) + tuple(getattr(mod, "OPTIONAL", ()))  # an absent optional input hashes as such
+    for root in [data_dir / rel for rel in dict.fromkeys(inside)] + [Path(p) for p in external]:
         files = sorted(p for p in root.rglob("*") if p.is_file() and "done" not in p.relative_to(root).parts) \
             if root.is_dir() else [root]
         for f in files:
-            h.update(f.relative_to(data_dir).as_posix().encode() if f.is_relative_to(data_dir) else b"")
+            h.update(f.relative_to(root).as_posix().encode() if f != root else str(root.name).encode())
             h.update(file_sha256(f).encode() if f.is_file() else b"<absent>")
     return h.hexdigest()
 
@@ -418,7 +437,8 @@ def cohort_key(stage: str, data_dir: Path, params: Params) -> str:
     import importlib
 
     sections = getattr(importlib.import_module(f"tasks.{stage}"), "PARAMS", (stage,))
-    return cache_key(stage, _cohort_inputs(stage, data_dir), {k: to_dict(getattr(params, k)) for k in sections})
+    return cache_key(stage, _cohort_inputs(stage, data_dir, params),
+                     {k: to_dict(getattr(params, k)) for k in sections})
 
 
 def _cohort_outputs(out: Path) -> list[Path]:
@@ -430,26 +450,9 @@ def run_cohort(stage: str, data_dir: str, params: dict, cache_key: str) -> dict:
     import importlib
 
     out = stage_dir(Path(data_dir), stage)
-    done = marker_result(out, COHORT_MARKER, cache_key)
-    if done is not None:
-        return done
-    p = build(Params, params, prefix="")
-    try:
-        result = importlib.import_module(f"tasks.{stage}").run(Path(data_dir), out, p)
-    except Exception as exc:  # noqa: BLE001 - re-raised without paths (Prefect UI/logs)
-        raise RecordingFailed(f"{stage} failed: {type(exc).__name__}: {scrub_paths(str(exc))}") from None
-    write_marker(out, COHORT_MARKER, cache_key, _cohort_outputs(out), result)
-    return result
+    return _run_marked(out, COHORT_MARKER, cache_key, params,
+                       lambda p: importlib.import_module(f"tasks.{stage}").run(Path(data_dir), out, p),
+                       lambda: _cohort_outputs(out), f"{stage} failed")
 
 
-def _make_cohort_task(stage: str):
-    def body(data_dir: str, params: dict, cache_key: str) -> dict:
-        return run_cohort(stage, data_dir, params, cache_key)
-
-    body.__name__ = body.__qualname__ = f"{stage}_task"
-    body.__module__ = __name__
-    return task(name=stage, task_run_name=stage, cache_key_fn=_key_from_params, persist_result=True,
-                retries=0)(body)
-
-
-COHORT_TASKS = {name: _make_cohort_task(name) for name in COHORT}
+COHORT_TASKS = {name: _make_task(name, cohort=True) for name in COHORT}

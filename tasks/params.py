@@ -304,6 +304,87 @@ class EvaluateParams:
 
 
 @dataclass(frozen=True)
+class KinematicsParams:
+    """Gait clips -> de-identified clip, mediapipe pose, joint angles, gait events (tasks/kinematics.py)."""
+
+    videos: str = "data/00_synth/gait/videos"  # folder of gait clips filmed from the side
+    labels: str = "data/00_synth/gait/gait_clips.parquet"  # table with source_name, subject_id, gait_class
+    sagittal_source: Literal["image", "world"] = "image"  # landmarks the sagittal angles come from
+    min_detection_confidence: float = 0.5
+    min_tracking_confidence: float = 0.5
+    head_blur: bool = True  # also blur the head box of every pose (small profile faces escape face detectors)
+
+    def __post_init__(self) -> None:
+        for name in ("min_detection_confidence", "min_tracking_confidence"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"kinematics.{name} must be in [0, 1]")
+
+
+@dataclass(frozen=True)
+class GaitParams:
+    """BioGait-VLM gait classification, ablations and baselines (tasks/gait.py, tasks/biogait.py)."""
+
+    vlm: str = "models/internvl"  # local InternVL folder (Hugging Face layout); nothing downloads
+    device: str = "auto"  # auto (CUDA when present) | cpu | cuda[:N]
+    train_fraction: float = 0.8  # subjects in the training split (the rest test)
+    frames: int = 32  # T frames sampled evenly per clip (the processor sizes them: 448 px for InternVL3)
+    token_budget: int = 1024  # tokens of the clinical prompt + biomechanical text
+    queries: int = 32  # M learnable queries of the temporal evidence decoder
+    decoder_layers: int = 3
+    heads: int = 4
+    dropout: float = 0.1
+    epochs: int = 40
+    batch_size: int = 2
+    lr: float = 5e-4  # AdamW
+    weight_decay: float = 0.01
+    baseline_arm: Literal["r2plus1d", "vivit", "none"] = "r2plus1d"  # fine-tuned video-encoder baseline
+    baseline: BaselineParams = field(default_factory=BaselineParams)
+    zero_shot: bool = True  # zero-shot VLM classification with the clinical prompt
+    rationales: bool = True  # VLM rationales for the test clips, with the number check
+    rationale_tokens: int = 160  # max new tokens of a rationale
+
+    def __post_init__(self) -> None:
+        if not 0 < self.train_fraction < 1:
+            raise ConfigError("gait.train_fraction must be in (0, 1)")
+        if min(self.frames, self.queries, self.decoder_layers, self.heads, self.epochs, self.batch_size,
+               self.rationale_tokens) < 1 or self.token_budget < 64 or self.lr <= 0:
+            raise ConfigError("gait: frames, queries, decoder_layers, heads, epochs, batch_size and "
+                              "rationale_tokens must be >= 1, token_budget >= 64 and lr > 0")
+
+
+@dataclass(frozen=True)
+class ReportParams:
+    """The self-contained HTML report (tasks/report.py)."""
+
+    keyframe_width: int = 320  # pixels; keyframes of yes windows are scaled to this width
+    jpeg_quality: int = 80  # keyframes are inlined as base64 JPEG
+    snippet_chars: int = 300  # transcript characters shown per yes window
+    events: str = "data/00_synth/seizure/events.parquet"  # planted per-time truth (phantom, table events); "" = none
+
+    def __post_init__(self) -> None:
+        if self.keyframe_width < 16 or not 1 <= self.jpeg_quality <= 100 or self.snippet_chars < 0:
+            raise ConfigError("report: keyframe_width must be >= 16, jpeg_quality in 1..100, snippet_chars >= 0")
+
+
+@dataclass(frozen=True)
+class ReviewParams:
+    """The blinded expert review app and its statistics (tasks/review.py, tasks/review_app.py)."""
+
+    database: str = ""  # "" = SQLite at <data dir>/17_review/review.sqlite; or postgresql+psycopg://user@host/db
+    database_env: str = "SEMIOFLOW_REVIEW_DB"  # this environment variable, when set, overrides database
+    host: str = "127.0.0.1"
+    port: int = 8765
+    session_hours: float = 12.0  # a login lasts this long
+    faithfulness_arms: tuple[str, ...] = ()  # Study 1: arms whose correct predictions are reviewed; empty = all
+    rationales: tuple[str, ...] = ("15_gait/review_rationales.parquet",)  # Study 2 inputs (table rationales)
+    pass_score: int = 3  # stats: a justification scoring at least this counts as faithful
+
+    def __post_init__(self) -> None:
+        if not 0 < self.port < 65536 or self.session_hours <= 0 or not 1 <= self.pass_score <= 5:
+            raise ConfigError("review: port must be in 1..65535, session_hours > 0 and pass_score in 1..5")
+
+
+@dataclass(frozen=True)
 class Params:
     """All of params.yaml."""
 
@@ -322,6 +403,10 @@ class Params:
     folds: FoldsParams = field(default_factory=FoldsParams)
     train: TrainParams = field(default_factory=TrainParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+    kinematics: KinematicsParams = field(default_factory=KinematicsParams)
+    gait: GaitParams = field(default_factory=GaitParams)
+    report: ReportParams = field(default_factory=ReportParams)
+    review: ReviewParams = field(default_factory=ReviewParams)
 
 
 def load_params(path: str | Path = PARAMS_FILE, overrides: dict[str, Any] | None = None) -> Params:

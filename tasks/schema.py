@@ -316,6 +316,82 @@ TABLES: dict[str, pa.Schema] = {
         _f("t_s", pa.float64()),
         doc="Planted heel-strike and toe-off times.",
     ),
+    # ---- gait track (kinematics, gait) ---------------------------------------
+    "gait_kinematics": _schema(
+        _f(RECORDING_ID, pa.string()),
+        _f("status", pa.string()),  # ok | quarantined (deidentify audit) | no_pose
+        _f("reason", pa.string(), nullable=True),
+        _f("fps", pa.float64()),
+        _f("n_frames", pa.int64()),
+        _f("pose_frames", pa.int64()),
+        _f("n_events", pa.int64()),
+        _f("cadence_spm", pa.float64(), nullable=True),  # steps/min
+        _f("step_time_left_s", pa.float64(), nullable=True),
+        _f("step_time_right_s", pa.float64(), nullable=True),
+        _f("stride_time_left_s", pa.float64(), nullable=True),
+        _f("stride_time_right_s", pa.float64(), nullable=True),
+        _f("swing_left_pct", pa.float64(), nullable=True),  # % of the stride
+        _f("swing_right_pct", pa.float64(), nullable=True),
+        _f("double_support_pct", pa.float64(), nullable=True),  # % of the time both feet are on the ground
+        doc="Per gait clip: processing outcome and spatiotemporal parameters from detected events.",
+    ),
+    "gait_angles": _schema(
+        _f(RECORDING_ID, pa.string()),
+        _f(FRAME_INDEX, pa.int64()),
+        _f(PTS_S, pa.float64()),
+        *[_f(c, pa.float64(), nullable=True) for c in (
+            "pelvis_tilt_deg", "pelvis_list_deg", "trunk_flex_deg", "trunk_lean_deg",
+            "left_hip_flex_deg", "right_hip_flex_deg", "left_knee_flex_deg", "right_knee_flex_deg",
+            "left_ankle_dorsi_deg", "right_ankle_dorsi_deg", "left_shoulder_flex_deg", "right_shoulder_flex_deg",
+            "left_elbow_flex_deg", "right_elbow_flex_deg")],
+        doc="Per-frame clinical joint angles (degrees) of a gait clip; see tasks/kinematics.py for definitions.",
+    ),
+    "gait_detected_events": _schema(
+        _f(RECORDING_ID, pa.string()),
+        _f("side", pa.string()),  # left | right
+        _f("event", pa.string()),  # heel_strike | toe_off
+        _f("t_s", pa.float64()),
+        doc="Heel strikes and toe-offs detected from pose.",
+    ),
+    "gait_labels": _schema(
+        _f(RECORDING_ID, pa.string()),
+        _f("subject_id", pa.string()),  # pseudonymous (HMAC of the label table's subject id)
+        _f("gait_class", pa.string()),
+        doc="Gait class per de-identified clip, keyed by pseudonymous ids.",
+    ),
+    "gait_split": _schema(
+        _f(RECORDING_ID, pa.string()),
+        _f("subject_id", pa.string()),
+        _f("split", pa.string()),  # train | test
+        doc="Subject-disjoint train/test split of the gait clips.",
+    ),
+    "gait_predictions": _schema(
+        _f("model", pa.string()),  # biogait | no_ted | no_bio | no_ted_no_bio | video_<arm> | zero_shot | kinematics_linear
+        _f(RECORDING_ID, pa.string()),
+        _f("gait_class", pa.string()),  # reference
+        _f("predicted", pa.string()),
+        _f("score", pa.float64()),  # probability (or normalised likelihood) of the predicted class
+        doc="Test-split gait class predictions of every model.",
+    ),
+    "gait_results": _schema(
+        _f("model", pa.string()),
+        _f("metric", pa.string()),  # accuracy | macro_f1 | f1
+        _f("gait_class", pa.string(), nullable=True),  # per-class F1 only
+        _f("value", pa.float64()),
+        _f("n", pa.int32()),  # test clips
+        doc="Gait classification results table: accuracy, macro F1 and per-class F1 per model.",
+    ),
+    "gait_rationales": _schema(
+        _f(RECORDING_ID, pa.string()),
+        _f("model", pa.string()),  # whose prediction is explained: biogait | zero_shot | biogait_no_bio
+        _f("model_id", pa.string()),
+        _f("predicted", pa.string()),
+        _f("text", pa.string()),
+        _f("numbers", pa.list_(pa.string())),  # every number the rationale states
+        _f("unmatched", pa.list_(pa.string())),  # numbers that match no computed metric
+        _f("verified", pa.bool_()),  # every stated number matches a computed metric
+        doc="VLM rationales for the test clips' predictions with the number check.",
+    ),
     # ---- evaluation ------------------------------------------------------------
     "folds": _schema(
         _f(RECORDING_ID, pa.string()),
@@ -357,6 +433,56 @@ TABLES: dict[str, pa.Schema] = {
         _f("ci_high", pa.float64(), nullable=True),
         _f("n", pa.int32()),
         doc="Per arm x feature metric with bootstrap CI.",
+    ),
+    # ---- expert review (tasks/review.py) --------------------------------------
+    "rationales": _schema(
+        _f("case_id", pa.string()),  # one case = one piece of media every variant explained
+        _f("variant", pa.string()),  # model / variant name: stored, never shown to reviewers
+        _f("rationale", pa.string()),
+        _f("media", pa.string()),  # de-identified video, relative to the data dir (02_deidentify/videos/<id>.mp4...)
+        _f("context", pa.string(), nullable=True),  # the task shown above the rationales (same for every variant)
+        doc="Study 2 input, written by any track: up to three variants' rationales per case.",
+    ),
+    "faithfulness_ratings": _schema(
+        _f("reviewer", pa.string()),
+        _f("case_id", pa.string()),
+        _f(RECORDING_ID, pa.string()),
+        _f(FEATURE_ID, pa.string()),
+        _f("arm", pa.string()),
+        _f("model_id", pa.string()),
+        _f("outcome", pa.string()),  # tp | tn
+        _f("score", pa.int8()),  # 1..5
+        _f("rated_at", UTC_TS),
+        doc="Study 1: each reviewer's 1-5 faithfulness score of a correctly predicted sample's justification.",
+    ),
+    "comparison_ratings": _schema(
+        _f("reviewer", pa.string()),
+        _f("case_id", pa.string()),
+        _f("variant", pa.string()),
+        _f("slot", pa.string()),  # A | B | C: the letter this reviewer saw
+        _f("scale", pa.string()),  # evidence_grounding | explainability | clinical_usefulness | consistency
+        _f("score", pa.int8()),  # 1..5
+        _f("rated_at", UTC_TS),
+        doc="Study 2: each reviewer's 1-5 Likert rating of one variant's rationale on one scale.",
+    ),
+    "comparison_choices": _schema(
+        _f("reviewer", pa.string()),
+        _f("case_id", pa.string()),
+        _f("best", pa.string(), nullable=True),  # variant
+        _f("second", pa.string(), nullable=True),  # variant
+        _f("comment", pa.string(), nullable=True),
+        _f("rated_at", UTC_TS),
+        doc="Study 2: each reviewer's best and second-best variant and comment per case.",
+    ),
+    "review_stats": _schema(
+        _f("study", pa.string()),  # faithfulness | comparison
+        _f("metric", pa.string()),  # share_pass | median | mean | mean_likert | best_rate | preference
+        _f("key", pa.string()),  # feature id, variant, "X>Y" pair, or "all"
+        _f("scale", pa.string(), nullable=True),  # Likert scale (mean_likert) or null
+        _f("value", pa.float64()),
+        _f("n", pa.int32()),
+        _f("p_value", pa.float64(), nullable=True),  # exact binomial test (best_rate, preference)
+        doc="Expert review statistics (semioflow review stats).",
     ),
 }
 

@@ -23,7 +23,7 @@ import httpx
 import pytest
 import yaml
 
-from flows.stages import PER_RECORDING, STAGE_DIRS, code_hash, module_files
+from flows.stages import COHORT, PER_RECORDING, STAGE_DIRS, code_hash, module_files
 from tasks.atomic import is_partial
 from tasks.params import SeizureSynthParams
 from tasks.schema import read_table
@@ -31,7 +31,8 @@ from tasks.schema import read_table
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 SEMIOFLOW = str(BIN / "semioflow")
-SMALL = SeizureSynthParams(patients=1, recordings_per_patient=3, min_duration_s=40.0, max_duration_s=44.0)
+# three patients: the folds stage needs one per fold
+SMALL = SeizureSynthParams(patients=3, recordings_per_patient=1, min_duration_s=40.0, max_duration_s=44.0)
 OLD = time.time() - 3600
 NIGHTLY_TIMEOUT_S = 240
 
@@ -68,14 +69,35 @@ def phantom(tmp_path_factory) -> Path:
     return out / "videos"
 
 
+def small_models(params: dict, truth: str) -> dict:
+    """Shrink the model stages for CPU tests: few features, tiny nets, the phantom's labels at ``truth``."""
+    q = params["query"]
+    q.update(features=["clonic", "head_turning", "blank_stare", "ictal_vocalization"], max_frames=4,
+             max_pixels=112 * 112, max_tokens=12)
+    q["vision"]["device"] = q["audio"]["device"] = "cpu"
+    # two folds: the first run sees two patients (the third arrives later)
+    params["folds"].update(labels=f"{truth}/labels.parquet", recordings=f"{truth}/recordings.parquet", n_folds=2)
+    t = params["train"]
+    t.update(features=["clonic", "head_turning"], mode="multilabel", device="cpu")
+    for arm in ("r2plus1d", "vivit"):
+        t[arm].update(size="tiny", frames=4, image_size=32, epochs=1, batch_size=4)
+    params["evaluate"]["bootstrap"] = 100
+    g = params["gait"]
+    g.update(device="cpu", frames=8, queries=4, decoder_layers=1, heads=4, epochs=2, batch_size=2,
+             rationale_tokens=16)
+    g["baseline"].update(size="tiny", frames=8, image_size=32, epochs=1, batch_size=4)
+    return params
+
+
 @pytest.fixture(scope="module")
 def proj(tmp_path_factory, phantom) -> Path:
-    """A project folder with its own params, inbox (2 of the 3 recordings) and a running server."""
+    """A project folder with its own params, inbox (2 of the 3 recordings), smoke models and a running server."""
     d = tmp_path_factory.mktemp("proj")
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params = small_models(yaml.safe_load((REPO / "params.yaml").read_text()), str(phantom.parent))
     params["ingest"]["inbox"] = "inbox"
     params["ingest"]["settle_s"] = 1.0
     (d / "params.yaml").write_text(yaml.safe_dump(params))
+    sf(d, "models", "tiny")
     (d / "inbox").mkdir()
     for p in sorted(phantom.iterdir())[:2]:
         shutil.copy2(p, d / "inbox" / p.name)
@@ -194,11 +216,16 @@ def test_editing_a_helper_changes_the_code_hash_of_stages_that_use_it(tmp_path):
 
 def test_dvc_yaml_deps_cover_each_stage_code():
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    for stage in ("ingest",) + PER_RECORDING:
+    for stage in COHORT:  # whole-cohort stages also list what they read
+        import importlib
+
+        mod = importlib.import_module(f"tasks.{stage}")
+        assert {f"data/{i}" for i in mod.INPUTS} <= set(stages[stage]["deps"]), stage
+    for stage in ("ingest",) + PER_RECORDING + COHORT:
         deps = set(stages[stage]["deps"])
         needed = {f.relative_to(REPO).as_posix() for f in module_files(f"tasks.{stage}")}
         assert needed <= deps, (stage, needed - deps)
-        assert stages[stage]["params"] == [stage]
+        assert stage in stages[stage]["params"]
         outs = [next(iter(o)) if isinstance(o, dict) else o for o in stages[stage]["outs"]]
         assert all(o.startswith(f"data/{STAGE_DIRS[stage]}") for o in outs)
 
@@ -301,10 +328,12 @@ def dvc_proj(tmp_path_factory, proj) -> Path:
     for name in ("dvc.yaml", ".gitignore"):
         shutil.copy2(REPO / name, d / name)
     shutil.copytree(REPO / "tasks", d / "tasks", ignore=shutil.ignore_patterns("__pycache__"))
-    p = yaml.safe_load((REPO / "params.yaml").read_text())
-    p["synth"]["seizure"].update(patients=1, recordings_per_patient=1, min_duration_s=40.0, max_duration_s=40.0)
+    p = small_models(yaml.safe_load((REPO / "params.yaml").read_text()), "data/00_synth/seizure")
+    p["synth"]["seizure"].update(patients=3, recordings_per_patient=1, min_duration_s=40.0, max_duration_s=40.0)
+    p["synth"]["gait"].update(subjects_per_class=1, clips_per_subject=1, duration_s=3.2)  # 8 clips
     p["ingest"]["settle_s"] = 0.0
     (d / "params.yaml").write_text(yaml.safe_dump(p))
+    shutil.copytree(proj / "models", d / "models")
     # share the test server: every `semioflow` DVC runs reports to it
     (d / ".semioflow").mkdir(mode=0o700)
     shutil.copy2(proj / ".semioflow" / "server.json", d / ".semioflow" / "server.json")
@@ -322,12 +351,13 @@ def dvc(d: Path, *args: str) -> subprocess.CompletedProcess:
 
 def test_dvc_dag_shows_the_stages(dvc_proj):
     out = dvc(dvc_proj, "dag").stdout
-    for stage in ("synth", "ingest", "deidentify", "downsample", "window"):
+    for stage in ("synth", "ingest", "deidentify", "downsample", "window", "query", "aggregate") + COHORT:
         assert stage in out
 
 
 def test_dvc_repro_after_semioflow_run_does_no_redundant_work(dvc_proj):
     sf(dvc_proj, "synth", "seizure")
+    sf(dvc_proj, "synth", "gait")
     for p in (dvc_proj / "data" / "00_synth" / "seizure" / "videos").iterdir():
         os.utime(p, (OLD, OLD))
     sf(dvc_proj, "run")
@@ -335,11 +365,14 @@ def test_dvc_repro_after_semioflow_run_does_no_redundant_work(dvc_proj):
     dvc(dvc_proj, "repro")
     flows = httpx.post(f"{api(dvc_proj)}/flow_runs/filter", json={
         "flows": {"name": {"any_": ["semioflow-stage"]}}, "flow_runs": {"start_time": {"after_": _iso(t0)}}}).json()
-    states = {}
+    states, cohort = {}, {}
     for fr in flows:
         assert fr["state"]["type"] == "COMPLETED"
-        states.update(per_recording(task_states(dvc_proj, fr["id"])))
+        every = task_states(dvc_proj, fr["id"])
+        states.update(per_recording(every))
+        cohort.update({k: v for k, v in every.items() if k in COHORT})
     assert states and set(states.values()) == {"Cached"}, states
+    assert set(cohort) == set(COHORT) and set(cohort.values()) == {"Cached"}, cohort
     assert "up to date" in dvc(dvc_proj, "repro").stdout.lower()
     # -f: DVC runs every stage again; persisted outputs keep every recording cached
     dvc(dvc_proj, "repro", "-f", "window")

@@ -1,0 +1,144 @@
+"""Phantom baselines: does the CNN recover the planted salient features better than always-yes?
+
+Renders a phantom seizure cohort (or reuses one under ``--work``), runs the
+real stages on it in-process (ingest -> deidentify -> downsample -> window ->
+folds -> train -> evaluate; no Prefect), and prints for the salient features
+(clonic, tonic, head_turning) each arm's held-out F1 with its patient-level
+95 % CI next to the always-yes F1.  A feature counts as recovered when the CI's
+lower bound is above the always-yes F1.  Finished stages are reused on a rerun
+(delete ``--work`` to start over; ``--retrain`` redoes folds/train/evaluate).
+
+Usage: .venv/bin/python bench/baselines.py [--patients 8] [--size tiny|full] [--epochs 10]
+       [--arms r2plus1d] [--features clonic,tonic,head_turning] [--workers 2]
+       [--r2plus1d-weights FILE] [--vivit-weights DIR]
+Cost on 2 CPU cores: the video stages dominate (deidentify is ~realtime per core).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import sys
+import time
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tasks import deidentify, downsample, evaluate, folds, train, window  # noqa: E402
+from tasks.ingest import ingest, load_id_key, source_path  # noqa: E402
+from tasks.params import (BaselineParams, DeidentifyParams, DownsampleParams, EvaluateParams, FoldsParams,  # noqa: E402
+                          IngestParams, Params, SeizureSynthParams, TrainParams, WindowParams)
+from tasks.schema import read_table  # noqa: E402
+from tasks.synth import seizure  # noqa: E402
+from tasks.video_models import RandomInitWarning  # noqa: E402
+
+SALIENT = ("clonic", "tonic", "head_turning")
+
+
+def _video_stages(rid: str, src: str, duration_s: float, data: str) -> dict:
+    data_p = Path(data)
+    row = deidentify.deidentify_recording(deidentify.RecordingInput(rid, Path(src), duration_s),
+                                          data_p / "02_deidentify", DeidentifyParams())
+    if row["status"] == "ok":
+        downsample.downsample_recording(rid, data_p / "02_deidentify" / "videos" / f"{rid}.mp4",
+                                        data_p / "03_downsample", DownsampleParams())
+        window.window_one(rid, data_p / "03_downsample" / "frames" / f"{rid}.parquet", duration_s,
+                          data_p / "04_window", WindowParams())
+    return row
+
+
+def build_data(work: Path, patients: int, workers: int, seed: int) -> Path:
+    """Phantom cohort + ingest..window under ``work`` (skipped when already there)."""
+    cohort, data = work / "cohort", work / "data"
+    if not (cohort / "labels.parquet").is_file():
+        t = time.perf_counter()
+        s = seizure.generate_cohort(cohort, SeizureSynthParams(patients=patients), seed=seed, workers=workers)
+        print(f"synth: {s.n_recordings} recordings, {s.total_duration_s / 60:.1f} min of video "
+              f"({time.perf_counter() - t:.0f} s)", flush=True)
+    if (data / "04_window" / "windows.parquet").is_file():
+        return data
+    t = time.perf_counter()
+    ingest(cohort / "videos", data / "01_ingest", IngestParams(settle_s=0), id_key=load_id_key())
+    manifest = read_table("manifest", data / "01_ingest" / "manifest.parquet").to_pylist()
+    jobs = [(m["recording_id"], str(source_path(data / "01_ingest", m["recording_id"])), m["duration_s"], str(data))
+            for m in sorted(manifest, key=lambda m: -m["duration_s"])]
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        rows = list(pool.map(_video_stages, *zip(*jobs)))
+    rids = [m["recording_id"] for m in manifest]
+    deidentify.collect(data / "02_deidentify", rids)
+    ok = [r["recording_id"] for r in rows if r["status"] == "ok"]
+    downsample.collect(data / "03_downsample", ok)
+    window.collect(data / "04_window", ok)
+    print(f"video stages: {len(ok)}/{len(rids)} recordings de-identified ({time.perf_counter() - t:.0f} s)",
+          flush=True)
+    return data
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--work", type=Path, default=Path("/tmp/semioflow-bench-baselines"))
+    ap.add_argument("--patients", type=int, default=8)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--arms", default="r2plus1d")
+    ap.add_argument("--features", default=",".join(SALIENT), help="comma-separated, or 'all' (18 video features)")
+    ap.add_argument("--size", choices=("tiny", "full"), default="tiny")
+    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--frames", type=int, default=16)
+    ap.add_argument("--image-size", type=int, default=112)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--r2plus1d-weights", default="")
+    ap.add_argument("--vivit-weights", default="")
+    ap.add_argument("--bootstrap", type=int, default=2000)
+    ap.add_argument("--retrain", action="store_true")
+    args = ap.parse_args()
+
+    work = args.work.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("SEMIOFLOW_ID_KEY_FILE", str(work / "id_key"))
+    base = Params()
+    data = build_data(work, args.patients, args.workers, base.base.seed)
+
+    features = () if args.features == "all" else tuple(args.features.split(","))
+    bp = BaselineParams(size=args.size, frames=args.frames, image_size=args.image_size, epochs=args.epochs,
+                        lr=args.lr, pretrained=args.r2plus1d_weights)
+    vp = dataclasses.replace(bp, pretrained=args.vivit_weights)
+    params = dataclasses.replace(
+        base,
+        folds=FoldsParams(labels=str(work / "cohort" / "labels.parquet"),
+                          recordings=str(work / "cohort" / "recordings.parquet")),
+        train=TrainParams(arms=tuple(args.arms.split(",")), features=features, r2plus1d=bp, vivit=vp,
+                          save_checkpoints=False),
+        evaluate=EvaluateParams(bootstrap=args.bootstrap))
+    if args.retrain:
+        for stage in ("11_folds", "12_train", "13_evaluate"):
+            shutil.rmtree(data / stage, ignore_errors=True)
+    t = time.perf_counter()
+    print("folds:", folds.run(data, data / "11_folds", params), flush=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RandomInitWarning)
+        print("train:", train.run(data, data / "12_train", params), f"({time.perf_counter() - t:.0f} s)", flush=True)
+    print("evaluate:", evaluate.run(data, data / "13_evaluate", params), flush=True)
+
+    doc = json.loads((data / "13_evaluate" / "metrics.json").read_text())
+    show = features or SALIENT
+    print(f"\n{'feature':<14} {'arm':<10} {'F1':>5}  {'95% CI':<13} {'always-yes F1':>13}  recovered")
+    for f in show:
+        ref = doc["always_yes"][f]["f1"]
+        for arm in params.train.arms:
+            m = doc.get(arm, {}).get(f)
+            if m is None:
+                continue
+            ok = m["f1_ci_low"] > ref
+            print(f"{f:<14} {arm:<10} {m['f1']:>5.2f}  [{m['f1_ci_low']:.2f}, {m['f1_ci_high']:.2f}]  {ref:>13.2f}  "
+                  f"{'yes' if ok else 'no'}")
+    print(f"\n(n = {doc['always_yes'][show[0]]['n']} recordings; tables: {data / '13_evaluate' / 'tables.md'})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,427 @@
+"""evaluate: every arm against the reference labels, with patient-level bootstrap CIs and paired tests.
+
+Inputs (``data_dir``): ``11_folds/labels.parquet`` (table
+``recording_labels``), ``12_train/predictions.parquet`` (baselines:
+``r2plus1d``, ``vivit``) and, when present, ``10_aggregate/predictions.parquet``
+(MLLM arms: ``raw``, ``face_crop``, ``pose_overlay``, ``audio_raw``,
+``audio_denoised``, ``audio_transcript``).  An arm answered by several models
+is evaluated per model as ``<arm>@<model_id>``.  ``always_yes`` (every
+recording positive) is added as a reference.
+
+Per arm x feature, on the recordings that have both a label and a
+prediction: accuracy, precision, recall, F1 (scikit-learn's definitions,
+``zero_division=0``) with a percentile CI from a patient-level bootstrap:
+patients are drawn with replacement and bring all their recordings, so
+recordings of one patient never count as independent.  Every arm uses the
+same resamples (seeded by ``base.seed``), which makes differences paired.
+
+Comparisons (descriptive: the "best" arm is chosen on the same data):
+
+* best MLLM arm vs best baseline (by F1) on each of the 18 video features;
+* best enhanced arm (the feature's catalog enhancement: face crop, pose
+  overlay, denoise/transcript) vs the raw arm on each of the 20 features;
+
+each with an exact McNemar test on per-recording correctness, the paired
+bootstrap CI of the F1 difference, and an exact sign test over features.
+
+Outputs (``out_dir`` = ``data_dir/13_evaluate``):
+
+* ``metrics.parquet`` (table ``metrics``: arm, feature_id, metric, value,
+  ci_low, ci_high, n);
+* ``metrics.json`` (DVC metrics): ``{arm: {feature: {accuracy, precision,
+  recall, f1, f1_ci_low, f1_ci_high, n}}, "summary": {...}, "paired": {...}}``;
+* ``plots/f1.csv`` (arm, feature, f1, ci_low, ci_high) and
+  ``plots/arms/<arm>.csv`` (feature, f1, ci_low, ci_high): DVC plots, e.g.
+  ``x: f1, y: feature, template: bar_horizontal`` on the ``plots/arms`` folder
+  gives one bar chart per arm;
+* ``tables.md``: Tables II-IV in the study's layout (rows = features of one
+  group, columns = arms x Acc/Prec/Rec/F1), the summary line and the paired tests.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import re
+import shutil
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tasks.atomic import atomic_write_text
+from tasks.catalog import Catalog, load_catalog
+from tasks.errors import SemioflowError
+from tasks.params import Params
+from tasks.schema import read_table, write_table
+
+INPUTS = ("11_folds/labels.parquet", "12_train/predictions.parquet", "10_aggregate/predictions.parquet")
+OPTIONAL = ("10_aggregate/predictions.parquet",)  # evaluated when present
+METRICS = ("accuracy", "precision", "recall", "f1")
+SHORT = {"accuracy": "Acc", "precision": "Prec", "recall": "Rec", "f1": "F1"}
+BASELINE_ARMS = ("r2plus1d", "vivit")
+REFERENCE_ARM = "always_yes"
+RAW_ARM = {"video": "raw", "audio": "audio_raw"}
+ENHANCED_ARMS = {"face_crop": ("face_crop",), "pose_overlay": ("pose_overlay",),
+                 "denoise_transcript": ("audio_denoised", "audio_transcript")}
+ARM_ORDER = ("r2plus1d", "vivit", "raw", "face_crop", "pose_overlay", "audio_raw", "audio_denoised",
+             "audio_transcript", REFERENCE_ARM)
+ARM_NAMES = {"r2plus1d": "R(2+1)D", "vivit": "ViViT", "raw": "MLLM raw", "face_crop": "MLLM + face crop",
+             "pose_overlay": "MLLM + pose overlay", "audio_raw": "MLLM raw audio",
+             "audio_denoised": "MLLM + denoised audio", "audio_transcript": "MLLM + transcript",
+             REFERENCE_ARM: "Always yes"}
+TABLE_NUMBERS = {"facial": "II", "limb_body": "III", "audio": "IV"}
+RANDOM_MARK = "random-weights"  # model ids of untrained smoke models carry this (tasks.query.RANDOM_TAG)
+DIGITS = 2  # decimals in tables.md
+ALPHA = 0.05  # significance level for counting per-feature McNemar results (descriptive)
+
+
+# ---- metrics -----------------------------------------------------------------------
+
+
+def confusion(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
+    """``[tp, fp, fn, tn]`` of boolean arrays."""
+    t, p = np.asarray(y_true, bool), np.asarray(y_pred, bool)
+    return np.array([(t & p).sum(), (~t & p).sum(), (t & ~p).sum(), (~t & ~p).sum()], dtype=np.int64)
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    num, den = np.asarray(num, float), np.asarray(den, float)
+    return np.divide(num, den, out=np.zeros(np.broadcast(num, den).shape), where=den > 0)
+
+
+def scores(counts: np.ndarray) -> dict[str, np.ndarray]:
+    """Accuracy, precision, recall, F1 from ``[..., 4]`` counts (tp, fp, fn, tn); 0 where undefined."""
+    tp, fp, fn, tn = (counts[..., i] for i in range(4))
+    return {"accuracy": _ratio(tp + tn, tp + fp + fn + tn), "precision": _ratio(tp, tp + fp),
+            "recall": _ratio(tp, tp + fn), "f1": _ratio(2 * tp, 2 * tp + fp + fn)}
+
+
+def bootstrap_weights(n_patients: int, n_boot: int, seed: int) -> np.ndarray:
+    """``(n_boot, n_patients)`` multiplicities: each row draws ``n_patients`` patients with replacement."""
+    if n_patients == 0:
+        return np.zeros((n_boot, 0), np.int64)
+    rng = np.random.default_rng([seed, 13])
+    return rng.multinomial(n_patients, np.full(n_patients, 1 / n_patients), size=n_boot)
+
+
+def patient_counts(patient: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray, n_patients: int) -> np.ndarray:
+    """``(n_patients, 4)`` confusion counts per patient (``patient`` = index per recording)."""
+    t, p = np.asarray(y_true, bool), np.asarray(y_pred, bool)
+    cells = np.stack([t & p, ~t & p, t & ~p, ~t & ~p], axis=1).astype(np.int64)
+    out = np.zeros((n_patients, 4), np.int64)
+    np.add.at(out, np.asarray(patient, np.int64), cells)
+    return out
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A metric with its bootstrap percentile CI."""
+
+    value: float
+    low: float
+    high: float
+
+
+def with_ci(per_patient: np.ndarray, weights: np.ndarray, ci: float) -> dict[str, Estimate]:
+    """Point estimates and percentile CIs of every metric from per-patient counts and bootstrap weights."""
+    point = scores(per_patient.sum(0))
+    boot = scores(weights @ per_patient)  # (B, 4) counts per resample
+    q = ((1 - ci) / 2, 1 - (1 - ci) / 2)
+    return {m: Estimate(float(point[m]), *(float(x) for x in np.quantile(boot[m], q))) for m in METRICS}
+
+
+def binomial_two_sided(k: int, n: int) -> float:
+    """Exact two-sided p of ``k`` successes in ``n`` fair coin flips (doubling the smaller tail)."""
+    if n == 0:
+        return 1.0
+    k = min(k, n - k)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
+
+
+def mcnemar_exact(correct_a: np.ndarray, correct_b: np.ndarray) -> tuple[int, int, float]:
+    """(b, c, p): recordings only A got right, only B got right, exact two-sided McNemar p."""
+    a, b = np.asarray(correct_a, bool), np.asarray(correct_b, bool)
+    only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
+    return only_a, only_b, binomial_two_sided(only_a, only_a + only_b)
+
+
+# ---- the cohort of predictions -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Evaluated:
+    """One arm x feature: the recordings evaluated, their labels and predictions, the metrics."""
+
+    arm: str
+    base_arm: str
+    feature_id: str
+    recordings: tuple[str, ...]
+    truth: dict[str, bool]  # recording -> label
+    predicted: dict[str, bool]  # recording -> prediction
+    estimates: dict[str, Estimate]
+
+    def correct(self, rid: str) -> bool:
+        return self.truth[rid] == self.predicted[rid]
+
+
+def _arm_names(preds: list[dict]) -> dict[tuple[str, str], str]:
+    models: dict[str, set[str]] = defaultdict(set)
+    for p in preds:
+        models[p["arm"]].add(p["model_id"])
+    return {(arm, m): arm if len(ms) == 1 else f"{arm}@{m}" for arm, ms in models.items() for m in ms}
+
+
+@dataclass(frozen=True)
+class Resampling:
+    """The patient-level bootstrap shared by every arm (so arm differences are paired)."""
+
+    patients: list[str]  # index order of the weights' columns
+    patient_of: dict[str, str]  # recording -> patient
+    weights: np.ndarray  # (n_boot, n_patients) multiplicities
+    ci: float
+
+    def counts(self, rids: list[str] | tuple[str, ...], truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
+        at = {p: i for i, p in enumerate(self.patients)}
+        return patient_counts(np.array([at[self.patient_of[r]] for r in rids], np.int64), truth, pred,
+                              len(self.patients))
+
+
+def evaluate_all(labels: list[dict], preds: list[dict], *, n_boot: int, ci: float, seed: int
+                 ) -> tuple[dict[tuple[str, str], Evaluated], Resampling]:
+    """Every (arm, feature) with at least one labelled prediction, plus the ``always_yes`` reference.
+
+    Returns the evaluations keyed by (arm, feature_id) and the shared resampling.
+    """
+    truth = {(r["recording_id"], r["feature_id"]): bool(r["label"]) for r in labels}
+    patient_of = {r["recording_id"]: r["patient_id"] for r in labels}
+    patients = sorted(set(patient_of.values()))
+    rs = Resampling(patients, patient_of, bootstrap_weights(len(patients), n_boot, seed), ci)
+    names = _arm_names(preds)
+    decided: dict[tuple[str, str], dict[str, bool]] = defaultdict(dict)
+    base: dict[str, str] = {}
+    for p in preds:
+        arm = names[(p["arm"], p["model_id"])]
+        base[arm] = p["arm"]
+        cell = decided[(arm, p["feature_id"])]
+        if p["recording_id"] in cell:
+            raise SemioflowError(f"two predictions of arm {arm} for one recording x feature ({p['feature_id']})")
+        cell[p["recording_id"]] = bool(p["predicted"])
+    for rid, fid in truth:
+        decided[(REFERENCE_ARM, fid)][rid] = True
+    base[REFERENCE_ARM] = REFERENCE_ARM
+    out = {}
+    for (arm, fid), cell in decided.items():
+        rids = tuple(sorted(r for r in cell if (r, fid) in truth))
+        if not rids:
+            continue
+        y = np.array([truth[(r, fid)] for r in rids])
+        yhat = np.array([cell[r] for r in rids])
+        out[(arm, fid)] = Evaluated(arm, base[arm], fid, rids, {r: truth[(r, fid)] for r in rids},
+                                    {r: cell[r] for r in rids}, with_ci(rs.counts(rids, y, yhat), rs.weights, ci))
+    return out, rs
+
+
+# ---- comparisons --------------------------------------------------------------------
+
+
+def _best(evals: dict[tuple[str, str], Evaluated], fid: str, base_arms) -> Evaluated | None:
+    cands = [e for (a, f), e in evals.items() if f == fid and e.base_arm in base_arms]
+    # Highest F1; ties go to the arm listed first in ARM_ORDER (then by name), so the choice is stable.
+    return max(cands, key=lambda e: (e.estimates["f1"].value, -_order(e.arm)), default=None)
+
+
+def _order(arm: str) -> float:
+    base = arm.split("@")[0]
+    return ARM_ORDER.index(base) if base in ARM_ORDER else len(ARM_ORDER)
+
+
+def paired(a: Evaluated, b: Evaluated, rs: Resampling) -> dict:
+    """A vs B on the recordings both decided: McNemar and the paired bootstrap CI of F1(A) - F1(B)."""
+    common = sorted(set(a.recordings) & set(b.recordings))
+    only_a, only_b, p = mcnemar_exact(np.array([a.correct(r) for r in common], bool),
+                                      np.array([b.correct(r) for r in common], bool))
+    truth = np.array([a.truth[r] for r in common], bool)
+    ca = rs.counts(common, truth, np.array([a.predicted[r] for r in common], bool))
+    cb = rs.counts(common, truth, np.array([b.predicted[r] for r in common], bool))
+    delta = scores(ca.sum(0))["f1"] - scores(cb.sum(0))["f1"]
+    boot = scores(rs.weights @ ca)["f1"] - scores(rs.weights @ cb)["f1"]
+    q = ((1 - rs.ci) / 2, 1 - (1 - rs.ci) / 2)
+    lo, hi = np.quantile(boot, q)
+    return {"a": a.arm, "b": b.arm, "f1_a": a.estimates["f1"].value, "f1_b": b.estimates["f1"].value,
+            "n": len(common), "only_a_correct": only_a, "only_b_correct": only_b, "mcnemar_p": p,
+            "delta_f1": float(delta), "delta_f1_ci_low": float(lo), "delta_f1_ci_high": float(hi)}
+
+
+def compare(evals: dict[tuple[str, str], Evaluated], catalog: Catalog, rs: Resampling) -> tuple[dict, dict]:
+    """(summary, paired tests): best MLLM vs best baseline (video features), enhanced vs raw (all features)."""
+    mllm_bases = {e.base_arm for e in evals.values()} - set(BASELINE_ARMS) - {REFERENCE_ARM}
+    vs_baseline, vs_raw = {}, {}
+    for f in catalog.features:
+        if f.modality == "video":
+            a, b = _best(evals, f.id, mllm_bases), _best(evals, f.id, BASELINE_ARMS)
+            if a and b:
+                vs_baseline[f.id] = paired(a, b, rs)
+        a, b = _best(evals, f.id, ENHANCED_ARMS.get(f.enhancement, ())), _best(evals, f.id, (RAW_ARM[f.modality],))
+        if a and b:
+            vs_raw[f.id] = paired(a, b, rs)
+    n_video = sum(f.modality == "video" for f in catalog.features)
+    summary = {}
+    for key, tests, total in (("mllm_vs_baseline", vs_baseline, n_video), ("enhanced_vs_raw", vs_raw,
+                                                                          len(catalog.features))):
+        wins = sum(t["f1_a"] > t["f1_b"] for t in tests.values())
+        losses = sum(t["f1_a"] < t["f1_b"] for t in tests.values())
+        summary[key] = {"wins": wins, "losses": losses, "ties": len(tests) - wins - losses,
+                        "features": len(tests), "of": total, "sign_test_p": binomial_two_sided(wins, wins + losses),
+                        "mcnemar_significant": sum(t["mcnemar_p"] < ALPHA for t in tests.values())}
+    mb, er = summary["mllm_vs_baseline"], summary["enhanced_vs_raw"]
+    first = (f"best MLLM arm beats best baseline on {mb['wins']}/{mb['features']} features" if mb["features"]
+             else f"best MLLM arm beats best baseline on 0/{n_video} features (no MLLM or baseline predictions)")
+    second = (f"enhancement improves {er['wins']}/{er['features']}" if er["features"]
+              else f"enhancement improves 0/{len(catalog.features)} (no raw/enhanced MLLM predictions)")
+    summary["line"] = f"{first}; {second}"
+    return summary, {"mllm_vs_baseline": vs_baseline, "enhanced_vs_raw": vs_raw}
+
+
+# ---- outputs ------------------------------------------------------------------------------
+
+
+def _arms_sorted(arms) -> list[str]:
+    return sorted(set(arms), key=lambda a: (_order(a), a))
+
+
+def _display(arm: str) -> str:
+    base, _, model = arm.partition("@")
+    name = ARM_NAMES.get(base, base)
+    return f"{name} ({model})" if model else name
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.{DIGITS}f}"
+
+
+def markdown(evals: dict[tuple[str, str], Evaluated], catalog: Catalog, summary: dict, tests: dict, *,
+             ci: float, n_boot: int, banner: str) -> str:
+    """Tables II-IV (features x arms x Acc/Prec/Rec/F1), the summary line and the paired tests."""
+    lines = ["# Evaluation", ""]
+    if banner:
+        lines += [f"**{banner}**", ""]
+    lines += [f"Recording-level results per feature; F1 with its {ci:.0%} patient-level bootstrap CI "
+              f"({n_boot} resamples). Best F1 per row in bold (reference excluded).", "",
+              f"**{summary['line']}**", ""]
+    for group, number in TABLE_NUMBERS.items():
+        feats = catalog.in_group(group)
+        arms = _arms_sorted(a for (a, f) in evals if any(f == x.id for x in feats))
+        title = catalog.group_names.get(group, group)
+        lines += [f"## Table {number}: {title} features", ""]
+        if not arms:
+            lines += ["(no predictions)", ""]
+            continue
+        head = ["Feature"] + [f"{_display(a)} {SHORT[m]}" for a in arms for m in METRICS]
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for f in feats:
+            real = [evals[(a, f.id)].estimates["f1"].value for a in arms
+                    if (a, f.id) in evals and evals[(a, f.id)].base_arm != REFERENCE_ARM]
+            top = max(real, default=None)
+            cells = [f.name]
+            for a in arms:
+                e = evals.get((a, f.id))
+                if e is None:
+                    cells += ["–"] * len(METRICS)
+                    continue
+                for m in METRICS:
+                    est = e.estimates[m]
+                    cell = _fmt(est.value)
+                    if m == "f1":
+                        cell = f"{cell} ({_fmt(est.low)}–{_fmt(est.high)})"
+                        if e.base_arm != REFERENCE_ARM and top is not None and est.value == top:
+                            cell = f"**{cell}**"
+                    cells.append(cell)
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    for key, title in (("mllm_vs_baseline", "Best MLLM arm vs best baseline"),
+                       ("enhanced_vs_raw", "Enhanced vs raw MLLM arm")):
+        s = summary[key]
+        lines += [f"## {title}", "",
+                  f"Wins {s['wins']}, losses {s['losses']}, ties {s['ties']} over {s['features']} features "
+                  f"(exact sign test p = {s['sign_test_p']:.3g}); exact McNemar p < {ALPHA} on "
+                  f"{s['mcnemar_significant']}.", ""]
+        if not tests[key]:
+            lines += ["(nothing to compare)", ""]
+            continue
+        lines += ["| Feature | A | F1 A | B | F1 B | ΔF1 (CI) | only A correct | only B correct | McNemar p |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for fid, t in tests[key].items():
+            lines.append(f"| {catalog.by_id(fid).name} | {_display(t['a'])} | {_fmt(t['f1_a'])} | {_display(t['b'])} "
+                         f"| {_fmt(t['f1_b'])} | {t['delta_f1']:+.{DIGITS}f} [{t['delta_f1_ci_low']:+.{DIGITS}f}, "
+                         f"{t['delta_f1_ci_high']:+.{DIGITS}f}] | {t['only_a_correct']} | {t['only_b_correct']} "
+                         f"| {t['mcnemar_p']:.3g} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _csv(header: list[str], rows: list[list]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def run(data_dir: Path, out_dir: Path, params: Params) -> dict:
+    """The evaluate stage (see module doc).  Returns counts only."""
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    ep = params.evaluate
+    catalog = load_catalog()
+    labels = read_table("recording_labels", data_dir / INPUTS[0]).to_pylist()
+    preds: list[dict] = []
+    sources = 0
+    for rel in INPUTS[1:]:
+        path = data_dir / rel
+        if path.is_file():
+            preds += read_table("predictions", path).to_pylist()
+            sources += 1
+        elif rel not in OPTIONAL:
+            raise SemioflowError(f"evaluate needs {rel} (run the stage that writes it first)")
+    evals, rs = evaluate_all(labels, preds, n_boot=ep.bootstrap, ci=ep.ci, seed=params.base.seed)
+    summary, tests = compare(evals, catalog, rs)
+
+    order = {f: i for i, f in enumerate(catalog.ids)}
+    keys = sorted(evals, key=lambda k: (_order(k[0]), k[0], order.get(k[1], len(order))))
+    write_table("metrics", [dict(arm=a, feature_id=f, metric=m, value=evals[(a, f)].estimates[m].value,
+                                 ci_low=evals[(a, f)].estimates[m].low, ci_high=evals[(a, f)].estimates[m].high,
+                                 n=len(evals[(a, f)].recordings)) for a, f in keys for m in METRICS],
+                out_dir / "metrics.parquet")
+    nested: dict[str, dict] = defaultdict(dict)
+    for a, f in keys:
+        e = evals[(a, f)]
+        nested[a][f] = {**{m: e.estimates[m].value for m in METRICS}, "f1_ci_low": e.estimates["f1"].low,
+                        "f1_ci_high": e.estimates["f1"].high, "n": len(e.recordings)}
+    random = any(RANDOM_MARK in p["model_id"] for p in preds)
+    banner = "Some predictions come from random-weight smoke models: not clinical results" if random else ""
+    doc = {**nested, "summary": {**summary, "random_weights": random}, "paired": tests}
+    atomic_write_text(out_dir / "metrics.json", json.dumps(doc, indent=2, sort_keys=True))
+    atomic_write_text(out_dir / "plots" / "f1.csv", _csv(
+        ["arm", "feature", "f1", "ci_low", "ci_high"],
+        [[a, f, round(evals[(a, f)].estimates["f1"].value, 6), round(evals[(a, f)].estimates["f1"].low, 6),
+          round(evals[(a, f)].estimates["f1"].high, 6)] for a, f in keys]))
+    arms = _arms_sorted(a for a, _ in keys)
+    feats = [f for f in catalog.ids if any((a, f) in evals for a in arms)]
+    shutil.rmtree(out_dir / "plots" / "arms", ignore_errors=True)  # an arm dropped since the last run must go
+    for arm in arms:
+        atomic_write_text(out_dir / "plots" / "arms" / f"{re.sub(r'[^A-Za-z0-9_.@-]', '_', arm)}.csv", _csv(
+            ["feature", "f1", "ci_low", "ci_high"],
+            [[f, *(round(getattr(evals[(arm, f)].estimates["f1"], k), 6) for k in ("value", "low", "high"))]
+             for f in catalog.ids if (arm, f) in evals]))
+    atomic_write_text(out_dir / "tables.md", markdown(evals, catalog, summary, tests, ci=ep.ci, n_boot=ep.bootstrap,
+                                                      banner=banner))
+    return {"arms": len(arms), "features": len(feats), "recordings": len(rs.patient_of), "patients": len(rs.patients),
+            "prediction_sources": sources, "metric_rows": len(keys) * len(METRICS),
+            "mllm_beats_baseline": summary["mllm_vs_baseline"]["wins"],
+            "mllm_vs_baseline_features": summary["mllm_vs_baseline"]["features"],
+            "enhancement_improves": summary["enhanced_vs_raw"]["wins"],
+            "enhancement_features": summary["enhanced_vs_raw"]["features"]}

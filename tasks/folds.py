@@ -1,0 +1,191 @@
+"""folds: patient-grouped, label-stratified k-fold split of the labelled, de-identified recordings.
+
+Annotations are keyed by the source file's name (that is what annotators
+see); this stage moves them onto pseudonymous ids and assigns every patient
+to one fold, so no patient is ever on both sides of a split.
+
+Inputs:
+
+* ``folds.labels`` (params; table ``labels``: source_name, feature_id, label,
+  annotator_1..3) and ``folds.recordings`` (table with source_name,
+  patient_id, e.g. the phantom's ``recordings``).  Relative paths are
+  relative to the working directory, like ``ingest.inbox``.
+* ``data_dir/01_ingest/private/id_map.parquet`` (PRIVATE: recording_id ->
+  source_path; only the file name is used and it is never logged) and
+  ``data_dir/02_deidentify/deidentified.parquet`` (only ``status == "ok"``
+  recordings count).
+
+Outputs (``out_dir`` = ``data_dir/11_folds``):
+
+* ``labels.parquet`` (table ``recording_labels``: recording_id, patient_id,
+  feature_id, label) with patient ids pseudonymised as ``P`` + 10 hex of
+  HMAC-SHA256(site key, patient id), like recording ids;
+* ``folds.parquet`` (table ``folds``: recording_id, patient_id, fold 0..k-1);
+* ``folds.json``: counts only (recordings, patients, unlabelled, per fold
+  recordings/patients/positives per feature).
+
+Stratification: 20 binary labels and a handful of patients cannot all be
+balanced, so ``assign_folds`` runs ``folds.restarts`` seeded greedy passes
+(each patient goes to the fold that most reduces the imbalance of fold sizes
+and per-feature positive counts) and keeps the least imbalanced assignment.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from tasks.atomic import atomic_write_text
+from tasks.catalog import load_catalog
+from tasks.errors import SemioflowError
+from tasks.ingest import load_id_key
+from tasks.params import FoldsParams, Params
+from tasks.schema import read_table, write_table
+
+INPUTS = ("01_ingest/private/id_map.parquet", "02_deidentify/deidentified.parquet")
+LABELS = "labels.parquet"
+FOLDS = "folds.parquet"
+SUMMARY = "folds.json"
+PATIENT_HEX_DIGITS = 10
+PATIENT_DOMAIN = b"patient:"  # keeps patient pseudonyms apart from recording ids under the same key
+SIZE_WEIGHT = 10.0  # fold-size balance counts as much as ten features' positive balance together
+
+
+def external_inputs(params: FoldsParams) -> tuple[Path, ...]:
+    """The annotation tables named in params (inputs outside the data dir)."""
+    return Path(params.labels), Path(params.recordings)
+
+
+def patient_pseudonym(patient_id: str, key: bytes) -> str:
+    """``P`` + 10 hex of HMAC-SHA256(key, patient id): stable per site, not reversible without the key."""
+    return "P" + hmac.new(key, PATIENT_DOMAIN + patient_id.encode(), hashlib.sha256).hexdigest()[:PATIENT_HEX_DIGITS]
+
+
+def _imbalance(sums: np.ndarray, target: np.ndarray, weight: np.ndarray) -> float:
+    return float((weight * (sums - target) ** 2).sum())
+
+
+def assign_folds(counts: dict[str, np.ndarray], n_folds: int, *, seed: int, restarts: int) -> dict[str, int]:
+    """Patient -> fold (0..n_folds-1), every fold non-empty, stratified as well as the labels allow.
+
+    ``counts[patient]`` is a vector ``[n_recordings, positives of feature 1,
+    ...]``.  Imbalance = sum over folds and dimensions of the squared gap to
+    the even share, each dimension scaled by its total (rare and common
+    features weigh alike) and fold size weighted by ``SIZE_WEIGHT``.  Pass 0
+    places patients largest first, the others in seeded random order; ties go
+    to a seeded random fold.  Raises ``SemioflowError`` with fewer patients than folds.
+    """
+    patients = sorted(counts)
+    if len(patients) < n_folds:
+        raise SemioflowError(f"{len(patients)} labelled patients cannot fill {n_folds} patient-grouped folds; "
+                             "lower folds.n_folds or add recordings")
+    c = np.stack([np.asarray(counts[p], float) for p in patients])  # (patients, dims)
+    total = c.sum(0)
+    target = total / n_folds
+    weight = 1.0 / np.maximum(total, 1.0) ** 2
+    weight[0] *= SIZE_WEIGHT
+    rng = np.random.default_rng([seed, 11])
+    best, best_cost = None, np.inf
+    for r in range(restarts):
+        order = np.argsort(-c[:, 0], kind="stable") if r == 0 else rng.permutation(len(patients))
+        sums = np.zeros((n_folds, c.shape[1]))
+        fold_of = np.full(len(patients), -1)
+        empty = n_folds
+        for placed, i in enumerate(order):
+            still = len(patients) - placed  # patients to place, this one included
+            candidates = [k for k in range(n_folds) if still > empty or not sums[k, 0]]
+            # gain of adding patient i to fold k: sum_d w_d c_d (2 (S_kd - T_d) + c_d)
+            delta = [(weight * c[i] * (2 * (sums[k] - target) + c[i])).sum() for k in candidates]
+            low = min(delta)
+            ties = [k for k, d in zip(candidates, delta) if d <= low + 1e-12]
+            k = ties[int(rng.integers(len(ties)))] if len(ties) > 1 else ties[0]
+            empty -= not sums[k, 0]
+            sums[k] += c[i]
+            fold_of[i] = k
+        cost = _imbalance(sums, target, weight)
+        if cost < best_cost - 1e-12:
+            best, best_cost = fold_of.copy(), cost
+    # Number folds by their first patient, so the numbering does not depend on which pass won.
+    first = {}
+    for i in range(len(patients)):
+        first.setdefault(int(best[i]), len(first))
+    return {p: first[int(best[i])] for i, p in enumerate(patients)}
+
+
+def _read_any(path: Path, columns: tuple[str, ...], what: str) -> list[dict]:
+    """Rows of a user-supplied annotation table (needs only ``columns``; extra columns are ignored)."""
+    if not path.is_file():
+        raise SemioflowError(f"{what} table not found at {path} (set folds.{what} in params.yaml)")
+    table = pq.read_table(path)
+    missing = [c for c in columns if c not in table.column_names]
+    if missing:
+        raise SemioflowError(f"{what} table {path} lacks column(s) {', '.join(missing)}")
+    return table.select(list(columns)).to_pylist()
+
+
+def run(data_dir: Path, out_dir: Path, params: Params) -> dict:
+    """The folds stage (see module doc).  Returns counts only (no ids, no names)."""
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    fp = params.folds
+    catalog = load_catalog()
+    deid = read_table("deidentified", data_dir / INPUTS[1]).to_pylist()
+    ok = {r["recording_id"] for r in deid if r["status"] == "ok"}
+    name_of = {r["recording_id"]: Path(r["source_path"]).name
+               for r in read_table("id_map", data_dir / INPUTS[0]).to_pylist() if r["recording_id"] in ok}
+    if len(set(name_of.values())) < len(name_of):
+        raise SemioflowError(f"{len(name_of) - len(set(name_of.values()))} de-identified recordings share a file "
+                             "name with another; annotations are keyed by file name, so rename them apart")
+    labels = _read_any(Path(fp.labels), ("source_name", "feature_id", "label"), "labels")
+    patient_of_name = {r["source_name"]: r["patient_id"]
+                       for r in _read_any(Path(fp.recordings), ("source_name", "patient_id"), "recordings")}
+    unknown = sorted({r["feature_id"] for r in labels} - set(catalog.ids))
+    if unknown:
+        raise SemioflowError(f"labels table has feature ids not in the catalog: {', '.join(unknown)}")
+    by_name: dict[str, dict[str, bool]] = defaultdict(dict)
+    for r in labels:
+        if r["label"] is not None:
+            by_name[r["source_name"]][r["feature_id"]] = bool(r["label"])
+
+    key = load_id_key()
+    rid_labels: dict[str, dict[str, bool]] = {}
+    rid_patient: dict[str, str] = {}
+    unlabelled = no_patient = 0
+    for rid, name in sorted(name_of.items()):
+        if not by_name.get(name):
+            unlabelled += 1
+        elif name not in patient_of_name:
+            no_patient += 1
+        else:
+            rid_labels[rid] = by_name[name]
+            rid_patient[rid] = patient_pseudonym(str(patient_of_name[name]), key)
+
+    counts: dict[str, np.ndarray] = {}
+    for rid, pid in rid_patient.items():
+        vec = np.array([1.0] + [float(rid_labels[rid].get(f, False)) for f in catalog.ids])
+        counts[pid] = counts.get(pid, 0) + vec
+    fold_of = assign_folds(counts, fp.n_folds, seed=params.base.seed, restarts=fp.restarts)
+
+    write_table("recording_labels", [
+        dict(recording_id=rid, patient_id=rid_patient[rid], feature_id=f, label=rid_labels[rid][f])
+        for rid in sorted(rid_labels) for f in catalog.ids if f in rid_labels[rid]
+    ], out_dir / LABELS)
+    write_table("folds", [dict(recording_id=rid, patient_id=rid_patient[rid], fold=fold_of[rid_patient[rid]])
+                          for rid in sorted(rid_patient)], out_dir / FOLDS)
+
+    per_fold = []
+    for k in range(fp.n_folds):
+        rids = [rid for rid, pid in rid_patient.items() if fold_of[pid] == k]
+        per_fold.append({"recordings": len(rids), "patients": sum(v == k for v in fold_of.values()),
+                         "positives": {f: sum(rid_labels[r].get(f, False) for r in rids) for f in catalog.ids}})
+    summary = {"recordings": len(rid_patient), "patients": len(counts), "unlabelled": unlabelled,
+               "no_patient": no_patient, "not_deidentified": len(deid) - len(ok), "n_folds": fp.n_folds,
+               "label_rows": sum(len(v) for v in rid_labels.values()),
+               "fold_recordings": [f["recordings"] for f in per_fold]}
+    atomic_write_text(out_dir / SUMMARY, json.dumps({**summary, "folds": per_fold}, indent=2, sort_keys=True))
+    return summary

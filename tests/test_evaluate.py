@@ -1,0 +1,190 @@
+"""evaluate: metrics equal scikit-learn's, patient-level bootstrap behaves, planted arm outcomes are reported."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from scipy.stats import binomtest
+from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score
+
+from tasks import evaluate
+from tasks.catalog import load_catalog
+from tasks.errors import SemioflowError
+from tasks.params import EvaluateParams, Params
+from tasks.schema import read_table, write_table
+
+SK = {"accuracy": accuracy_score,
+      "precision": lambda t, p: precision_score(t, p, zero_division=0),
+      "recall": lambda t, p: recall_score(t, p, zero_division=0),
+      "f1": lambda t, p: f1_score(t, p, zero_division=0)}
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_metrics_equal_sklearn(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 25))
+    # skewed draws so that empty predictions / no positives (the zero-division cases) occur
+    y = rng.random(n) < rng.choice([0.0, 0.1, 0.5, 0.9, 1.0])
+    p = rng.random(n) < rng.choice([0.0, 0.1, 0.5, 0.9, 1.0])
+    got = evaluate.scores(evaluate.confusion(y, p))
+    for m, fn in SK.items():
+        assert float(got[m]) == pytest.approx(fn(y, p)), m
+
+
+def _cohort(n_patients: int, per_patient: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    patient = np.repeat(np.arange(n_patients), per_patient)
+    y = rng.random(patient.size) < 0.4
+    p = np.where(rng.random(patient.size) < 0.75, y, ~y)
+    return patient, y, p
+
+
+def _ci(patient, y, p, n_patients, n_boot=2000, seed=1):
+    w = evaluate.bootstrap_weights(n_patients, n_boot, seed)
+    return evaluate.with_ci(evaluate.patient_counts(patient, y, p, n_patients), w, 0.95)
+
+
+def test_bootstrap_ci_contains_the_estimate_and_narrows_with_more_patients():
+    widths = []
+    for n in (10, 40, 160):
+        est = _ci(*_cohort(n, 2), n)
+        for m, e in est.items():
+            assert e.low <= e.value <= e.high, (n, m)
+        widths.append(est["f1"].high - est["f1"].low)
+    print(f"\n[evaluate] F1 95% CI width with 10/40/160 patients: {[round(w, 3) for w in widths]}")
+    assert widths[0] > widths[1] > widths[2]
+    assert widths[2] < 0.5 * widths[0]
+
+
+def test_bootstrap_resamples_patients_not_recordings():
+    """Copying every patient's recordings 5 times adds no information: a patient-level CI must not move."""
+    patient, y, p = _cohort(30, 2)
+    once = _ci(patient, y, p, 30)
+    five = _ci(np.repeat(patient, 5), np.repeat(y, 5), np.repeat(p, 5), 30)
+    for m in evaluate.METRICS:
+        assert (five[m].value, five[m].low, five[m].high) == pytest.approx((once[m].value, once[m].low, once[m].high))
+    # ...whereas treating the 300 copies as independent recordings would narrow it a lot
+    flat = _ci(np.arange(300), np.repeat(y, 5), np.repeat(p, 5), 300)
+    assert flat["f1"].high - flat["f1"].low < 0.7 * (five["f1"].high - five["f1"].low)
+
+
+@pytest.mark.parametrize(("b", "c"), [(0, 0), (3, 0), (7, 2), (10, 10), (1, 12), (25, 13)])
+def test_exact_mcnemar_equals_scipy_binomial_test(b, c):
+    a = np.array([True] * b + [False] * c + [True] * 4 + [False] * 3)
+    bb = np.array([False] * b + [True] * c + [True] * 4 + [False] * 3)
+    only_a, only_b, p = evaluate.mcnemar_exact(a, bb)
+    assert (only_a, only_b) == (b, c)
+    assert p == pytest.approx(binomtest(b, b + c, 0.5).pvalue if b + c else 1.0)
+
+
+# ---- the stage on planted predictions ---------------------------------------------------------
+
+CATALOG = load_catalog()
+VIDEO = [f.id for f in CATALOG.features if f.modality == "video"]
+ALL = list(CATALOG.ids)
+MLLM_WINS = set(VIDEO[:5])  # raw MLLM perfect, every baseline misses: the MLLM arm wins on exactly these
+ENHANCED_WINS = {"head_turning", "tonic", "clonic", "ictal_vocalization"}  # enhanced perfect, raw misses
+PERFECT = 0  # miss_every: 0 = never wrong; k = wrong on every k-th recording
+
+
+def _planted(tmp_path):
+    """30 recordings of 10 patients; each arm is perfect or wrong on every k-th recording.
+
+    An arm whose misses are a strict subset of another's has the higher F1,
+    so the winners are known by construction: the MLLM beats the baselines on
+    ``MLLM_WINS`` only (elsewhere a baseline is perfect and no MLLM arm is),
+    enhancement beats raw on ``ENHANCED_WINS`` only (elsewhere raw misses
+    every 4th, enhancement every 2nd, or raw is perfect).
+    """
+    rng = np.random.default_rng(4)
+    rids = [f"R{i:010x}" for i in range(30)]
+    patient = {r: f"P{i // 3:010x}" for i, r in enumerate(rids)}
+    truth = {(r, f): bool(rng.random() < 0.5) for r in rids for f in ALL}
+    labels = [dict(recording_id=r, patient_id=patient[r], feature_id=f, label=truth[(r, f)]) for r in rids
+              for f in ALL]
+
+    def rows(arm, miss_every: dict[str, int], model="m1"):
+        return [dict(recording_id=r, feature_id=f, arm=arm, model_id=model, rule="x",
+                     predicted=truth[(r, f)] != bool(k and i % k == 0), score=0.5, n_windows=1, n_yes=0,
+                     evidence_windows=[]) for f, k in miss_every.items() for i, r in enumerate(rids)]
+
+    base = rows("r2plus1d", {f: 3 if f in MLLM_WINS else PERFECT for f in VIDEO}) + rows("vivit", {f: 2 for f in VIDEO})
+    raw_miss = {f: PERFECT if f in MLLM_WINS else 5 if f in ENHANCED_WINS else 4 for f in ALL}
+    enh_miss = {f: PERFECT if f in ENHANCED_WINS else 2 for f in ALL}
+    arm_for = {"face_crop": "face_crop", "pose_overlay": "pose_overlay", "denoise_transcript": "audio_denoised"}
+    raw_for = {"video": "raw", "audio": "audio_raw"}
+    mllm = []
+    for f in CATALOG.features:
+        mllm += rows(raw_for[f.modality], {f.id: raw_miss[f.id]}) + rows(arm_for[f.enhancement], {f.id: enh_miss[f.id]})
+    data = tmp_path / "data"
+    write_table("recording_labels", labels, data / "11_folds" / "labels.parquet")
+    write_table("predictions", base, data / "12_train" / "predictions.parquet")
+    write_table("predictions", mllm, data / "10_aggregate" / "predictions.parquet")
+    return data, truth
+
+
+def test_stage_reports_planted_outcomes_in_the_studys_layout(tmp_path):
+    data, truth = _planted(tmp_path)
+    params = Params(evaluate=EvaluateParams(bootstrap=300))
+    out = data / "13_evaluate"
+    summary = evaluate.run(data, out, params)
+
+    metrics = read_table("metrics", out / "metrics.parquet").to_pylist()
+    f1 = {(m["arm"], m["feature_id"]): m["value"] for m in metrics if m["metric"] == "f1"}
+    for f in ALL:
+        pos = sum(truth[(r, g)] for r, g in truth if g == f)
+        assert f1[("always_yes", f)] == pytest.approx(2 * pos / (30 + pos))  # precision = prevalence, recall 1
+    assert summary["mllm_beats_baseline"] == len(MLLM_WINS) and summary["mllm_vs_baseline_features"] == 18
+    assert summary["enhancement_improves"] == len(ENHANCED_WINS) and summary["enhancement_features"] == 20
+    assert len(metrics) == 4 * (2 * 18 + 20 + 20 + 20)  # baselines, raw/audio_raw, enhanced, always_yes
+
+    doc = json.loads((out / "metrics.json").read_text())
+    line = doc["summary"]["line"]
+    assert line == "best MLLM arm beats best baseline on 5/18 features; enhancement improves 4/20"
+    assert doc["r2plus1d"]["clonic"]["f1"] == pytest.approx(f1[("r2plus1d", "clonic")])
+    assert {"f1_ci_low", "f1_ci_high", "accuracy", "precision", "recall", "n"} <= set(doc["vivit"]["tonic"])
+    assert "ictal_vocalization" not in doc["r2plus1d"]  # baselines cover the video features only
+    pair = doc["paired"]["enhanced_vs_raw"]["clonic"]
+    assert pair["a"] == "pose_overlay" and pair["b"] == "raw" and pair["delta_f1"] > 0
+    assert pair["only_b_correct"] == 0 and pair["only_a_correct"] == 6  # raw misses every 5th of 30
+    assert pair["mcnemar_p"] == pytest.approx(binomtest(6, 6, 0.5).pvalue)
+
+    with open(out / "plots" / "f1.csv", newline="") as fh:
+        plot = list(csv.DictReader(fh))
+    assert {r["arm"] for r in plot} == {"r2plus1d", "vivit", "raw", "face_crop", "pose_overlay", "audio_raw",
+                                         "audio_denoised", "always_yes"}
+    assert all(float(r["ci_low"]) <= float(r["f1"]) <= float(r["ci_high"]) for r in plot)
+    assert {p.stem for p in (out / "plots" / "arms").iterdir()} == {r["arm"] for r in plot}
+
+    md = (out / "tables.md").read_text()
+    assert line in md
+    sections = md.split("## ")
+    tables = {s.split("\n")[0]: s for s in sections}
+    assert list(tables)[1:4] == ["Table II: Facial features", "Table III: Limb & body features",
+                                 "Table IV: Audio features"]
+    for title, group in zip(list(tables)[1:4], ("facial", "limb_body", "audio")):
+        body = [ln for ln in tables[title].splitlines() if ln.startswith("| ")]
+        header, rows = body[0], body[1:]
+        assert [r.split(" | ")[0][2:] for r in rows] == [f.name for f in CATALOG.in_group(group)]
+        assert all(f"{arm} {m}" in header for arm in (["R(2+1)D", "ViViT"] if group != "audio" else ["MLLM raw audio"])
+                   for m in ("Acc", "Prec", "Rec", "F1"))
+    assert "R(2+1)D" not in tables["Table IV: Audio features"]
+    clonic_row = next(r for r in tables["Table III: Limb & body features"].splitlines() if r.startswith("| Clonic"))
+    assert "**1.00 (1.00–1.00)**" in clonic_row  # the perfect pose-overlay arm is the row's best
+
+
+def test_several_models_on_one_arm_are_kept_apart_and_baselines_are_required(tmp_path):
+    data, _ = _planted(tmp_path)
+    extra = read_table("predictions", data / "10_aggregate" / "predictions.parquet").to_pylist()
+    extra += [dict(r, model_id="m2", predicted=True) for r in extra if r["arm"] == "raw"]
+    write_table("predictions", extra, data / "10_aggregate" / "predictions.parquet")
+    evaluate.run(data, data / "13_evaluate", Params(evaluate=EvaluateParams(bootstrap=50)))
+    doc = json.loads((data / "13_evaluate" / "metrics.json").read_text())
+    assert {"raw@m1", "raw@m2"} <= set(doc) and "raw" not in doc
+    assert doc["raw@m2"]["tonic"]["recall"] == 1.0
+    (data / "12_train" / "predictions.parquet").unlink()
+    with pytest.raises(SemioflowError, match="12_train/predictions.parquet"):
+        evaluate.run(data, data / "13_evaluate", Params())

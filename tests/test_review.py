@@ -1,0 +1,636 @@
+"""review: case sampling, storage on SQLite and a real PostgreSQL, statistics, the web app's security, and an
+end-to-end session in headless Chromium."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import os
+import pwd
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+from glob import glob
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import sqlalchemy as sa
+
+from flows.cli import main
+from tasks import review
+from tasks.params import Params, ReviewParams
+from tasks.schema import read_table, write_table
+from tests import review_fixture as fx
+
+CHROMIUM = Path(os.environ.get("SEMIOFLOW_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+PASSWORD = {"alice": "alice-secret-1", "bob": "bob-secret-22"}
+PARAMS = Params()
+SEED = PARAMS.base.seed
+START_TIMEOUT_S = 60
+
+
+# ---- fixtures -----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    c = fx.build(tmp_path_factory.mktemp("review"))
+    fx.write_rationales(c.data_dir)
+    return c
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _pg_bindir() -> Path | None:
+    found = shutil.which("initdb")
+    cands = ([Path(found).resolve().parent] if found else []) + [Path(p).parent for p in
+                                                                   sorted(glob("/usr/lib/postgresql/*/bin/initdb"))]
+    return next((d for d in cands if (d / "pg_ctl").is_file()), None)
+
+
+@pytest.fixture(scope="module")
+def postgres_server():
+    """A throwaway PostgreSQL server on a free port (as a non-root user when run as root); skips if impossible."""
+    bindir = _pg_bindir()
+    if bindir is None:
+        pytest.skip("no PostgreSQL server binaries (initdb, pg_ctl) on this machine")
+    pytest.importorskip("psycopg", reason="psycopg is not installed")
+    tmp = Path(tempfile.mkdtemp(prefix="semioflow-pg-"))
+    run_as: list[str] = []
+    if os.geteuid() == 0:  # postgres refuses to run as root
+        runuser = shutil.which("runuser")
+        user = next((u for u in ("postgres", "nobody") if _user_exists(u)), None)
+        if not runuser or not user:
+            shutil.rmtree(tmp)
+            pytest.skip("running as root without runuser or a postgres/nobody user to start PostgreSQL as")
+        pw = pwd.getpwnam(user)
+        os.chown(tmp, pw.pw_uid, pw.pw_gid)
+        run_as = [runuser, "-u", user, "--"]
+    os.chmod(tmp, 0o700)
+    data, port = tmp / "data", _free_port()
+    try:
+        init = subprocess.run(run_as + [str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "semio",
+                                        "--no-sync", "-E", "UTF8"], capture_output=True, text=True, timeout=120)
+        if init.returncode:
+            pytest.skip(f"initdb failed: {init.stderr.strip()[-300:]}")
+        options = f"-p {port} -k {tmp} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off"
+        start = subprocess.run(run_as + [str(bindir / "pg_ctl"), "-D", str(data), "-l", str(tmp / "log"), "-w", "-t",
+                                         str(START_TIMEOUT_S), "-o", options, "start"],
+                               capture_output=True, text=True, timeout=START_TIMEOUT_S + 30)
+        if start.returncode:
+            pytest.skip(f"PostgreSQL did not start: {start.stderr.strip()[-300:]}")
+        yield f"postgresql+psycopg://semio@127.0.0.1:{port}"
+        subprocess.run(run_as + [str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"],
+                       capture_output=True, timeout=60)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _user_exists(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
+def _pg_database(server: str) -> str:
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return f"{server}/{name}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'review.sqlite'}"
+    return _pg_database(request.getfixturevalue("postgres_server"))
+
+
+@pytest.fixture
+def engine(db_url, cohort):
+    eng = review.open_db(db_url)
+    review.prepare(eng, cohort.data_dir, PARAMS)
+    yield eng
+    eng.dispose()
+
+
+def _reviewers(engine) -> dict[str, int]:
+    return {n: review.add_reviewer(engine, n, p) for n, p in PASSWORD.items()}
+
+
+# ---- case sampling --------------------------------------------------------------------
+def _truth(c: fx.Cohort) -> dict[tuple[str, str], bool]:
+    return {(rid, fid): any(r == rid and f == fid for r, f, _, _ in fx.EVENTS)
+            for rid in fx.DURATIONS for feats in fx.ARM_FEATURES.values() for fid in feats}
+
+
+def test_study1_takes_every_true_positive_and_as_many_true_negatives(cohort):
+    cases = review.faithfulness_cases(cohort.data_dir, PARAMS)
+    truth = _truth(cohort)
+    preds = {(p["recording_id"], p["feature_id"]): p["predicted"] for p in cohort.predictions}
+    tps = {k for k, v in preds.items() if v and truth[k]}
+    tns = {k for k, v in preds.items() if not v and not truth[k]}
+    assert tps == {(fx.RA, "clonic"), (fx.RB, "clonic"), (fx.RB, "ictal_vocalization")}
+    got = {(c["recording_id"], c["feature_id"]): c for c in cases}
+    assert {k for k, c in got.items() if c["outcome"] == "tp"} == tps
+    for fid in ("clonic", "ictal_vocalization", "head_turning", "oral_automatisms"):
+        n_tp = sum(k[1] == fid for k in tps)
+        picked_tn = {k for k, c in got.items() if k[1] == fid and c["outcome"] == "tn"}
+        assert picked_tn <= tns and len(picked_tn) == min(n_tp, sum(k[1] == fid for k in tns)), fid
+    ra = got[(fx.RA, "clonic")]
+    assert [j["window_index"] for j in ra["justifications"]] == sorted(cohort.planted_windows(fx.RA, "clonic"))
+    assert ra["justifications"][0]["text"] == fx.justification(fx.RA, "clonic", 0, "yes")
+    tn = next(c for c in cases if c["outcome"] == "tn")
+    assert [j["window_index"] for j in tn["justifications"]] == list(range(len(cohort.windows[tn["recording_id"]])))
+    assert all(j["text"].endswith(f"window {j['window_index']}") and "not seen" in j["text"]
+               for j in tn["justifications"])
+    assert all(c["media"] == f"02_deidentify/videos/{c['recording_id']}.mp4" for c in cases)
+    assert review.faithfulness_cases(cohort.data_dir, PARAMS) == cases, "seeded"
+    only_audio = dataclasses.replace(PARAMS, review=ReviewParams(faithfulness_arms=("audio_transcript",)))
+    assert {c["arm"] for c in review.faithfulness_cases(cohort.data_dir, only_audio)} == {"audio_transcript"}
+
+
+def _sampling_dir(tmp: Path, n_tp: int, n_tn: int) -> Path:
+    """One feature on n_tp + n_tn recordings, every one predicted correctly; videos exist."""
+    rids = [f"R{i:010x}" for i in range(n_tp + n_tn)]
+    write_table("recording_labels", [dict(recording_id=r, patient_id="P0", feature_id="tonic", label=i < n_tp)
+                                     for i, r in enumerate(rids)], tmp / review.LABELS)
+    write_table("predictions", [dict(recording_id=r, feature_id="tonic", arm="raw", model_id="m", rule="any_yes",
+                                     predicted=i < n_tp, score=float(i < n_tp), n_windows=1, n_yes=int(i < n_tp),
+                                     evidence_windows=[0] if i < n_tp else []) for i, r in enumerate(rids)],
+                tmp / review.PREDICTIONS)
+    for r in rids:
+        (tmp / review.VIDEO_DIR).mkdir(parents=True, exist_ok=True)
+        (tmp / review.VIDEO_DIR / f"{r}.mp4").write_bytes(b"")
+    return tmp
+
+
+def test_study1_true_negatives_are_a_seeded_random_draw(tmp_path):
+    data = _sampling_dir(tmp_path, n_tp=4, n_tn=20)
+    draws, orders = [], []
+    for seed in range(6):
+        p = dataclasses.replace(PARAMS, base=dataclasses.replace(PARAMS.base, seed=seed))
+        cases = review.faithfulness_cases(data, p)
+        assert sum(c["outcome"] == "tp" for c in cases) == 4 and sum(c["outcome"] == "tn" for c in cases) == 4
+        draws.append(frozenset(c["recording_id"] for c in cases if c["outcome"] == "tn"))
+        orders.append(tuple(c["outcome"] for c in cases))
+    assert len(set(draws)) > 3, "different seeds draw different true negatives"
+    assert len(set(orders)) > 1, "cases are shown in a shuffled order, not all true positives first"
+    assert review.faithfulness_cases(data, dataclasses.replace(PARAMS, base=dataclasses.replace(PARAMS.base, seed=0))) \
+        == review.faithfulness_cases(data, dataclasses.replace(PARAMS, base=dataclasses.replace(PARAMS.base, seed=0)))
+
+
+def test_study2_cases_refuse_more_than_three_variants_and_undeidentified_media(cohort, tmp_path):
+    cases = review.comparison_cases(cohort.data_dir, PARAMS)
+    assert [c["case_id"] for c in cases] == ["G1", "G2"]
+    assert sorted(cases[0]["variants"]) == sorted(fx.VARIANTS) and len(cases[1]["variants"]) == 2
+    raw = cohort.data_dir / "00_synth" / "seizure" / "videos"
+    raw.mkdir(parents=True, exist_ok=True)
+    shutil.copy(cohort.data_dir / "02_deidentify" / "videos" / f"{fx.RA}.mp4", raw / "patient.mp4")
+    link = cohort.data_dir / "02_deidentify" / "videos" / "escape.mp4"
+    link.symlink_to(raw / "patient.mp4")
+    try:
+        for bad in ("00_synth/seizure/videos/patient.mp4",
+                    "02_deidentify/videos/../../00_synth/seizure/videos/patient.mp4", str(raw / "patient.mp4"),
+                    "02_deidentify/videos/escape.mp4", "02_deidentify/boxes/x.parquet",
+                    "02_deidentify/videos/missing.mp4", ""):
+            with pytest.raises(review.ReviewError):
+                review.deidentified_media(cohort.data_dir, bad)
+        assert review.deidentified_media(cohort.data_dir, f"03_downsample/videos/{fx.RB}.mp4").is_file()
+        tables = tmp_path / "t"
+        (tmp_path / "d").mkdir()
+        ok = dict(case_id="X1", variant="a", rationale="r", media=f"02_deidentify/videos/{fx.RA}.mp4", context=None)
+        for rows, msg in (([dict(ok, variant=v) for v in "abcd"], "at most 3"),
+                          ([ok, dict(ok, variant="b", media=f"02_deidentify/videos/{fx.RB}.mp4")], "different media"),
+                          ([dict(ok, media="00_synth/seizure/videos/patient.mp4")], "de-identified"),
+                          ([dict(ok, case_id="../x")], "case id")):
+            write_table("rationales", rows, tables / "rationales.parquet")
+            p = dataclasses.replace(PARAMS, review=ReviewParams(rationales=("../t/rationales.parquet",)))
+            with pytest.raises(review.ReviewError, match=msg):
+                review.comparison_cases(tmp_path / "d", p)
+    finally:
+        link.unlink()
+        shutil.rmtree(cohort.data_dir / "00_synth")
+
+
+def test_slots_are_shuffled_per_reviewer_and_stable():
+    case = {"case_id": "G1", "variants": {v: "" for v in fx.VARIANTS}}
+    seen = {v: set() for v in fx.VARIANTS}
+    for rid in range(1, 40):
+        order = review.slots(case, rid, SEED)
+        assert order == review.slots(case, rid, SEED) and [s for s, _ in order] == ["A", "B", "C"]
+        for s, v in order:
+            seen[v].add(s)
+    assert all(s == {"A", "B", "C"} for s in seen.values()), "every variant lands in every slot for some reviewer"
+
+
+# ---- storage: SQLite and PostgreSQL -----------------------------------------------------
+def test_ratings_are_upserted_and_private_to_each_reviewer(engine):
+    ids = _reviewers(engine)
+    a, b = ids["alice"], ids["bob"]
+    f_cases = [c["case_id"] for c in review.case_list(engine, review.STUDY_FAITHFULNESS)]
+    assert len(f_cases) == 5 and review.prepare(engine, Path("/nonexistent"), PARAMS)[review.STUDY_FAITHFULNESS] == 5
+    review.save_faithfulness(engine, a, f_cases[0], 2)
+    review.save_faithfulness(engine, a, f_cases[0], "4")  # changed her mind: replaced, not added
+    review.save_faithfulness(engine, b, f_cases[1], 1)
+    assert review.faithfulness_scores(engine, a) == {f_cases[0]: 4}
+    assert review.faithfulness_scores(engine, b) == {f_cases[1]: 1}
+    for bad in (0, 6, "4.5", "x", None):
+        with pytest.raises(review.ReviewError):
+            review.save_faithfulness(engine, a, f_cases[0], bad)
+    with pytest.raises(review.ReviewError):
+        review.save_faithfulness(engine, a, "nope", 3)
+
+    x, y, z = fx.VARIANTS
+    review.save_likert(engine, a, "G1", x, "explainability", 5)
+    review.save_likert(engine, a, "G1", x, "explainability", 3)
+    assert review.save_choice(engine, a, "G1", "best", y) == dict(best=y, second=None, comment="")
+    assert review.save_choice(engine, a, "G1", "second", y) == dict(best=None, second=y, comment=""), \
+        "best and second best are different variants"
+    review.save_choice(engine, a, "G1", "comment", "  short steps ")
+    state = review.comparison_state(engine, a, "G1")
+    assert state == {"scores": {(x, "explainability"): 3}, "choices": dict(best=None, second=y, comment="short steps")}
+    assert review.comparison_state(engine, b, "G1") == {"scores": {}, "choices": dict(best=None, second=None,
+                                                                                      comment="")}
+    with pytest.raises(review.ReviewError):
+        review.save_likert(engine, a, "G2", z, "explainability", 3)  # z is not in G2
+    with pytest.raises(review.ReviewError):
+        review.save_likert(engine, a, "G1", x, "beauty", 3)
+    with pytest.raises(review.ReviewError):
+        review.save_choice(engine, a, "G1", "best", "someone-else")
+
+    for v in (x, y):  # finish G2 for bob: every scale of both variants and a best choice
+        for s in review.SCALES:
+            review.save_likert(engine, b, "G2", v, s, 4)
+    assert review.comparison_done(engine, b) == set()
+    review.save_choice(engine, b, "G2", "best", x)
+    assert review.comparison_done(engine, b) == {"G2"} and review.comparison_done(engine, a) == set()
+
+    with pytest.raises(review.ReviewError, match="exists"):
+        review.add_reviewer(engine, "alice", "another-password")
+    assert review.authenticate(engine, "alice", PASSWORD["alice"]) == a
+    assert review.authenticate(engine, "alice", PASSWORD["bob"]) is None
+    assert review.authenticate(engine, "mallory", PASSWORD["alice"]) is None
+    review.add_reviewer(engine, "alice", "new-password-3", replace=True)
+    assert review.authenticate(engine, "alice", "new-password-3") == a
+    with engine.begin() as conn:
+        stored = conn.execute(sa.select(review.REVIEWERS.c.password_hash)).scalars().all()
+    assert all(h.startswith("$argon2") for h in stored) and not any(p in "".join(stored) for p in PASSWORD.values())
+
+
+def test_stats_and_parquet_export(engine, tmp_path):
+    ids = _reviewers(engine)
+    cases = review.case_list(engine, review.STUDY_FAITHFULNESS)
+    planted = {"alice": [5, 4, 2, 3, 1], "bob": [3, 3, 5, 1, 2]}
+    for name, scores in planted.items():
+        for c, s in zip(cases, scores):
+            review.save_faithfulness(engine, ids[name], c["case_id"], s)
+    x, y, z = fx.VARIANTS
+    for scale, (sx, sy, sz) in zip(review.SCALES, [(5, 2, 1), (4, 2, 2), (5, 3, 1), (4, 1, 3)]):
+        for v, s in ((x, sx), (y, sy), (z, sz)):
+            review.save_likert(engine, ids["alice"], "G1", v, scale, s)
+    review.save_choice(engine, ids["alice"], "G1", "best", x)
+    review.save_choice(engine, ids["alice"], "G1", "second", y)
+    review.save_choice(engine, ids["bob"], "G1", "best", z)
+    out = review.export(engine, tmp_path / "17_review", PARAMS)
+    assert (out["reviewers"], out["faithfulness_ratings"], out["comparison_ratings"], out["choices"]) == (2, 10, 12, 2)
+
+    faith = read_table("faithfulness_ratings", tmp_path / "17_review" / "faithfulness.parquet").to_pylist()
+    assert sorted((r["reviewer"], r["case_id"], r["score"]) for r in faith) == sorted(
+        (n, c["case_id"], s) for n, ss in planted.items() for c, s in zip(cases, ss))
+    assert all(r["rated_at"].tzinfo is not None for r in faith)
+    stats = {(r["metric"], r["key"], r["scale"]): r for r in
+             read_table("review_stats", tmp_path / "17_review" / "review_stats.parquet").to_pylist()}
+    all_scores = planted["alice"] + planted["bob"]
+    assert stats[("share_pass", "all", None)]["value"] == pytest.approx(sum(s >= 3 for s in all_scores) / 10)
+    assert stats[("median", "all", None)]["value"] == 3.0
+    for fid in {c["feature_id"] for c in cases}:
+        s = [sc for ss in planted.values() for c, sc in zip(cases, ss) if c["feature_id"] == fid]
+        assert stats[("median", fid, None)]["value"] == pytest.approx(float(np.median(s)))
+        assert stats[("share_pass", fid, None)]["n"] == len(s)
+    assert stats[("mean_likert", x, "evidence_grounding")]["value"] == 5.0
+    assert stats[("mean_likert", x, "overall")]["value"] == pytest.approx(4.5)
+    assert stats[("mean_likert", z, "overall")]["value"] == pytest.approx(1.75)
+    assert stats[("best_rate", x, None)]["value"] == 0.5 and stats[("best_rate", y, None)]["value"] == 0.0
+    comp = pq.read_table(tmp_path / "17_review" / "comparison.parquet").to_pylist()
+    letters = dict((v, s) for s, v in review.slots({"case_id": "G1", "variants": dict.fromkeys(fx.VARIANTS)},
+                                                    ids["alice"], SEED))
+    assert {(r["variant"], r["slot"]) for r in comp} == set(letters.items())
+    doc = json.loads((tmp_path / "17_review" / "review_stats.json").read_text())
+    assert doc["summary"]["cases"] == {"faithfulness": 5, "comparison": 2}
+
+
+# ---- statistics (pure) --------------------------------------------------------------------
+def test_exact_tests_match_scipy_and_brute_force():
+    scipy_stats = pytest.importorskip("scipy.stats")
+    for n, p in ((10, 0.5), (30, 1 / 3), (7, 0.2), (50, 0.5)):
+        for k in range(n + 1):
+            expect = scipy_stats.binomtest(k, n, p).pvalue
+            assert review.binomial_test(k, n, p) == pytest.approx(expect, rel=1e-9), (k, n, p)
+    probs = [1 / 2, 1 / 3, 1 / 3, 1 / 2, 1 / 3, 1 / 2]
+    pmf = [0.0] * (len(probs) + 1)
+    for outcome in itertools.product((0, 1), repeat=len(probs)):
+        pr = 1.0
+        for o, q in zip(outcome, probs):
+            pr *= q if o else 1 - q
+        pmf[sum(outcome)] += pr
+    for k in range(len(probs) + 1):
+        assert review.exact_test(k, probs) == pytest.approx(min(1.0, sum(v for v in pmf if v <= pmf[k] * (1 + 1e-7))))
+
+
+def test_preference_rates_on_planted_choices():
+    x, y, z = "vx", "vy", "vz"
+    variants_of = {f"c{i}": [x, y, z] for i in range(30)}
+    choices = [dict(case_id=f"c{i}", best=x, second=y) for i in range(20)]
+    choices += [dict(case_id=f"c{i}", best=z, second=x) for i in range(20, 30)]
+    rows = {(r["metric"], r["key"]): r for r in review.comparison_stats([], choices, variants_of)}
+    binom = review.binomial_test
+    assert rows[("preference", f"{x}>{y}")]["value"] == 1.0 and rows[("preference", f"{x}>{y}")]["n"] == 30
+    assert rows[("preference", f"{x}>{z}")]["value"] == pytest.approx(20 / 30)
+    assert rows[("preference", f"{x}>{z}")]["p_value"] == pytest.approx(binom(20, 30, 0.5))
+    assert rows[("preference", f"{y}>{z}")]["value"] == pytest.approx(20 / 30)
+    assert rows[("best_rate", x)]["value"] == pytest.approx(20 / 30)
+    assert rows[("best_rate", x)]["p_value"] == pytest.approx(binom(20, 30, 1 / 3))
+    assert rows[("best_rate", y)]["value"] == 0.0 and rows[("best_rate", y)]["p_value"] < 1e-4
+    assert rows[("preference", f"{x}>{y}")]["p_value"] == pytest.approx(2 * 0.5 ** 30)
+
+
+# ---- the web app (TestClient) ---------------------------------------------------------------
+def _client(engine, data_dir, params=PARAMS):
+    from starlette.testclient import TestClient
+
+    from tasks.review_app import create_app
+
+    return TestClient(create_app(engine, data_dir, params), base_url="http://127.0.0.1", follow_redirects=False)
+
+
+def _login(client, name: str) -> str:
+    token = re.search(r'name="csrf" value="([^"]+)"', client.get("/login").text).group(1)
+    r = client.post("/login", data={"name": name, "password": PASSWORD[name], "csrf": token})
+    assert r.status_code == 303 and r.headers["location"] == "/", r.text
+    return re.search(r'name="csrf-token" content="([^"]+)"', client.get("/").text).group(1)
+
+
+@pytest.fixture
+def sqlite_engine(tmp_path, cohort):
+    eng = review.open_db(f"sqlite:///{tmp_path / 'app.sqlite'}")
+    review.prepare(eng, cohort.data_dir, PARAMS)
+    _reviewers(eng)
+    yield eng
+    eng.dispose()
+
+
+def test_no_page_without_login(sqlite_engine, cohort):
+    client = _client(sqlite_engine, cohort.data_dir)
+    f_case = review.case_list(sqlite_engine, review.STUDY_FAITHFULNESS)[0]["case_id"]
+    for path in ("/", f"/faithfulness/{f_case}", "/comparison/G1", "/media/comparison/G1",
+                 f"/media/faithfulness/{f_case}", "/nonexistent", "/comparison/nope"):
+        r = client.get(path)
+        assert r.status_code == 303 and r.headers["location"] == "/login", path
+        assert "Rationale" not in r.text
+    for path, body in (("/api/save", {"study": "comparison", "case_id": "G1", "field": "best", "value": "A"}),
+                       ("/faithfulness/" + f_case, None), ("/comparison/G1", None), ("/logout", None)):
+        r = client.post(path, json=body) if body else client.post(path, data={"score": "5"})
+        assert r.status_code == 401, path
+    r = client.get("/login")
+    assert r.status_code == 200 and 'name="password"' in r.text
+    assert client.get("/static/review.css").status_code == 200
+    cookie = r.headers["set-cookie"].lower()
+    assert "httponly" in cookie and "samesite=strict" in cookie
+    assert "script-src 'self'" in r.headers["content-security-policy"] and r.headers["x-frame-options"] == "DENY"
+    token = re.search(r'name="csrf" value="([^"]+)"', r.text).group(1)
+    assert client.post("/login", data={"name": "alice", "password": "wrong-password", "csrf": token}).status_code == 401
+    assert client.post("/login", data={"name": "alice", "password": PASSWORD["alice"]}).status_code == 403
+    assert client.get("/", headers={"host": "evil.example"}).status_code == 400, "DNS rebinding: unknown Host"
+
+
+def test_forms_refuse_cross_site_requests(sqlite_engine, cohort):
+    client = _client(sqlite_engine, cohort.data_dir)
+    csrf = _login(client, "alice")
+    body = {"study": "comparison", "case_id": "G1", "field": "A.consistency", "value": "5"}
+    assert client.post("/api/save", json=body).status_code == 403, "no token"
+    assert client.post("/api/save", json=body, headers={"x-csrf-token": "forged"}).status_code == 403
+    assert client.post("/api/save", json=body, headers={"x-csrf-token": csrf, "origin": "http://evil.example"}
+                       ).status_code == 403
+    assert client.post("/api/save", json=body, headers={"x-csrf-token": csrf, "sec-fetch-site": "cross-site"}
+                       ).status_code == 403
+    assert client.post("/comparison/G1", data={"A.consistency": "5"}).status_code == 403, "form without token"
+    assert client.post("/logout", data={}).status_code == 403
+    aid = review.authenticate(sqlite_engine, "alice", PASSWORD["alice"])
+    assert review.comparison_state(sqlite_engine, aid, "G1")["scores"] == {}, "nothing was saved"
+    r = client.post("/api/save", json=body, headers={"x-csrf-token": csrf, "origin": "http://127.0.0.1"})
+    assert r.status_code == 200 and r.json() == {"ok": True, "choices": {"best": None, "second": None}}
+    variant = dict(review.slots(review.get_case(sqlite_engine, "comparison", "G1"), aid, SEED))["A"]
+    assert review.comparison_state(sqlite_engine, aid, "G1")["scores"] == {(variant, "consistency"): 5}
+    r = client.post("/comparison/G1", data={"csrf": csrf, "B.explainability": "2", "best": "B", "comment": "ok"})
+    assert r.status_code == 303
+    assert review.comparison_state(sqlite_engine, aid, "G1")["choices"]["comment"] == "ok"
+    assert client.post("/logout", data={"csrf": csrf}).status_code == 303
+    assert client.get("/").status_code == 303, "logged out"
+
+
+def test_only_deidentified_media_is_served(sqlite_engine, cohort):
+    client = _client(sqlite_engine, cohort.data_dir)
+    _login(client, "alice")
+    r = client.get("/media/comparison/G1", headers={"range": "bytes=0-99"})
+    assert r.status_code == 206 and r.headers["content-type"] == "video/mp4" and len(r.content) == 100
+    assert "content-disposition" not in r.headers, "no file name goes out"
+    secret = cohort.data_dir / "01_ingest" / "private" / "raw.mp4"
+    shutil.copy(cohort.data_dir / "02_deidentify" / "videos" / f"{fx.RA}.mp4", secret)
+    try:
+        for bad in ("01_ingest/private/raw.mp4", "02_deidentify/videos/../../01_ingest/private/raw.mp4"):
+            with sqlite_engine.begin() as conn:  # a tampered case row: the app must still refuse it
+                conn.execute(review.CASES.insert().values(
+                    study="comparison", case_id="EVIL", position=99,
+                    payload=json.dumps(dict(case_id="EVIL", media=bad, context=None, variants={"v": "r"},
+                                            random_weights=False))))
+            assert client.get("/media/comparison/EVIL").status_code == 404
+            with sqlite_engine.begin() as conn:
+                conn.execute(review.CASES.delete().where(review.CASES.c.case_id == "EVIL"))
+    finally:
+        secret.unlink()
+    assert client.get("/media/nostudy/G1").status_code == 404
+
+
+def test_sessions_expire(tmp_path, cohort):
+    eng = review.open_db(f"sqlite:///{tmp_path / 'x.sqlite'}")
+    review.prepare(eng, cohort.data_dir, PARAMS)
+    _reviewers(eng)
+    short = dataclasses.replace(PARAMS, review=ReviewParams(session_hours=1e-6))  # 3.6 ms
+    client = _client(eng, cohort.data_dir, short)
+    token = re.search(r'name="csrf" value="([^"]+)"', client.get("/login").text).group(1)
+    assert client.post("/login", data={"name": "bob", "password": PASSWORD["bob"], "csrf": token}).status_code == 303
+    time.sleep(0.05)
+    assert client.get("/").status_code == 303
+
+
+def test_app_on_postgresql(postgres_server, cohort):
+    eng = review.open_db(_pg_database(postgres_server))
+    review.prepare(eng, cohort.data_dir, PARAMS)
+    _reviewers(eng)
+    alice, bob = _client(eng, cohort.data_dir), _client(eng, cohort.data_dir)
+    csrf = _login(alice, "alice")
+    f_case = review.case_list(eng, review.STUDY_FAITHFULNESS)[0]["case_id"]
+    r = alice.post("/api/save", json={"study": "faithfulness", "case_id": f_case, "field": "score", "value": "4"},
+                   headers={"x-csrf-token": csrf})
+    assert r.status_code == 200
+    assert re.search(r'name="score" value="4" checked', alice.get(f"/faithfulness/{f_case}").text)
+    _login(bob, "bob")
+    assert " checked" not in bob.get(f"/faithfulness/{f_case}").text
+    eng.dispose()
+
+
+# ---- end to end in headless Chromium ---------------------------------------------------------
+@contextmanager
+def live_server(app):
+    import uvicorn
+
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def _playwright():
+    if not CHROMIUM.is_file():
+        pytest.skip(f"no Chromium at {CHROMIUM} (make test installs it with apt-get when root)")
+    return pytest.importorskip("playwright.sync_api", reason="playwright is not installed").sync_playwright()
+
+
+def _browser_login(page, base: str, name: str) -> None:
+    page.goto(base + "/")
+    assert page.url == base + "/login", "no page without login"
+    page.fill('input[name="name"]', name)
+    page.fill('input[name="password"]', PASSWORD[name])
+    page.click('#login-form button[type="submit"]')
+    page.wait_for_url(base + "/")
+
+
+def _rate(page, name: str, value: str) -> None:
+    with page.expect_response(lambda r: r.url.endswith("/api/save") and r.request.method == "POST") as resp:
+        page.check(f'input[name="{name}"][value="{value}"]')
+    assert resp.value.status == 200, resp.value.text()
+
+
+def _video_ready(page) -> dict:
+    page.wait_for_function("() => { const v = document.getElementById('video');"
+                           " return v && v.readyState >= 1 && v.videoWidth > 0; }", timeout=20_000)
+    return page.evaluate("() => { const v = document.getElementById('video');"
+                         " return {w: v.videoWidth, h: v.videoHeight, d: v.duration, err: v.error}; }")
+
+
+def test_browser_rate_reload_and_blinding(sqlite_engine, cohort):
+    from tasks.review_app import create_app
+
+    app = create_app(sqlite_engine, cohort.data_dir, PARAMS)
+    ids = {n: review.authenticate(sqlite_engine, n, p) for n, p in PASSWORD.items()}
+    g1 = review.get_case(sqlite_engine, review.STUDY_COMPARISON, "G1")
+    f_case = review.case_list(sqlite_engine, review.STUDY_FAITHFULNESS)[0]["case_id"]
+    likert = {"A.evidence_grounding": "4", "A.explainability": "2", "B.consistency": "5", "C.clinical_usefulness": "1"}
+    with live_server(app) as base, _playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_context().new_page()
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            _browser_login(page, base, "alice")
+            page.click("#study-comparison a.button")  # Continue: the first open case
+            page.wait_for_url(base + "/comparison/G1")
+            video = _video_ready(page)
+            assert (video["w"], video["h"]) == fx.FULL_SIZE and video["err"] is None
+            assert video["d"] == pytest.approx(fx.DURATIONS[fx.RA], abs=1.0)
+            for name, value in likert.items():
+                _rate(page, name, value)
+            _rate(page, "best", "B")
+            _rate(page, "second", "B")  # same as best: best is cleared, in the page too
+            assert not any(page.is_checked(f'input[name="best"][value="{s}"]') for s in "ABC")
+            _rate(page, "best", "A")
+            with page.expect_response(lambda r: r.url.endswith("/api/save")):
+                page.fill('textarea[name="comment"]', "Short steps, wide base.")
+            assert page.inner_text("#save-status") == "Saved"
+
+            page.reload()
+            _video_ready(page)
+            for name, value in likert.items():
+                assert page.is_checked(f'input[name="{name}"][value="{value}"]'), name
+            assert page.locator('input[type="radio"]:checked').count() == len(likert) + 2
+            assert page.is_checked('input[name="best"][value="A"]')
+            assert page.is_checked('input[name="second"][value="B"]')
+            assert page.input_value('textarea[name="comment"]') == "Short steps, wide base."
+            html = page.content()
+            assert not any(v in html for v in fx.VARIANTS), "reviewers never see variant names"
+
+            page.goto(f"{base}/faithfulness/{f_case}")
+            assert _video_ready(page)["w"] == fx.FULL_SIZE[0]
+            _rate(page, "score", "4")
+            page.reload()
+            assert page.is_checked('input[name="score"][value="4"]')
+            assert fx.MODEL not in page.content() and "qwen" not in page.content().lower()
+            assert not errors, errors
+
+            variant = dict(review.slots(g1, ids["alice"], SEED))
+            state = review.comparison_state(sqlite_engine, ids["alice"], "G1")
+            assert state["scores"] == {(variant[k[0]], k[2:]): int(v) for k, v in likert.items()}
+            assert state["choices"] == dict(best=variant["A"], second=variant["B"], comment="Short steps, wide base.")
+            assert review.faithfulness_scores(sqlite_engine, ids["alice"]) == {f_case: 4}
+
+            page2 = browser.new_context().new_page()  # bob: his own cookies
+            _browser_login(page2, base, "bob")
+            page2.goto(base + "/comparison/G1")
+            _video_ready(page2)
+            assert page2.locator('input[type="radio"]:checked').count() == 0
+            assert page2.input_value('textarea[name="comment"]') == ""
+            page2.goto(f"{base}/faithfulness/{f_case}")
+            assert page2.locator('input[type="radio"]:checked').count() == 0
+            assert "alice" not in page2.content()
+        finally:
+            browser.close()
+
+
+# ---- the command line --------------------------------------------------------------------
+def test_cli_add_reviewer_and_stats(cohort, tmp_path):
+    url = f"sqlite:///{tmp_path / 'cli.sqlite'}"
+    pw_file = tmp_path / "pw"
+    pw_file.write_text("carol-secret-9\n")
+    repo_params = str(Path(__file__).resolve().parents[1] / "params.yaml")
+    base = ["--data-dir", str(cohort.data_dir), "--params", repo_params, "review"]
+    assert main(base + ["add-reviewer", "carol", "--password-file", str(pw_file), "--database", url]) == 0
+    assert main(base + ["add-reviewer", "carol", "--password-file", str(pw_file), "--database", url]) == 1
+    eng = review.open_db(url)
+    cid = review.authenticate(eng, "carol", "carol-secret-9")
+    assert cid is not None
+    review.prepare(eng, cohort.data_dir, PARAMS)
+    case = review.case_list(eng, review.STUDY_FAITHFULNESS)[0]
+    review.save_faithfulness(eng, cid, case["case_id"], 5)
+    assert main(base + ["stats", "--database", url, "--out", str(tmp_path / "out")]) == 0
+    rows = read_table("faithfulness_ratings", tmp_path / "out" / "faithfulness.parquet").to_pylist()
+    assert [(r["reviewer"], r["score"], r["feature_id"]) for r in rows] == [("carol", 5, case["feature_id"])]
+    exported = (tmp_path / "out" / "faithfulness.parquet").read_bytes()
+    assert fx.INBOX.encode() not in exported and not any(s.encode() in exported for s in fx.SOURCE.values())
+    eng.dispose()
