@@ -69,6 +69,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -792,7 +793,9 @@ def run(data_dir: Path, out_dir: Path, params: Params) -> dict:
             jobs.append((ClipInput(rid, f, probe(f).duration_s), out_dir, params, ck))
     _write_private(id_rows, out_dir / "private" / "id_map.parquet")
     if params.base.workers > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(max_workers=params.base.workers) as pool:
+        # spawn: forking a process that already runs torch/mediapipe threads can abort the child
+        spawn = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=params.base.workers, mp_context=spawn) as pool:
             list(pool.map(_one, jobs))
     else:
         for job in jobs:

@@ -22,6 +22,7 @@ import math
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -489,7 +490,8 @@ def generate_cohort(
         on_progress(0, total)
     jobs = [(p, videos) for p in plans]
     if workers > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        # spawn: forking a process that already runs torch/mediapipe threads can abort the child
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             for i, res in enumerate(pool.map(_render_one, jobs), 1):
                 results.append(res)
                 if on_progress:

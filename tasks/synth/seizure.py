@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+import multiprocessing
 from concurrent.futures import ProcessPoolExecutor, as_completed
 import dataclasses
 from dataclasses import dataclass, field
@@ -772,7 +773,8 @@ def generate_cohort(out_dir: Path, params: SeizureSynthParams, *, seed: int, wor
         # Longest first keeps both processes busy to the end.
         order = sorted(range(len(jobs)), key=lambda i: -specs[i].duration_s)
         by_index: dict[int, RecordingTruth] = {}
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        # spawn: forking a process that already runs torch/mediapipe threads can abort the child
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             futures = {pool.submit(_render_job, jobs[i]): i for i in order}
             for fut in as_completed(futures):
                 by_index[futures[fut]] = fut.result()
