@@ -330,7 +330,8 @@ def dvc_proj(tmp_path_factory, proj) -> Path:
     shutil.copytree(REPO / "tasks", d / "tasks", ignore=shutil.ignore_patterns("__pycache__"))
     p = small_models(yaml.safe_load((REPO / "params.yaml").read_text()), "data/00_synth/seizure")
     p["synth"]["seizure"].update(patients=3, recordings_per_patient=1, min_duration_s=40.0, max_duration_s=40.0)
-    p["synth"]["gait"].update(subjects_per_class=1, clips_per_subject=1, duration_s=3.2)  # 8 clips
+    # 16 clips: two subjects per class, so the subject-disjoint split has a test side
+    p["synth"]["gait"].update(subjects_per_class=2, clips_per_subject=1, duration_s=3.2)
     p["ingest"]["settle_s"] = 0.0
     (d / "params.yaml").write_text(yaml.safe_dump(p))
     shutil.copytree(proj / "models", d / "models")
