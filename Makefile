@@ -22,7 +22,8 @@ demo: install  ## build the phantom demo cohorts and run every stage that exists
 	$(BIN)/semioflow synth seizure
 	$(BIN)/semioflow synth gait
 	$(BIN)/semioflow models tiny
-	$(BIN)/semioflow run
+	mkdir -p .semioflow && $(BIN)/python -m flows.demo_params params.yaml .semioflow/demo-params.yaml
+	$(BIN)/semioflow --params .semioflow/demo-params.yaml run
 	@echo "demo done: outputs in data/ (see README, 'Stages'); run it again to see every recording Cached"
 
 # espeak-ng speaks the sentence the real-Whisper transcript test must hear; installed here when

@@ -68,6 +68,7 @@ from tasks.kinematics import ANGLES, SPATIOTEMPORAL
 from tasks.media import iter_frames
 from tasks.params import GaitParams, Params, to_dict
 from tasks.schema import read_table, write_table
+from tasks.video_models import resolve_device
 
 INPUTS: tuple[str, ...] = ("14_kinematics/labels.parquet", "14_kinematics/kinematics.parquet",
                            "14_kinematics/angles", "14_kinematics/videos")
@@ -317,15 +318,7 @@ def _sha256(path: Path) -> str:
 
 def device_of(gp: GaitParams) -> torch.device:
     """``gait.device`` resolved: ``auto`` is CUDA when present, else CPU."""
-    if gp.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(gp.device)
-    except RuntimeError:
-        raise ConfigError(f"gait.device: {gp.device!r} is not a torch device (auto | cpu | cuda[:N])") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("gait.device asks for CUDA but torch sees no GPU (use auto or cpu)")
-    return dev
+    return resolve_device(gp.device, "gait.device")
 
 
 def kinematic_features(clip: Clip) -> np.ndarray:

@@ -60,7 +60,8 @@ from tasks.errors import ConfigError, SemioflowError
 from tasks.media import iter_frames
 from tasks.params import BaselineParams, Params, TrainParams, to_dict
 from tasks.schema import read_table, write_table
-from tasks.video_models import R2Plus1DConfig, RandomInitWarning, VideoClassifier, VivitCfg, r2plus1d, vivit
+from tasks.video_models import (R2Plus1DConfig, RandomInitWarning, VideoClassifier, VivitCfg, r2plus1d, resolve_device,
+                                 vivit)
 
 INPUTS = ("11_folds/labels.parquet", "11_folds/folds.parquet", "04_window/windows.parquet",
           "03_downsample/frames.parquet", "03_downsample/videos")
@@ -109,15 +110,7 @@ def f1_threshold(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
 
 def device_of(params: TrainParams) -> torch.device:
     """``train.device`` resolved: ``auto`` is CUDA when present, else CPU."""
-    if params.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(params.device)
-    except RuntimeError:
-        raise ConfigError(f"train.device: {params.device!r} is not a torch device (auto | cpu | cuda[:N])") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device asks for CUDA but torch sees no GPU (use auto or cpu)")
-    return dev
+    return resolve_device(params.device, "train.device")
 
 
 def build_model(arm: str, bp: BaselineParams, n_outputs: int) -> VideoClassifier:

@@ -98,3 +98,17 @@ def test_overrides_apply_and_int_widens_to_float():
 def test_missing_file_is_clear(tmp_path):
     with pytest.raises(ConfigError, match="no params file"):
         load_params(tmp_path / "nope.yaml")
+
+
+def test_demo_params_keep_every_stage_and_only_shrink_sizes():
+    import yaml
+
+    from flows.demo_params import demo_params
+    from tasks.params import parse_params
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    demo = parse_params(demo_params(yaml.safe_load((REPO / "params.yaml").read_text())))
+    full = parse_params(raw)
+    assert demo.train.r2plus1d.size == "tiny" and full.train.r2plus1d.size == "full"
+    assert demo.train.arms == full.train.arms and demo.query.arms == full.query.arms
+    assert demo.window == full.window and demo.deidentify == full.deidentify
