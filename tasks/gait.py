@@ -65,6 +65,7 @@ from tasks import biogait, kinematics
 from tasks.atomic import atomic_path, atomic_write_text
 from tasks.errors import CatalogError, ConfigError, SemioflowError
 from tasks.kinematics import ANGLES, SPATIOTEMPORAL
+from tasks.ingest import sha256_file
 from tasks.media import iter_frames
 from tasks.params import GaitParams, Params, to_dict
 from tasks.schema import read_table, write_table
@@ -285,7 +286,7 @@ def encode_clips(clips: list[Clip], vlm: biogait.VLMEncoder, kin_dir: Path, out_
     for c in clips:
         summary, lines = _clip_texts(c, prompts)
         key = hashlib.sha256(json.dumps([model_id, prompts.digest(), gp.token_budget, c.positions, summary, lines,
-                                         _sha256(kin_dir / "videos" / f"{c.recording_id}.mp4")]).encode()).hexdigest()
+                                         sha256_file(kin_dir / "videos" / f"{c.recording_id}.mp4")]).encode()).hexdigest()
         path = out_dir / "features" / f"{c.recording_id}.pt"
         if path.is_file():
             cached = torch.load(path, map_location="cpu", weights_only=False)
@@ -303,14 +304,6 @@ def encode_clips(clips: list[Clip], vlm: biogait.VLMEncoder, kin_dir: Path, out_
             torch.save({"key": key, "v": c.v, "f_bio": c.f_bio, "f_nobio": c.f_nobio, "bio": c.bio.__dict__}, tmp)
         computed += 1
     return computed
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # ---- models ---------------------------------------------------------------------------------------

@@ -57,6 +57,7 @@ from torch import nn
 from tasks.atomic import atomic_path, atomic_write_text
 from tasks.catalog import load_catalog
 from tasks.errors import ConfigError, SemioflowError
+from tasks.ingest import sha256_file
 from tasks.media import iter_frames
 from tasks.params import BaselineParams, Params, TrainParams, to_dict
 from tasks.schema import read_table, write_table
@@ -227,19 +228,11 @@ def build_clips(video: Path, frame_index: list[int], windows: list[dict], *, fra
     return np.load(out_path, mmap_mode="r")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def recording_clips(data_dir: Path, out_dir: Path, rid: str, frame_index: list[int], windows: list[dict], *,
                     frames: int, size: int) -> tuple[np.ndarray, str]:
     """(clips, digest) of one recording, reusing the cache when its source digest still matches."""
     video = data_dir / "03_downsample" / "videos" / f"{rid}.mp4"
-    digest = hashlib.sha256(json.dumps([_sha256(video), frame_index, windows, frames, size],
+    digest = hashlib.sha256(json.dumps([sha256_file(video), frame_index, windows, frames, size],
                                        sort_keys=True, default=str).encode()).hexdigest()
     folder = out_dir / "clips" / f"{frames}x{size}"
     npy, meta = folder / f"{rid}.npy", folder / f"{rid}.json"
