@@ -10,7 +10,7 @@ lower bound is above the always-yes F1.  Finished stages are reused on a rerun
 
 Usage: .venv/bin/python bench/baselines.py [--patients 8] [--size tiny|full] [--epochs 10]
        [--arms r2plus1d] [--features clonic,tonic,head_turning] [--workers 2]
-       [--r2plus1d-weights FILE] [--vivit-weights DIR]
+       [--objective bag_max|window] [--r2plus1d-weights FILE] [--vivit-weights DIR]
 Cost on 2 CPU cores: the video stages dominate (deidentify is ~realtime per core).
 """
 
@@ -53,12 +53,12 @@ def _video_stages(rid: str, src: str, duration_s: float, data: str) -> dict:
     return row
 
 
-def build_data(work: Path, patients: int, workers: int, seed: int) -> Path:
+def build_data(work: Path, synth: SeizureSynthParams, workers: int, seed: int) -> Path:
     """Phantom cohort + ingest..window under ``work`` (skipped when already there)."""
     cohort, data = work / "cohort", work / "data"
     if not (cohort / "labels.parquet").is_file():
         t = time.perf_counter()
-        s = seizure.generate_cohort(cohort, SeizureSynthParams(patients=patients), seed=seed, workers=workers)
+        s = seizure.generate_cohort(cohort, synth, seed=seed, workers=workers)
         print(f"synth: {s.n_recordings} recordings, {s.total_duration_s / 60:.1f} min of video "
               f"({time.perf_counter() - t:.0f} s)", flush=True)
     if (data / "04_window" / "windows.parquet").is_file():
@@ -83,7 +83,9 @@ def build_data(work: Path, patients: int, workers: int, seed: int) -> Path:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--work", type=Path, default=Path("/tmp/semioflow-bench-baselines"))
-    ap.add_argument("--patients", type=int, default=8)
+    ap.add_argument("--patients", type=int, default=30, help="3 recordings each: 90, the study's cohort size")
+    ap.add_argument("--min-duration", type=float, default=40.0, help="s, shortest phantom recording")
+    ap.add_argument("--max-duration", type=float, default=60.0, help="s, longest phantom recording")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--arms", default="r2plus1d")
     ap.add_argument("--features", default=",".join(SALIENT), help="comma-separated, or 'all' (18 video features)")
@@ -95,6 +97,7 @@ def main() -> None:
     ap.add_argument("--r2plus1d-weights", default="")
     ap.add_argument("--vivit-weights", default="")
     ap.add_argument("--bootstrap", type=int, default=2000)
+    ap.add_argument("--objective", choices=("bag_max", "window"), default="bag_max")
     ap.add_argument("--retrain", action="store_true")
     args = ap.parse_args()
 
@@ -102,7 +105,9 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("SEMIOFLOW_ID_KEY_FILE", str(work / "id_key"))
     base = Params()
-    data = build_data(work, args.patients, args.workers, base.base.seed)
+    synth = SeizureSynthParams(patients=args.patients, min_duration_s=args.min_duration,
+                               max_duration_s=args.max_duration)
+    data = build_data(work, synth, args.workers, base.base.seed)
 
     features = () if args.features == "all" else tuple(args.features.split(","))
     bp = BaselineParams(size=args.size, frames=args.frames, image_size=args.image_size, epochs=args.epochs,
@@ -113,7 +118,7 @@ def main() -> None:
         folds=FoldsParams(labels=str(work / "cohort" / "labels.parquet"),
                           recordings=str(work / "cohort" / "recordings.parquet")),
         train=TrainParams(arms=tuple(args.arms.split(",")), features=features, r2plus1d=bp, vivit=vp,
-                          save_checkpoints=False),
+                          objective=args.objective, save_checkpoints=False),
         evaluate=EvaluateParams(bootstrap=args.bootstrap))
     if args.retrain:
         for stage in ("11_folds", "12_train", "13_evaluate"):

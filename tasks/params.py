@@ -275,6 +275,9 @@ class TrainParams:
 
     arms: tuple[str, ...] = ("r2plus1d", "vivit")
     mode: Literal["per_feature", "multilabel"] = "per_feature"  # per_feature = one model per feature (the study)
+    # bag_max: a recording's windows are one bag scored by their max (multiple-instance learning, the rule
+    # that decides); window: every window inherits its recording's label
+    objective: Literal["bag_max", "window"] = "bag_max"
     features: tuple[str, ...] = ()  # video feature ids; empty = every video feature of the catalog
     r2plus1d: BaselineParams = field(default_factory=BaselineParams)
     vivit: BaselineParams = field(default_factory=lambda: BaselineParams(frames=32, image_size=224, batch_size=4,
@@ -291,6 +294,8 @@ class TrainParams:
             raise ConfigError(f"train.arms must be a non-empty subset of r2plus1d, vivit (got {sorted(unknown)})")
         if self.weight_decay < 0:
             raise ConfigError("train.weight_decay must be >= 0")
+        if self.objective not in ("bag_max", "window"):
+            raise ConfigError(f"train.objective must be bag_max or window (got {self.objective!r})")
 
 
 @dataclass(frozen=True)

@@ -3,9 +3,13 @@
 For every arm (``train.arms``), every fold k and every video feature (the
 study's protocol; ``train.mode: multilabel`` trains one model for all
 features instead), a model is fine-tuned on the windows of the recordings
-outside fold k, each window inheriting its recording's label.  The model
-then scores every window; a recording's score is the max over its windows
-(the any-yes rule of the MLLM arms); the threshold that maximises F1 over
+outside fold k.  Labels are per recording, and a planted or real event
+fills only some of its windows, so by default (``train.objective:
+bag_max``) a recording's windows form one bag whose score is the max of
+their logits (multiple-instance learning: the rule that later decides);
+``window`` makes every window inherit its recording's label instead.  The
+model then scores every window; a recording's score is the max over its
+windows (the any-yes rule of the MLLM arms); the threshold that maximises F1 over
 the *training* recordings' scores is applied to fold k's recordings.  The
 held-out fold never reaches ``fit`` or ``f1_threshold``: their inputs are
 built from the training recordings only.
@@ -131,15 +135,19 @@ def _gather(clips: list[np.ndarray], index: np.ndarray, rows: np.ndarray) -> tor
     return torch.from_numpy(np.stack([clips[r][w] for r, w in index[rows]]))
 
 
-def fit(model: VideoClassifier, clips: list[np.ndarray], index: np.ndarray, targets: np.ndarray, *,
-        bp: BaselineParams, params: TrainParams, device: torch.device, seed: int) -> list[float]:
-    """Fine-tune ``model`` on the windows ``index`` ((recording, window) rows into ``clips``).
+def fit(model: VideoClassifier, clips: list[np.ndarray], index: np.ndarray, bags: list[np.ndarray],
+        targets: np.ndarray, *, bp: BaselineParams, params: TrainParams, device: torch.device,
+        seed: int) -> list[float]:
+    """Fine-tune ``model`` on labelled bags of windows.
 
-    ``targets`` is ``(n_windows, n_outputs)`` float with 1/0 labels and NaN
-    where a label is missing (masked out of the loss).  Binary cross-entropy
-    with a per-output positive weight (negatives / positives, clamped to
-    ``POS_WEIGHT_RANGE``), AdamW, ``bp.epochs`` shuffled epochs.  Returns the
-    mean loss of every epoch.
+    ``index`` holds (recording, window) rows into ``clips``; ``bags[i]`` lists
+    the rows of bag i, scored by the max of its windows' logits (one window
+    per bag: plain window training).  ``targets`` is ``(n_bags, n_outputs)``
+    float with 1/0 labels and NaN where a label is missing (masked out of the
+    loss).  Binary cross-entropy with a per-output positive weight (negative /
+    positive bags, clamped to ``POS_WEIGHT_RANGE``), AdamW, ``bp.epochs``
+    shuffled epochs; a step takes whole bags until it holds ``bp.batch_size``
+    windows.  Returns the mean loss of every epoch.
     """
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -155,24 +163,38 @@ def fit(model: VideoClassifier, clips: list[np.ndarray], index: np.ndarray, targ
     model.to(device).train()
     losses = []
     for _ in range(bp.epochs):
-        order = rng.permutation(len(index))
         total, seen = 0.0, 0
-        for start in range(0, len(order), bp.batch_size):
-            rows = order[start:start + bp.batch_size]
+        for step in _steps(bags, rng.permutation(len(bags)), bp.batch_size):
+            rows = np.concatenate([bags[b] for b in step])
             x = _gather(clips, index, rows)
             if params.flip:
                 flip = torch.from_numpy(rng.random(len(rows)) < 0.5)
                 x[flip] = x[flip].flip(-2)  # (B, T, H, W, C): W is dim -2
-            x = x.to(device)
-            y, m = y_all[rows].to(device), m_all[rows].to(device)
-            loss = (loss_fn(model(x), y) * m).sum() / m.sum().clamp(min=1)
+            logits = model(x.to(device))
+            ends = np.cumsum([len(bags[b]) for b in step])
+            bag_logits = torch.stack([part.max(dim=0).values for part in torch.tensor_split(logits, ends[:-1].tolist())])
+            y, m = y_all[step].to(device), m_all[step].to(device)
+            loss = (loss_fn(bag_logits, y) * m).sum() / m.sum().clamp(min=1)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += loss.item() * len(rows)
-            seen += len(rows)
+            total += loss.item() * len(step)
+            seen += len(step)
         losses.append(total / max(seen, 1))
     return losses
+
+
+def _steps(bags: list[np.ndarray], order: np.ndarray, batch_size: int) -> list[list[int]]:
+    """Group bags (in ``order``) into steps of about ``batch_size`` windows; a bag is never split."""
+    steps: list[list[int]] = [[]]
+    n = 0
+    for b in order:
+        if steps[-1] and n + len(bags[b]) > batch_size:
+            steps.append([])
+            n = 0
+        steps[-1].append(int(b))
+        n += len(bags[b])
+    return [s for s in steps if s]
 
 
 @torch.no_grad()
@@ -281,7 +303,8 @@ def run_job(arm: str, fold: int, features: tuple[str, ...], cohort: Cohort, clip
     test_rids = [r for r in cohort.rids if cohort.fold[r] == fold]
     key = hashlib.sha256(json.dumps({
         "arm": arm, "fold": fold, "features": features, "mode": tp.mode, "baseline": to_dict(bp),
-        "weight_decay": tp.weight_decay, "flip": tp.flip, "seed": params.base.seed, "code": _code_digest(),
+        "weight_decay": tp.weight_decay, "flip": tp.flip, "objective": tp.objective, "seed": params.base.seed,
+        "code": _code_digest(),
         "train": [[r, [cohort.labels[r].get(f) for f in features]] for r in train_rids], "test": test_rids,
         "digests": [digests[r] for r in train_rids + test_rids],
     }, sort_keys=True).encode()).hexdigest()
@@ -315,8 +338,13 @@ def _train_and_score(arm: str, fold: int, features: tuple[str, ...], name: str, 
                         ).reshape(-1, 2)
 
     train_index = index_of(train_rids)
-    targets = np.array([[np.nan if (v := cohort.labels[cohort.rids[r]].get(f)) is None else float(v)
-                         for f in features] for r, _ in train_index], dtype=np.float64).reshape(-1, len(features))
+    if tp.objective == "bag_max":  # one bag per recording: its windows' rows in train_index
+        bags = list(np.split(np.arange(len(train_index)), np.flatnonzero(np.diff(train_index[:, 0])) + 1)
+                    ) if len(train_index) else []
+    else:
+        bags = [np.array([i]) for i in range(len(train_index))]
+    targets = np.array([[np.nan if (v := cohort.labels[cohort.rids[train_index[b[0], 0]]].get(f)) is None
+                         else float(v) for f in features] for b in bags], dtype=np.float64).reshape(-1, len(features))
     known = ~np.isnan(targets)
     # A feature whose training labels are all one class cannot be learnt; it is predicted as that class.
     constant = {f: bool(np.nanmax(targets[:, j])) for j, f in enumerate(features)
@@ -331,7 +359,7 @@ def _train_and_score(arm: str, fold: int, features: tuple[str, ...], name: str, 
     all_rids = train_rids + test_rids
     all_index = index_of(all_rids)
     if trained:
-        losses = fit(model, clip_list, train_index, targets, bp=bp, params=tp, device=device, seed=seed)
+        losses = fit(model, clip_list, train_index, bags, targets, bp=bp, params=tp, device=device, seed=seed)
         scores = score_windows(model, clip_list, all_index, batch_size=bp.batch_size * SCORE_BATCH_FACTOR,
                                device=device)
         if tp.save_checkpoints:
@@ -351,8 +379,9 @@ def _train_and_score(arm: str, fold: int, features: tuple[str, ...], name: str, 
     meta = {"arm": arm, "fold": fold, "features": list(features), "model_id": f"{model.model_id}-{tp.mode}",
             "trained": trained, "constant_features": sorted(constant), "epochs": bp.epochs, "loss": losses,
             "train_recordings": len(train_rids), "test_recordings": len(test_rids),
-            "train_windows": int(len(train_index)), "seconds": round(time.perf_counter() - t0, 1),
-            "positives": {f: int(np.nansum(targets[:, j])) for j, f in enumerate(features)}}
+            "train_windows": int(len(train_index)), "objective": tp.objective, "train_bags": len(bags),
+            "seconds": round(time.perf_counter() - t0, 1),
+            "positive_bags": {f: int(np.nansum(targets[:, j])) for j, f in enumerate(features)}}
     return rows, meta
 
 
