@@ -8,10 +8,14 @@ folds -> train -> evaluate; no Prefect), and prints for the salient features
 lower bound is above the always-yes F1.  Finished stages are reused on a rerun
 (delete ``--work`` to start over; ``--retrain`` redoes folds/train/evaluate).
 
-Usage: .venv/bin/python bench/baselines.py [--patients 8] [--size tiny|full] [--epochs 10]
-       [--arms r2plus1d] [--features clonic,tonic,head_turning] [--workers 2]
-       [--objective bag_max|window] [--r2plus1d-weights FILE] [--vivit-weights DIR]
-Cost on 2 CPU cores: the video stages dominate (deidentify is ~realtime per core).
+Usage: .venv/bin/python bench/baselines.py [--patients 30] [--min-duration 40] [--max-duration 60]
+       [--size tiny|full] [--epochs 40] [--image-size 64] [--arms r2plus1d]
+       [--features clonic,tonic,head_turning] [--workers 2] [--objective bag_max|window]
+       [--r2plus1d-weights FILE] [--vivit-weights DIR]
+Defaults: 30 patients x 3 recordings of 40-60 s (90, the study's cohort size), tiny R(2+1)D from random
+initialisation on 16 x 64 x 64 clips, 40 epochs.  Cost on 2 CPU cores: synth + video stages ~18 min,
+training ~41 min (9 jobs).  Measured (2026-11-23): tonic F1 0.82 [0.71, 0.92] vs always-yes 0.54
+(recovered); clonic 0.29 [0.13, 0.45] vs 0.49 and head turning 0.54 [0.44, 0.63] vs 0.76 (not).
 """
 
 from __future__ import annotations
@@ -90,9 +94,9 @@ def main() -> None:
     ap.add_argument("--arms", default="r2plus1d")
     ap.add_argument("--features", default=",".join(SALIENT), help="comma-separated, or 'all' (18 video features)")
     ap.add_argument("--size", choices=("tiny", "full"), default="tiny")
-    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--frames", type=int, default=16)
-    ap.add_argument("--image-size", type=int, default=112)
+    ap.add_argument("--image-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--r2plus1d-weights", default="")
     ap.add_argument("--vivit-weights", default="")
