@@ -406,8 +406,7 @@ def step_period(x: np.ndarray, fps: float) -> float | None:
     if float(np.abs(x).max()) < 1e-9:  # flat: no rhythm to find
         return None
     lags = np.arange(lo, min(hi, len(x) - lo) + 1)
-    # normalised per lag, as fewer pairs overlap at long lags
-    ac = np.array([np.dot(x[:-k], x[k:]) / (len(x) - k) for k in lags]) / max(float(np.dot(x, x)) / len(x), 1e-12)
+    ac = np.array([np.dot(x[:-k], x[k:]) / (len(x) - k) for k in lags])  # per pair: fewer overlap at long lags
     if ac.max() <= 0:
         return None
     # the first strong local maximum: a limp makes the stride (two steps) correlate best, not the step

@@ -112,6 +112,16 @@ def rgb_to_i420(rgb: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2YUV_I420)
 
 
+def encoder_options(codec: str, *, crf: int, preset: str) -> dict[str, str]:
+    """FFmpeg options for ``codec``: quality and speed for x264/x265, and ``X264_PARAMS`` for x264."""
+    if codec not in ("libx264", "libx265"):
+        return {}
+    opts = {"crf": str(crf), "preset": preset}
+    if codec == "libx264":
+        opts["x264-params"] = X264_PARAMS
+    return opts
+
+
 def to_video_frame(rgb: np.ndarray, pix_fmt: str) -> av.VideoFrame:
     """An RGB array as a frame in ``pix_fmt`` ready for the encoder.
 
@@ -179,9 +189,7 @@ class VideoWriter:
             self._video = self._container.add_stream(codec, rate=self._rate)
             self._video.width, self._video.height, self._video.pix_fmt = width, height, pix_fmt
             self._video.codec_context.time_base = 1 / (self._rate * VFR_TICKS_PER_FRAME)
-            opts = {"crf": str(crf), "preset": preset} if codec in ("libx264", "libx265") else {}
-            if codec == "libx264":
-                opts["x264-params"] = X264_PARAMS
+            opts = encoder_options(codec, crf=crf, preset=preset)
             if threads:
                 opts["threads"] = str(threads)
             self._video.options = opts
@@ -646,7 +654,7 @@ class Transcoder:
                 self._vout = self._out.add_stream(VIDEO_CODEC, rate=self._rate)
                 self._vout.width, self._vout.height, self._vout.pix_fmt = w, h, PIX_FMT
                 self._vout.codec_context.time_base = 1 / (self._rate * VFR_TICKS_PER_FRAME)
-                self._vout.options = {"crf": str(self._crf), "preset": self._preset, "x264-params": X264_PARAMS}
+                self._vout.options = encoder_options(VIDEO_CODEC, crf=self._crf, preset=self._preset)
                 for packet in self._pending_audio:
                     self._out.mux(packet)
                 self._pending_audio.clear()

@@ -171,8 +171,8 @@ def fit(model: VideoClassifier, clips: list[np.ndarray], index: np.ndarray, bags
                 flip = torch.from_numpy(rng.random(len(rows)) < 0.5)
                 x[flip] = x[flip].flip(-2)  # (B, T, H, W, C): W is dim -2
             logits = model(x.to(device))
-            ends = np.cumsum([len(bags[b]) for b in step])
-            bag_logits = torch.stack([part.max(dim=0).values for part in torch.tensor_split(logits, ends[:-1].tolist())])
+            ends = np.cumsum([len(bags[b]) for b in step])[:-1].tolist()
+            bag_logits = torch.stack([part.max(dim=0).values for part in torch.tensor_split(logits, ends)])
             y, m = y_all[step].to(device), m_all[step].to(device)
             loss = (loss_fn(bag_logits, y) * m).sum() / m.sum().clamp(min=1)
             opt.zero_grad(set_to_none=True)
