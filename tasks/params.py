@@ -318,11 +318,14 @@ class KinematicsParams:
     min_detection_confidence: float = 0.5
     min_tracking_confidence: float = 0.5
     head_blur: bool = True  # also blur the head box of every pose (small profile faces escape face detectors)
+    gap_fill_s: float = 0.2  # s; replaces deidentify.gap_fill_s for gait clips (a walking head moves ~0.25 m in 0.2 s)
 
     def __post_init__(self) -> None:
         for name in ("min_detection_confidence", "min_tracking_confidence"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"kinematics.{name} must be in [0, 1]")
+        if self.gap_fill_s < 0:
+            raise ConfigError("kinematics.gap_fill_s must be >= 0 seconds")
 
 
 @dataclass(frozen=True)

@@ -24,10 +24,13 @@ from tasks.schema import read_table
 from tasks.synth.gait import GAIT_CLASSES, joint_angles_truth
 from tests.gait_fixture import gait_data, params_for
 
-MAX_MEDIAN_KNEE_ERR_DEG = 8.0  # measured ~5.5 deg
-MAX_CLIP_KNEE_ERR_DEG = 12.0
-MAX_MEDIAN_CADENCE_ERR = 0.04  # relative; measured ~2 %
-MAX_CADENCE_ERR = 0.15  # one clip in 16 may lose a heel strike at its ends
+# Measured here: knee error median 5.3 deg, worst clip 8.3; cadence error median 0.3 %, worst 2.0 %.  On a
+# second phantom (seed 23, 32 clips): 5.4 / 7.3 deg and 0.8 % / 5.8 %.  Before kinematics.gap_fill_s and the
+# stride-based cadence the worst clip here read 13.0 deg and 17.8 %.
+MAX_MEDIAN_KNEE_ERR_DEG = 7.0
+MAX_CLIP_KNEE_ERR_DEG = 10.0
+MAX_MEDIAN_CADENCE_ERR = 0.03  # relative
+MAX_CADENCE_ERR = 0.08
 MAX_STRIDE_ERR_S = 0.06
 HS_MATCH_FRAMES = 2.5  # a detected heel strike within this many frames of a planted one
 MIN_HS_RECALL = 0.8  # of the planted heel strikes at least 0.3 s inside the clip
@@ -36,13 +39,7 @@ HEAD_PATCH_PX = 5  # half side of the patch around the planted nose
 MAX_HEAD_DETAIL = 0.5  # Laplacian energy at the nose, de-identified / raw
 
 # Pose, events and angles repeat exactly from run to run since the encoder does (tasks/media.py:
-# X264_PARAMS; before, one clip's knee error went 8.9 -> 27 deg between runs).  On this phantom one clip
-# of 16 (myopathic, no pose on 17 of its 80 frames) still misses: cadence 114.0 vs planted 96.8 steps/min
-# (bound 15 %) and knee error 13.0 deg (bound 12); before the step-period spacing of heel strikes
-# (kinematics.step_period) it read 145.6 and 21.6.  The two tests it breaks are expected failures in the
-# slow suite, strict: they turn red once the clip is handled.
-KNOWN_MISS = pytest.mark.xfail(strict=True, reason="one myopathic clip with pose gaps misses its bounds (#9)")
-
+# X264_PARAMS; before, one clip's knee error went 8.9 -> 27 deg between runs).
 
 
 @pytest.fixture(scope="module")
@@ -97,8 +94,6 @@ def test_stage_processes_every_clip_and_keeps_no_identifiers(data, truth):
     assert stat.S_IMODE((kin / "private" / "id_map.parquet").stat().st_mode) == 0o600
 
 
-@pytest.mark.slow
-@KNOWN_MISS
 def test_knee_angle_matches_planted_joints(data, truth):
     angles = joint_angles_truth(truth["gait_joints"])
     errs, named_right = [], 0
@@ -152,8 +147,6 @@ def test_legs_stay_assigned_through_mediapipe_left_right_swaps(data, truth):
     assert ours_ok > mp_ok
 
 
-@pytest.mark.slow
-@KNOWN_MISS
 def test_cadence_steps_and_heel_strikes_match_planted_events(data, truth):
     ev = truth["gait_events"]
     cad_err, cad_err_table, stride_err, hs_hit, hs_n, to_lag = [], [], [], 0, 0, []
@@ -188,8 +181,10 @@ def test_cadence_steps_and_heel_strikes_match_planted_events(data, truth):
     assert np.median(cad_err) <= MAX_MEDIAN_CADENCE_ERR and np.max(cad_err) <= MAX_CADENCE_ERR
     assert np.median(stride_err) <= MAX_STRIDE_ERR_S
     assert hs_hit >= MIN_HS_RECALL * hs_n
-    # The phantom's swing toe grazes the floor in early swing, so its planted toe-off (last contact) trails the
-    # lift-off that kinematics sees by ~0.1 s; more than a stance phase apart would be a detection bug.
+    # The phantom's swing toe drags on the floor in early swing (its pelvis height follows the lowest foot
+    # point, so in some classes the swing foot is lowest and the stance foot hovers), and its planted toe-off
+    # is the last floor contact: it trails the lift-off kinematics sees by ~0.13 s.  So swing % and double
+    # support % are not checked against this phantom; more than a stance phase apart would be a detection bug.
     assert 0.0 <= np.median(to_lag) <= 0.25
 
 
@@ -257,6 +252,20 @@ def test_spatiotemporal_from_a_known_event_sequence():
     assert st["swing_left_pct"] == pytest.approx(40.0)
     assert st["double_support_pct"] == pytest.approx(20.0, abs=0.5)
     assert K.spatiotemporal([("left", "heel_strike", 1.0)])["cadence_spm"] is None
+
+
+def test_cadence_of_a_limp_is_its_stride_rate():
+    # a limp: right -> left steps of 0.35 s, left -> right of 0.65 s; stride 1 s = 120 steps/min.  Five steps
+    # (three short) have a median of 0.35 s, which would read 171.
+    ev = [("right", "heel_strike", t) for t in (0.0, 1.0, 2.0)]
+    ev += [("left", "heel_strike", t) for t in (0.35, 1.35, 2.35)]
+    assert K.spatiotemporal(ev)["cadence_spm"] == pytest.approx(120.0)
+    # one strike misplaced by 0.15 s moves two of four strides; the median of the pooled strides holds
+    ev = [("right", "heel_strike", t) for t in (0.0, 1.0, 2.15, 3.0)]
+    ev += [("left", "heel_strike", t) for t in (0.5, 1.5, 2.5)]
+    assert K.spatiotemporal(ev)["cadence_spm"] == pytest.approx(120.0)
+    assert K.spatiotemporal([("left", "heel_strike", 1.0), ("right", "heel_strike", 1.5)])["cadence_spm"] == \
+        pytest.approx(120.0)  # no stride yet: one step
 
 
 def test_rerun_reuses_finished_clips(data, tmp_path):
