@@ -80,6 +80,8 @@ def test_wrong_type_fails_naming_the_key(tmp_path, dotted, value, message):
 def test_invalid_values_fail(tmp_path):
     with pytest.raises(ConfigError, match="overlap_s"):
         load_params(REPO / "params.yaml", overrides={"window.overlap_s": 30.0})
+    with pytest.raises(ConfigError, match=r"kinematics\.gap_fill_s"):
+        load_params(REPO / "params.yaml", overrides={"kinematics.gap_fill_s": -0.1})
 
 
 def test_missing_section_fails_in_file_but_defaults_in_code(tmp_path):
