@@ -689,6 +689,8 @@ def kinematics_clip(clip: ClipInput, out_dir: Path, params: Params) -> dict:
     fps = float(row["fps"]) or probe(blurred).fps
     pose = track_pose(blurred, kp)
     if kp.head_blur:
+        # The output clip holds head boxes for the full deidentify.gap_fill_s: no pose model reads it, so
+        # the shorter kinematics.gap_fill_s (kept short for the pose) buys nothing here.
         blur_heads(blurred, final, head_boxes(pose, hold_frames=max(1, round(params.deidentify.gap_fill_s * fps))),
                    fps=fps)
         blurred.unlink(missing_ok=True)
