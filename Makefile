@@ -17,14 +17,9 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)  ## create .venv with the locked dependency set
 
-demo: install  ## build the phantom demo cohorts and run every stage that exists on them
-	$(BIN)/semioflow features
-	$(BIN)/semioflow synth seizure
-	$(BIN)/semioflow synth gait
-	$(BIN)/semioflow models tiny
-	mkdir -p .semioflow && $(BIN)/python -m flows.demo_params params.yaml .semioflow/demo-params.yaml
-	$(BIN)/semioflow --params .semioflow/demo-params.yaml run
-	@echo "demo done: outputs in data/ (see README, 'Stages'); run it again to see every recording Cached"
+demo: install  ## phantom cohorts + smoke models, every stage of both tracks, the HTML report
+	@$(BIN)/semioflow demo
+	@echo "run 'make demo' again to see every stage cached"
 
 # espeak-ng speaks the sentence the real-Whisper transcript test must hear; installed here when
 # apt-get can (root), otherwise that one test skips and says why.
@@ -40,11 +35,17 @@ browser-tools:
 	  && { apt-get update -qq && apt-get install -y -qq chromium chromium-driver; } >/dev/null 2>&1; } \
 	  || echo "chromium not installed: the browser tests (report, review app) will skip"
 
-test: install speech-tools browser-tools  ## the default test suite (slow tests excluded)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+# Tests run with empty, temporary per-user caches (model cache, XDG cache: Hugging Face, torch,
+# matplotlib), so a first use that races or needs a missing install step fails here, not on a user's
+# fresh machine. The folder is removed afterwards.
+FRESH_CACHES = c=$$(mktemp -d -t semioflow-test-caches.XXXXXX) && trap 'rm -rf "$$c"' EXIT && \
+	export SEMIOFLOW_MODEL_CACHE="$$c/models" XDG_CACHE_HOME="$$c/xdg" MPLCONFIGDIR="$$c/mpl" &&
 
-test-slow: install  ## only the tests marked slow
-	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
+test: install speech-tools browser-tools  ## the default test suite (slow tests excluded), empty caches
+	@$(FRESH_CACHES) echo "test caches: $$c (empty)" && $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-slow: install  ## only the tests marked slow, empty caches
+	@$(FRESH_CACHES) $(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
 
 lock:  ## re-resolve the dependency set into constraints.txt (fresh venv)
 	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock

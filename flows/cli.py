@@ -10,12 +10,14 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
 import click
 
+from tasks import quiet
 from tasks.errors import SemioflowError
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -60,6 +62,9 @@ pass_ctx = click.make_pass_decorator(CliContext)
 def cli(ctx: click.Context, data_dir: Path, params_path: Path, debug: bool) -> None:
     """semioflow: de-identified, versioned MLLM analysis of patient movement videos."""
     ctx.obj = CliContext(data_dir=data_dir, params_path=params_path, debug=debug)
+    if debug:  # full third-party logs, here and in worker processes
+        os.environ[quiet.DEBUG_ENV] = "1"
+    quiet.quiet_environment()
 
 
 @cli.command()
@@ -284,6 +289,7 @@ def _run_flow(obj: CliContext, which: str, wait: bool, **kw) -> None:
 
     params = obj.params()  # fail fast on bad params, before Prefect starts
     inbox = kw.pop("inbox", None)
+    t0 = time.monotonic()
     with run_lock(obj.data_dir, wait=wait):
         pipeline = _prefect(obj)
         from flows.settings import api_session
@@ -291,10 +297,79 @@ def _run_flow(obj: CliContext, which: str, wait: bool, **kw) -> None:
         args = dict(data_dir=str(obj.data_dir), params_path=str(obj.params_path),
                     inbox=str(inbox) if inbox else None, **kw)
         f = pipeline.pipeline if which == "pipeline" else pipeline.stage_flow
-        with api_session():
-            out = pipeline.with_runner(f, params)(**args)
-    for line in out if isinstance(out, list) else [out]:
-        click.echo(line)
+        try:
+            with api_session():
+                out = pipeline.with_runner(f, params, obj.data_dir)(**args)
+        finally:
+            _write_run_record(obj, pipeline.STAGE_SECONDS, time.monotonic() - t0)
+    lines = out if isinstance(out, list) else [out]
+    if which != "pipeline":
+        for line in lines:
+            click.echo(line)
+        return
+    _closing_summary(obj, lines, time.monotonic() - t0)
+
+
+LAST_RUN = "last-run.json"  # under .semioflow/: per-stage seconds of the latest run (bench/demo.py reads it)
+
+
+def _write_run_record(obj: CliContext, stage_seconds: dict[str, float], total_s: float) -> None:
+    from flows.settings import state_dir
+    from tasks.atomic import atomic_write_text
+
+    atomic_write_text(state_dir() / LAST_RUN, json.dumps(
+        {"data_dir": str(obj.data_dir), "total_s": round(total_s, 1),
+         "stages": {k: round(v, 1) for k, v in stage_seconds.items()}}, indent=2), mode=0o600)
+
+
+def _closing_summary(obj: CliContext, lines: list[str], total_s: float) -> None:
+    """What ran, where the outputs and the report are, and how to see the runs in the Prefect UI."""
+    from flows.settings import server_url
+
+    report = obj.data_dir / "16_report" / "report.html"
+    for line in lines:  # what ingest found (the progress lines say the rest)
+        if line.startswith("ingest:"):
+            click.echo(line)
+    click.echo(f"done in {_duration(total_s)}; outputs in {obj.data_dir}/ (one folder per stage, see README 'Stages')")
+    if report.is_file():
+        click.echo(f"report: {report}")
+    notes = [n for line in lines for n in line.split(" -- ")[1:]]
+    for note in dict.fromkeys(notes):  # banners (random-weight models) and the stages' own advice, once each
+        click.echo(f"note: {note}")
+    if server_url():
+        click.echo("Prefect UI: the runs are on the project's server (semioflow server status prints its URL)")
+    else:
+        click.echo("Prefect UI: `semioflow server start`, then open the URL it prints: this run is in .semioflow/")
+
+
+def _duration(seconds: float) -> str:
+    m, s = divmod(round(seconds), 60)
+    return f"{m} min {s:02d} s" if m else f"{s} s"
+
+
+@cli.command()
+@click.pass_context
+def demo(ctx: click.Context) -> None:
+    """The phantom demo: small cohorts, smoke models, every stage of both tracks, the report (make demo).
+
+    The demo's params (``.semioflow/demo-params.yaml``) are PARAMS with a small
+    phantom cohort and the model stages at CPU smoke size; PARAMS keeps the study's
+    protocol.  A second run finds everything cached.
+    """
+    from flows.demo_params import write_demo_params
+    from flows.settings import state_dir
+
+    obj: CliContext = ctx.obj
+    ctx.obj = CliContext(data_dir=obj.data_dir, params_path=write_demo_params(obj.params_path, state_dir() / DEMO_PARAMS),
+                         debug=obj.debug)
+    click.echo(f"demo params: {ctx.obj.params_path} (= {obj.params_path} with a small cohort and smoke-size models)")
+    ctx.invoke(synth_seizure)
+    ctx.invoke(synth_gait)
+    ctx.invoke(models_tiny)
+    ctx.invoke(run_cmd)
+
+
+DEMO_PARAMS = "demo-params.yaml"
 
 
 @cli.group()
@@ -314,10 +389,8 @@ def models_tiny(obj: CliContext, vision_arch: str, seed: int, force: bool) -> No
     Real architectures with tiny random weights: every answer they give is
     noise, and every output of a run with them says so.  For demos and tests only.
     """
-    import shutil
-    import uuid
-
-    from tasks.local_models import build_tiny
+    from tasks.local_models import TINY_MARKER, build_tiny
+    from tasks.model_cache import is_complete, materialize
 
     p = obj.params()
     wanted = [(p.query.vision.backend, p.query.vision.model, vision_arch),
@@ -328,15 +401,13 @@ def models_tiny(obj: CliContext, vision_arch: str, seed: int, force: bool) -> No
             click.echo(f"skip {arch}: backend is {backend}, not local")
             continue
         folder = Path(model)
-        if (folder / "config.json").is_file() and not force:
+        if (is_complete(folder) or (folder / "config.json").is_file() and not (folder / TINY_MARKER).is_file()) \
+                and not force:
             click.echo(f"keep {folder} (exists; --force rebuilds)")
             continue
-        # built beside the target and renamed: a killed build never looks like a model folder
-        tmp = folder.parent / f".{folder.name}.partial-{uuid.uuid4().hex[:8]}"
-        build_tiny(arch, tmp, seed=seed)
-        if folder.exists():
-            shutil.rmtree(folder)
-        tmp.rename(folder)
+        # built beside the target and renamed, under a lock: a killed or concurrent build never looks
+        # like a model folder, and a finished one is not rebuilt
+        materialize(folder, lambda tmp: build_tiny(arch, tmp, seed=seed), force=force)
         click.echo(f"built {arch} random-weight smoke model at {folder} (answers are noise: for smoke runs only)")
 
 

@@ -53,7 +53,7 @@ def nightly(data_dir: str, params_path: str, inbox: str | None = None, publish_r
     """One scheduled run (waits for a manual run to finish rather than failing)."""
     params = load_params(params_path)
     with run_lock(Path(data_dir), wait=True):
-        lines = with_runner(pipeline, params)(data_dir=data_dir, params_path=params_path, inbox=inbox)
+        lines = with_runner(pipeline, params, data_dir)(data_dir=data_dir, params_path=params_path, inbox=inbox)
     if publish_results:
         lines.append(publish(Path(params_path).resolve().parent))
     for line in lines:

@@ -10,6 +10,7 @@ failed recording ids.  Stage summaries are published as Prefect artifacts.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,8 +18,10 @@ from prefect import flow, task
 from prefect.artifacts import create_table_artifact
 from prefect.task_runners import ProcessPoolTaskRunner
 
+from flows.lock import worker_guard
+from flows.progress import stage_line
 from flows.stages import (COHORT, COHORT_MARKER, COHORT_TASKS, PER_RECORDING, SPECS, TASKS, cohort_key,
-                          marker_key, marker_result, plan, prepare, stage_dir)
+                          marker_key, marker_result, plan, prepare, scrub_paths, stage_dir)
 from tasks.errors import SemioflowError
 from tasks.params import Params, load_params, to_dict
 
@@ -38,6 +41,7 @@ class StageReport:
     rebuilt: int = 0  # cache entries whose files had gone (e.g. removed by DVC)
     results: list[dict] = field(default_factory=list)
     summary: str = ""
+    seconds: float = 0.0
 
     def line(self) -> str:
         if self.summary:
@@ -60,18 +64,34 @@ def ingest_task(inbox: str, data_dir: str, params: dict) -> dict:
 
 def _run_ingest(data_dir: Path, params: Params, inbox: str | None) -> StageReport:
     prepare("ingest", data_dir)
-    res = ingest_task(inbox or params.ingest.inbox, str(data_dir), to_dict(params))
+    with stage_line("ingest", 1) as tick:
+        res = ingest_task(inbox or params.ingest.inbox, str(data_dir), to_dict(params))
+        tick()
     create_table_artifact(key="ingest", table=[{k: v for k, v in res.items() if k != "quarantined"}],
                           description=res["line"])
     return StageReport("ingest", results=[res], summary=res["line"])
 
 
 def run_stage(stage: str, data_dir: Path, params: Params, *, inbox: str | None = None) -> StageReport:
-    """Run one stage inside the current flow; returns its report."""
-    if stage == "ingest":
-        return _run_ingest(data_dir, params, inbox)
-    if stage in COHORT:
-        return _run_cohort(stage, data_dir, params)
+    """Run one stage inside the current flow; returns its report (with its wall-clock seconds)."""
+    t0 = time.monotonic()
+    try:
+        if stage == "ingest":
+            report = _run_ingest(data_dir, params, inbox)
+        elif stage in COHORT:
+            report = _run_cohort(stage, data_dir, params)
+        else:
+            report = _run_per_recording(stage, data_dir, params)
+    finally:
+        STAGE_SECONDS[stage] = time.monotonic() - t0
+    report.seconds = STAGE_SECONDS[stage]
+    return report
+
+
+STAGE_SECONDS: dict[str, float] = {}  # wall-clock seconds of each stage run in this process (failed ones too)
+
+
+def _run_per_recording(stage: str, data_dir: Path, params: Params) -> StageReport:
     spec = SPECS[stage]
     for line in spec.preflight(params) if spec.preflight else []:
         print(f"{stage}: {line}")
@@ -82,26 +102,30 @@ def run_stage(stage: str, data_dir: Path, params: Params, *, inbox: str | None =
     kw = dict(data_dir=str(data_dir), params=pdict)
     futures, fresh, finished = [], [], []
     in_process = spec.in_process(params)
-    for job in jobs:
-        # Files behind a cache entry gone (e.g. DVC removed them)? Re-run and re-cache.
-        if marker_result(out, job.recording_id, job.cache_key) is None:
-            report.rebuilt += marker_key(out, job.recording_id) == job.cache_key
-            t = TASKS[stage].with_options(refresh_cache=True)
-            if in_process:  # one model in this process (e.g. on the GPU), recordings in turn
-                finished.append((job, t(recording_id=job.recording_id, cache_key=job.cache_key,
-                                        return_state=True, **kw)))
+    with stage_line(stage, len(jobs)) as tick:
+        def ran(job, state) -> None:
+            finished.append((job, state))
+            tick(cached=state.name == "Cached", failed=not state.is_completed())
+
+        for job in jobs:
+            # Files behind a cache entry gone (e.g. DVC removed them)? Re-run and re-cache.
+            if marker_result(out, job.recording_id, job.cache_key) is None:
+                report.rebuilt += marker_key(out, job.recording_id) == job.cache_key
+                t = TASKS[stage].with_options(refresh_cache=True)
+                if in_process:  # one model in this process (e.g. on the GPU), recordings in turn
+                    ran(job, t(recording_id=job.recording_id, cache_key=job.cache_key, return_state=True, **kw))
+                else:
+                    futures.append((job, t.submit(recording_id=job.recording_id, cache_key=job.cache_key, **kw)))
             else:
-                futures.append((job, t.submit(recording_id=job.recording_id, cache_key=job.cache_key, **kw)))
-        else:
-            fresh.append(job)
-    for job in fresh:
-        # Finished recordings are cache hits: checked in this process rather than
-        # shipped to a worker (that round trip dominated a nightly rerun's time).
-        finished.append((job, TASKS[stage](recording_id=job.recording_id, cache_key=job.cache_key,
-                                           return_state=True, **kw)))
-    for job, fut in futures:
-        fut.wait()
-        finished.append((job, fut.state))
+                fresh.append(job)
+        for job in fresh:
+            # Finished recordings are cache hits: checked in this process rather than
+            # shipped to a worker (that round trip dominated a nightly rerun's time).
+            ran(job, TASKS[stage](recording_id=job.recording_id, cache_key=job.cache_key, return_state=True, **kw))
+        for job, fut in futures:
+            fut.wait()
+            ran(job, fut.state)
+    causes = []
     for job, state in sorted(finished, key=lambda js: js[0].recording_id):
         if state.is_completed():
             report.cached += state.name == "Cached"
@@ -109,14 +133,22 @@ def run_stage(stage: str, data_dir: Path, params: Params, *, inbox: str | None =
             report.results.append(state.result())
         else:
             report.failed.append(job.recording_id)
+            causes.append(_cause(state))
     _collect(stage, data_dir, report.done)
     # artifact keys allow lowercase letters, digits and dashes only
     create_table_artifact(key=stage.replace("_", "-"), table=report.results or [{"recordings": 0}],
                           description=report.line())
     if report.failed:
-        raise StageFailed(f"{stage} failed for {len(report.failed)} recording(s): {', '.join(report.failed)} "
-                          "(see the Prefect UI for their errors; the others finished)")
+        raise StageFailed(f"{stage} failed for {len(report.failed)} recording(s): {', '.join(report.failed)}; "
+                          f"first cause: {causes[0]} (the others finished; every cause is in the Prefect UI)")
     return report
+
+
+def _cause(state) -> str:
+    """A failed task's error as one line (task errors are already path-scrubbed, see flows.stages)."""
+    exc = state.result(raise_on_failure=False)
+    text = " ".join(str(exc).split()) if isinstance(exc, BaseException) else ""
+    return scrub_paths(text) or state.message or state.name
 
 
 def _run_cohort(stage: str, data_dir: Path, params: Params) -> StageReport:
@@ -127,15 +159,17 @@ def _run_cohort(stage: str, data_dir: Path, params: Params) -> StageReport:
     rebuilt = marker_result(out, COHORT_MARKER, key) is None and marker_key(out, COHORT_MARKER) == key
     if marker_result(out, COHORT_MARKER, key) is None:
         t = t.with_options(refresh_cache=True)
-    state = t(data_dir=str(data_dir), params=to_dict(params), cache_key=key, return_state=True)
+    with stage_line(stage, 1) as tick:
+        state = t(data_dir=str(data_dir), params=to_dict(params), cache_key=key, return_state=True)
+        tick(cached=state.name == "Cached", failed=not state.is_completed())
     if not state.is_completed():
-        raise StageFailed(str(state.result(raise_on_failure=False)) or f"{stage} failed (see the Prefect UI)")
+        raise StageFailed(_cause(state) or f"{stage} failed (see the Prefect UI)")
     result = state.result()
     cached = state.name == "Cached"
     line = result.get("line") or f"{stage}: done" + (" (cached)" if cached else "") + (
         " (rebuilt from a stale cache entry)" if rebuilt else "")
-    if result.get("banner"):
-        line += f" -- {result['banner']}"
+    for note in ([result["banner"]] if result.get("banner") else []) + list(result.get("notes") or []):
+        line += f" -- {note}"
     create_table_artifact(key=stage.replace("_", "-"), table=[_flat(result)], description=line)
     return StageReport(stage, done=["cohort"], cached=int(cached), rebuilt=int(rebuilt), results=[result],
                        summary=line)
@@ -152,8 +186,10 @@ def _collect(stage: str, data_dir: Path, rids: list[str]) -> None:
     importlib.import_module(f"tasks.{stage}").collect(stage_dir(data_dir, stage), rids)
 
 
-def _runner(params: Params) -> ProcessPoolTaskRunner:
-    return ProcessPoolTaskRunner(max_workers=max(1, params.base.workers))
+def _runner(params: Params, data_dir: str) -> ProcessPoolTaskRunner:
+    # workers exit when this process dies, and a rerun waits for them (flows.lock.worker_guard)
+    return ProcessPoolTaskRunner(max_workers=max(1, params.base.workers), initializer=worker_guard,
+                                 initargs=(str(data_dir),))
 
 
 @flow(name="semioflow", log_prints=True)
@@ -174,6 +210,6 @@ def stage_flow(stage: str, data_dir: str = "data", params_path: str = "params.ya
     return run_stage(stage, Path(data_dir), load_params(params_path), inbox=inbox).line()
 
 
-def with_runner(f, params: Params):
-    """The flow with a process pool sized by ``base.workers``."""
-    return f.with_options(task_runner=_runner(params))
+def with_runner(f, params: Params, data_dir: str | Path = "data"):
+    """The flow with a process pool sized by ``base.workers`` whose workers die with this process."""
+    return f.with_options(task_runner=_runner(params, str(data_dir)))

@@ -15,6 +15,8 @@ import os
 import urllib.request
 from pathlib import Path
 
+from tasks import quiet
+
 STATE_DIR = Path(".semioflow")
 SERVER_FILE = "server.json"
 DEFAULT_PORT = 4200
@@ -74,10 +76,13 @@ def configure(root: Path | None = None, *, database_url: str | None = None) -> d
         "PREFECT_API_DATABASE_CONNECTION_URL": database_url or f"sqlite+aiosqlite:///{home / 'prefect.db'}",
         "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
-        # mediapipe/TFLite are chatty on stderr; keep logs readable
-        "GLOG_minloglevel": "2",
-        "TF_CPP_MIN_LOG_LEVEL": "2",
     }
+    if not quiet.debug():
+        # the console shows one progress line per stage (flows.progress) and, on failure, one error line
+        # with the first cause (flows.pipeline); Prefect's per-task lines, failed tasks' tracebacks
+        # included, still reach the API, so the UI has them (``--debug`` brings them back to the console)
+        env["PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"] = "CRITICAL"
+        env.update(quiet.NATIVE_LOG_ENV)  # mediapipe/TFLite are chatty on stderr
     if "PREFECT_API_URL" not in os.environ:
         url = server_url(root)
         if url:
@@ -101,10 +106,9 @@ def api_session():
     if os.environ.get("PREFECT_API_URL"):
         yield os.environ["PREFECT_API_URL"]
         return
-    from prefect.server.api.server import SubprocessASGIServer
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    srv = SubprocessASGIServer()
+    srv = _temporary_server()
     srv.start(timeout=120)
     os.environ["PREFECT_API_URL"] = srv.api_url
     try:
@@ -118,3 +122,43 @@ def api_session():
         QueueService.drain_all(timeout=30, at_exit=False)
         os.environ.pop("PREFECT_API_URL", None)
         srv.stop()
+
+
+PR_SET_PDEATHSIG = 1  # prctl option: signal this process when its parent dies (Linux)
+
+
+def _die_with_parent() -> None:
+    """In a child between fork and exec: SIGTERM it when the process that started it dies (even SIGKILLed)."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: the server then outlives a killed run, as before
+        pass
+
+
+def _temporary_server():
+    """Prefect's temporary API server, started so that it ends with this process.
+
+    ``SubprocessASGIServer`` has no hook for the child's start-up, so its one
+    ``subprocess.Popen`` call gets ``preexec_fn=_die_with_parent`` (prctl only: safe
+    between fork and exec).  Called from the main thread, whose exit is the process's.
+    """
+    import subprocess
+    import types
+    from functools import partial
+
+    import prefect.server.api.server as server_module
+
+    class Server(server_module.SubprocessASGIServer):
+        def _run_uvicorn_command(self):
+            real = server_module.subprocess
+            server_module.subprocess = types.SimpleNamespace(
+                Popen=partial(subprocess.Popen, preexec_fn=_die_with_parent))
+            try:
+                return super()._run_uvicorn_command()
+            finally:
+                server_module.subprocess = real
+
+    return Server()

@@ -21,6 +21,7 @@ import ast
 import hashlib
 import json
 import re
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -31,6 +32,7 @@ from prefect import task
 from tasks.atomic import atomic_write_text, remove_stale_partials
 from tasks.ingest import sha256_file as file_sha256
 from tasks.params import Params, build, to_dict
+from tasks.quiet import native_stderr_captured
 
 TASKS_DIR = Path(__file__).resolve().parents[1] / "tasks"
 STAGE_DIRS = {
@@ -306,11 +308,31 @@ def _run_marked(out: Path, marker: str, cache_key: str, params: dict, work: Call
     if done is not None:
         return done
     try:
-        result = work(build(Params, params, prefix=""))
+        # mediapipe/TFLite graph threads write absl lines to fd 2 while models start and first run;
+        # they are kept out of the console and shown only if the work fails (or with --debug)
+        with native_stderr_captured(), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("default")
+            result = work(build(Params, params, prefix=""))
     except Exception as exc:  # noqa: BLE001 - re-raised without paths so the Prefect log/UI never shows one
         raise RecordingFailed(f"{failure}: {type(exc).__name__}: {scrub_paths(str(exc))}") from None
+    notes = _own_warnings(caught)
+    if notes:  # the run summary prints them once, as notes (a stage's own warnings are expected advice)
+        result = {**result, "notes": notes}
     write_marker(out, marker, cache_key, outputs(), result)
     return result
+
+
+def _own_warnings(caught: list[warnings.WarningMessage]) -> list[str]:
+    """Messages of warnings the project's own code raised (``tasks.*`` categories); others are re-issued."""
+    notes: list[str] = []
+    for w in caught:
+        if w.category.__module__.startswith("tasks."):
+            text = scrub_paths(" ".join(str(w.message).split()))
+            if text not in notes:
+                notes.append(text)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return notes
 
 
 class RecordingFailed(RuntimeError):

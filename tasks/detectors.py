@@ -17,6 +17,7 @@ from typing import Literal, Protocol
 import numpy as np
 
 from tasks.errors import ModelNotFoundError
+from tasks.quiet import import_mediapipe
 
 DetectorName = Literal["mediapipe", "centerface"]
 MEDIAPIPE_FULL_RANGE = 1  # mp.solutions.face_detection model_selection: 0 = short range (2 m), 1 = full range (5 m)
@@ -74,10 +75,7 @@ class MediapipeFaceDetector:
     name = "mediapipe"
 
     def __init__(self, *, threshold: float, input_short_side: int | None = None) -> None:
-        try:
-            import mediapipe as mp
-        except ImportError as exc:  # pragma: no cover - part of the locked install
-            raise ModelNotFoundError(f"mediapipe is not installed ({exc}); run `make install`") from None
+        mp = import_mediapipe()
         self._det = mp.solutions.face_detection.FaceDetection(
             model_selection=MEDIAPIPE_FULL_RANGE, min_detection_confidence=threshold
         )

@@ -79,7 +79,16 @@ def load_id_key(path: str | Path | None = None) -> bytes:
             raise SemioflowError(f"id key file {p} is too short (need >= 32 hex characters)")
         return key
     p.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    atomic_write_bytes(p, secrets.token_hex(32).encode(), mode=0o600)
+    # Two processes may create it at once: each writes a candidate, and os.link (which fails when the
+    # name exists) lets exactly one win; everyone then reads the winner, so all use the same key.
+    tmp = p.with_name(f".{p.name}.{os.getpid()}-{secrets.token_hex(4)}")
+    atomic_write_bytes(tmp, secrets.token_hex(32).encode(), mode=0o600)
+    try:
+        os.link(tmp, p)
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
     return p.read_bytes().strip()
 
 

@@ -89,7 +89,8 @@ import pyarrow.parquet as pq
 from tasks import deidentify
 from tasks.atomic import atomic_path, atomic_write_text
 from tasks.detectors import FaceBox
-from tasks.errors import ModelNotFoundError, SemioflowError
+from tasks.errors import SemioflowError
+from tasks.quiet import import_mediapipe
 from tasks.media import MediaError, VideoWriter, iter_frames, probe
 from tasks.params import KinematicsParams, Params, PoseParams, to_dict
 from tasks.schema import read_table, validate, write_table
@@ -167,10 +168,7 @@ class PoseSeries:
 
 def track_pose(video: Path, params: KinematicsParams) -> PoseSeries:
     """mediapipe pose on every frame of ``video`` (tracking mode, landmark smoothing on)."""
-    try:
-        import mediapipe as mp
-    except ImportError as exc:  # pragma: no cover - part of the locked install
-        raise ModelNotFoundError(f"mediapipe is not installed ({exc}); run `make install`") from None
+    mp = import_mediapipe()
     pp = PoseParams(min_detection_confidence=params.min_detection_confidence,
                     min_tracking_confidence=params.min_tracking_confidence)
     pts, img, wld = [], [], []

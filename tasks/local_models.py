@@ -45,7 +45,7 @@ How a request becomes model input (``LocalModel.inputs``):
   rate, and sent as the one audio of the message.
 
 Decoding (``LocalModel.generate``): temperature 0 is greedy; temperature > 0
-is plain temperature sampling with a fixed seed (``SAMPLING_SEED``) inside a
+is plain temperature sampling with a fixed seed (``seed``, default ``SAMPLING_SEED``) inside a
 forked RNG.  The checkpoint's own ``top_k``/``top_p``/``repetition_penalty``
 are switched off so results do not depend on which generation_config.json a
 folder ships.  ``yes_prob`` is P(yes) / (P(yes) + P(no)) from the softmax of
@@ -143,11 +143,14 @@ class Reply:
     finish_reason: "stop" (end-of-turn token) | "length" (``max_new_tokens`` hit first).
     yes_prob: P(yes) / (P(yes) + P(no)) from the first generated position's logits;
         None when the tokenizer cannot tell the two apart.
+    answer: with ``generate(..., constrained=...)`` the word chosen at the answer position
+        ("yes" | "no"); the justification after it may still be cut by ``max_new_tokens``.
     """
 
     text: str
     finish_reason: str
     yes_prob: float | None
+    answer: str | None = None  # "yes" | "no" when the answer was chosen by constrained decoding
 
 
 # ---- media decoding --------------------------------------------------------------
@@ -350,11 +353,11 @@ class LocalModel:
     # -- generation -------------------------------------------------------------------
 
     def generate(self, system: str, media: Media, prompt: str, *, max_new_tokens: int, temperature: float,
-                 answer_prefix: str = "") -> Reply:
+                 answer_prefix: str = "", constrained: str | None = None, seed: int = SAMPLING_SEED) -> Reply:
         """Answer one request.
 
         Inputs: system message, media, prompt; ``max_new_tokens`` (> 0);
-        ``temperature`` (0 = greedy, > 0 = sampling with ``SAMPLING_SEED``);
+        ``temperature`` (0 = greedy, > 0 = sampling with torch seed ``seed``: same seed, same sample);
         ``answer_prefix``: text the answer is forced to start with (appended
         after the assistant turn start, e.g. '{"present": "').
         Output: ``Reply`` (text = answer_prefix + generated continuation).
@@ -380,16 +383,22 @@ class LocalModel:
             bos_token_id=base.bos_token_id,
             output_logits=True, return_dict_in_generate=True)
         n_prompt = batch["input_ids"].shape[1]
+        processors = None
+        if constrained is not None:
+            from transformers import LogitsProcessorList
+
+            processors = LogitsProcessorList([_YesNoChoice(self.processor.tokenizer, n_prompt, constrained)])
         fork_devices = [self.model.device] if self.model.device.type == "cuda" else []
         with torch.inference_mode(), torch.random.fork_rng(devices=fork_devices):
-            torch.manual_seed(SAMPLING_SEED)
-            out = self.model.generate(**batch, generation_config=config)
+            torch.manual_seed(seed)
+            out = self.model.generate(**batch, generation_config=config, logits_processor=processors)
         new_ids = out.sequences[0, n_prompt:].tolist()
         stopped = bool(new_ids) and new_ids[-1] in eos_ids
         finish = "length" if not stopped and len(new_ids) >= max_new_tokens else "stop"
         continuation = self.processor.tokenizer.decode(new_ids, skip_special_tokens=True)
+        answer = processors[0].word_of(new_ids[0]) if processors is not None and new_ids else None
         return Reply(text=answer_prefix + continuation, finish_reason=finish,
-                     yes_prob=self._yes_prob(out.logits[0][0]))
+                     yes_prob=self._yes_prob(out.logits[0][0]), answer=answer)
 
     def _yes_prob(self, logits: torch.Tensor) -> float | None:
         if not self.yes_ids or not self.no_ids:
@@ -398,6 +407,49 @@ class LocalModel:
         p_yes = max(float(probs[i]) for i in self.yes_ids)
         p_no = max(float(probs[i]) for i in self.no_ids)
         return p_yes / (p_yes + p_no) if p_yes + p_no > 0 else None
+
+
+class _YesNoChoice:
+    """Logits processor of constrained yes/no decoding (see ``LocalModel.generate``).
+
+    Step 0 keeps only the first tokens of the spellings in ``YES_VARIANTS`` /
+    ``NO_VARIANTS`` (the ids ``yes_prob`` compares, so greedy says yes exactly when
+    ``yes_prob >= 0.5``); the following steps force the rest of the chosen
+    spelling's tokens and then ``then``'s tokens; after that the scores are left alone.
+    ``word_of(first new token)`` is the word picked ("yes" | "no").
+    """
+
+    def __init__(self, tokenizer: Any, n_prompt: int, then: str):
+        enc = lambda text: tokenizer.encode(text, add_special_tokens=False)  # noqa: E731
+        spellings: dict[int, tuple[str, list[int]]] = {}
+        shared = set()
+        for word, variants in (("yes", YES_VARIANTS), ("no", NO_VARIANTS)):
+            for v in variants:
+                ids = enc(v)
+                if ids and ids[0] in spellings and spellings[ids[0]][0] != word:
+                    shared.add(ids[0])
+                spellings.setdefault(ids[0], (word, ids)) if ids else None
+        self.spellings = {k: v for k, v in spellings.items() if k not in shared}
+        if {w for w, _ in self.spellings.values()} != {"yes", "no"}:
+            raise ConfigError("constrained decoding: the tokenizer cannot tell 'yes' from 'no' by a first token")
+        self.then = enc(then) if then else []
+        self.n_prompt = n_prompt
+
+    def word_of(self, first_id: int) -> str:
+        return self.spellings[first_id][0]
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        step = input_ids.shape[1] - self.n_prompt
+        if step == 0:
+            allowed = list(self.spellings)
+        else:
+            forced = self.spellings[int(input_ids[0, self.n_prompt])][1] + self.then
+            if step >= len(forced):
+                return scores
+            allowed = [forced[step]]
+        masked = torch.full_like(scores, float("-inf"))
+        masked[:, allowed] = scores[:, allowed]
+        return masked
 
 
 def tiny_info(folder: str | Path) -> dict:

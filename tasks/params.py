@@ -221,6 +221,9 @@ class QueryParams:
     jpeg_quality: int = 90
     max_tokens: int = 256  # answer length cap (finish_reason "length" = truncated)
     temperature: float = 0.0
+    # local backend, single mode: the answer is the likelier of yes/no at the answer position, then the
+    # justification is generated (a server's guided choice; the openai backend's structured_output)
+    constrained: bool = True
     vision: EndpointParams = field(default_factory=lambda: EndpointParams(backend="local", model="models/vision"))
     audio: EndpointParams = field(default_factory=lambda: EndpointParams(backend="local", model="models/audio"))
 

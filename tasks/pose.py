@@ -48,7 +48,7 @@ import numpy as np
 import pyarrow as pa
 
 from tasks import face_crop as fc
-from tasks.errors import ModelNotFoundError
+from tasks.quiet import import_mediapipe
 from tasks.media import ClipPlan, iter_frames, probe, write_clips
 from tasks.params import PoseParams
 from tasks.schema import concat_write, read_table, write_table
@@ -70,10 +70,7 @@ JOINT_RGB = (255, 64, 64)
 
 
 def _pose_model(params: PoseParams, *, static: bool):
-    try:
-        import mediapipe as mp
-    except ImportError as exc:  # pragma: no cover - part of the locked install
-        raise ModelNotFoundError(f"mediapipe is not installed ({exc}); run `make install`") from None
+    mp = import_mediapipe()
     return mp.solutions.pose.Pose(static_image_mode=static, model_complexity=params.model_complexity,
                                   smooth_landmarks=False, enable_segmentation=False,
                                   min_detection_confidence=params.min_detection_confidence,
@@ -81,14 +78,14 @@ def _pose_model(params: PoseParams, *, static: bool):
 
 
 def landmark_names() -> list[str]:
-    import mediapipe as mp
+    mp = import_mediapipe()
 
     return [lm.name.lower() for lm in mp.solutions.pose.PoseLandmark]
 
 
 def limb_connections() -> list[tuple[int, int]]:
     """BlazePose connections between limb/torso landmarks (no face points)."""
-    import mediapipe as mp
+    mp = import_mediapipe()
 
     return sorted((a, b) for a, b in mp.solutions.pose.POSE_CONNECTIONS if a in LIMB_LANDMARKS and b in LIMB_LANDMARKS)
 

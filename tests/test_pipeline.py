@@ -196,6 +196,20 @@ def test_params_change_reruns_only_the_stage_that_uses_it(proj):
         assert state == ("Completed" if rerun else "Cached"), (name, state)
 
 
+def test_a_failed_recording_names_its_cause_in_the_final_error(proj):
+    """The command's last line says why (scrubbed), not only "see the Prefect UI" (a temporary UI is gone)."""
+    data = proj / "data_fail"
+    shutil.copytree(proj / "data", data, ignore=shutil.ignore_patterns(".semioflow*.lock"))
+    bad = sorted((data / "03_downsample" / "frames").glob("*.parquet"))[0]
+    bad.write_bytes(b"not a parquet file")
+    res = sf(proj, "--data-dir", str(data), "stage", "window", check=False)
+    assert res.returncode == 1, res.stderr
+    last = res.stderr.strip().splitlines()[-1]
+    assert f"window failed for 1 recording(s): {bad.stem}; first cause: window failed for {bad.stem}:" in last, last
+    assert str(proj) not in res.stderr, last  # no file path in the message
+    assert "Traceback" not in res.stderr
+
+
 def test_editing_a_helper_changes_the_code_hash_of_stages_that_use_it(tmp_path):
     copy = tmp_path / "tasks"
     shutil.copytree(REPO / "tasks", copy)
@@ -245,8 +259,8 @@ def test_second_run_while_one_holds_the_data_folder_exits_clearly(proj):
     assert manifest.read_bytes() == before
 
 
-def test_sigkill_mid_stage_then_rerun_completes(proj):
-    data = proj / "data_kill"
+def _deidentify_until_writing(proj: Path, data: Path) -> subprocess.Popen:
+    """``semioflow stage deidentify`` in its own session, returned once a worker writes a video."""
     sf(proj, "--data-dir", str(data), "stage", "ingest")
     proc = subprocess.Popen([SEMIOFLOW, "--data-dir", str(data), "stage", "deidentify"], cwd=proj, env=_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -255,6 +269,32 @@ def test_sigkill_mid_stage_then_rerun_completes(proj):
     while time.time() < deadline and not (videos.is_dir() and any(is_partial(p) for p in videos.iterdir())):
         time.sleep(0.2)
     assert videos.is_dir(), "deidentify never started writing"
+    return proc
+
+
+def test_sigkill_of_the_main_process_only_ends_its_workers(proj):
+    """Only the main PID is killed (as an OOM killer or `kill -9 PID` does): its pool workers must end too."""
+    data = proj / "data_orphan"
+    proc = _deidentify_until_writing(proj, data)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 10
+    alive = True
+    while alive and time.monotonic() < deadline:
+        try:
+            os.killpg(proc.pid, 0)  # any process left in the run's session?
+            time.sleep(0.2)
+        except ProcessLookupError:
+            alive = False
+    assert not alive, "pool workers outlived the killed run"
+    sf(proj, "--data-dir", str(data), "stage", "deidentify")
+    assert not [p for p in (data / "02_deidentify").rglob("*") if is_partial(p)]
+
+
+def test_sigkill_mid_stage_then_rerun_completes(proj):
+    data = proj / "data_kill"
+    proc = _deidentify_until_writing(proj, data)
+    videos = data / "02_deidentify" / "videos"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     finals = [p for p in videos.iterdir() if not is_partial(p)]
@@ -391,3 +431,30 @@ def _iso(t: float) -> str:
     import datetime as dt
 
     return dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat()
+
+
+def test_temporary_prefect_server_ends_with_a_killed_run(tmp_path):
+    """Without the project's server each command starts a temporary one; `kill -9` of the command must
+    not leave it running (it holds a port and the SQLite database)."""
+    from flows.settings import healthy
+
+    code = ("import time\nfrom flows import settings\nsettings.configure()\n"
+            "with settings.api_session() as url:\n    print(url, flush=True)\n    time.sleep(300)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    url = proc.stdout.readline().strip()
+    assert url.startswith("http://127.0.0.1") and healthy(url)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and healthy(url):
+        time.sleep(0.2)
+    assert not healthy(url), "the temporary Prefect server outlived the killed command"
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(proc.pid, 0)
+            time.sleep(0.2)
+        except ProcessLookupError:
+            break
+    else:
+        raise AssertionError("a process of the killed command is still running")

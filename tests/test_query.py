@@ -25,7 +25,7 @@ import pytest
 from tasks import audio, face_crop
 from tasks.catalog import load_catalog
 from tasks.params import AudioParams, EndpointParams, FaceCropParams, QueryParams
-from tasks.query import (EndpointError, OpenAIBackend, parse_answer, query_recording, questions_for,
+from tasks.query import (CUT_MARK, EndpointError, OpenAIBackend, parse_answer, query_recording, questions_for,
                          window_media)
 from tasks.schema import read_table
 from tests.enhance_fixture import enhanced_data
@@ -123,6 +123,20 @@ def test_arms_without_media_are_recorded_as_skipped(data, tmp_path):
 def test_parse_answer(text, finish, status, present):
     got = parse_answer(text, finish, ("clonic",), batched=False)["clonic"]
     assert (got.status, got.present) == (status, present)
+
+
+@pytest.mark.parametrize("text, finish, status, just", [
+    ('{"present": "yes", "justification": "arm jerks"}', "stop", "yes", "arm jerks"),
+    ('{"present": "no", "justification": "the patient lies', "length", "no", "the patient lies" + CUT_MARK),
+    ('{"present": "yes", "justification": "', "length", "yes", CUT_MARK.strip()),
+    ('{"present": "no", "justification": "I\'m sorry, I cannot help with that."}', "stop", "refused", None),
+    ('{"present": "yes", "justification": "arm\x0e jerks\ufffd', "length", "yes", "arm jerks" + CUT_MARK),
+])
+def test_parse_constrained_answer(text, finish, status, just):
+    """A constrained yes/no stands even when its justification was cut; a refusal after it never does."""
+    got = parse_answer(text, finish, ("clonic",), batched=False, answer=text.split('"')[3])["clonic"]
+    assert (got.status, got.justification) == (status, just)
+    assert got.present == ({"yes": True, "no": False}.get(status))
 
 
 def test_parse_batched_answer_per_feature():

@@ -21,7 +21,7 @@ import pytest
 
 from tasks.local_models import build_tiny
 from tasks.params import EndpointParams, QueryParams
-from tasks.query import RANDOM_TAG, query_recording
+from tasks.query import CUT_MARK, RANDOM_TAG, query_recording
 from tasks.schema import read_table
 from tests.test_query import data  # noqa: F401 - the shared phantom data dir fixture
 
@@ -90,8 +90,15 @@ def test_in_process_vision_models(data, tiny, tmp_path, arch):  # noqa: F811
     res = query_recording(rid, d, tmp_path, params)
     assert res["requests"] == res["questions"] == 2 * (2 + 1) and res["random_weights"]
     rows = read_table("answers", tmp_path / "answers" / f"{rid}.parquet").to_pylist()
-    assert {r["status"] for r in rows} <= ALLOWED
-    assert all(r["raw_text"].startswith('{"present": "') for r in rows), "the answer prefix is continued"
+    # constrained decoding (the default): every answer is yes or no, even from random weights at a
+    # 12-token cap, and the text is the forced JSON with the model's own justification after it
+    assert {r["status"] for r in rows} <= {"yes", "no"}
+    assert all(r["present"] == (r["status"] == "yes") for r in rows)
+    assert all(r["status"] == ("yes" if r["yes_prob"] >= 0.5 else "no") for r in rows), "greedy = the likelier word"
+    assert all(r["raw_text"].replace('" yes', '"yes').replace('" no', '"no').startswith(
+        f'{{"present": "{r["status"]}", "justification": "') for r in rows)
+    assert all(r["justification"] is None or r["justification"].endswith(CUT_MARK) or r["finish_reason"] == "stop"
+               for r in rows)
     assert all(0.0 <= r["yes_prob"] <= 1.0 for r in rows), "P(yes) from the first answer token"
     assert {r["model_id"] for r in rows} == {rows[0]["model_id"]} and rows[0]["model_id"].startswith(arch)
     again = query_recording(rid, d, tmp_path, params)
@@ -113,3 +120,31 @@ def test_in_process_audio_model_with_transcript_arm(data, tiny, tmp_path):  # no
     assert by_arm["audio_raw"] <= ALLOWED and by_arm["audio_denoised"] <= ALLOWED
     assert res["requests"] == 2 * 2 * 2  # windows x arms x audio features
     assert all(r["model_id"].startswith("audioflamingo3") for r in rows if r["status"] != "skipped")
+
+
+def test_free_decoding_is_still_there_and_keyed_apart(data, tiny, tmp_path):  # noqa: F811
+    """constrained: false lets the model write the whole answer (random weights then fail the format)."""
+    d, rid = data
+    ep = EndpointParams(backend="local", model=str(tiny["qwen2_5_vl"]), device="cpu")
+    base = dict(arms=("raw",), features=("clonic",), vision=ep, audio=EndpointParams(backend="none"), **SMALL)
+    query_recording(rid, d, tmp_path, QueryParams(**base))
+    free = query_recording(rid, d, tmp_path, QueryParams(**base, constrained=False))
+    assert free["requests"] == free["questions"], "a constrained answer must not be served from the cache"
+    rows = read_table("answers", tmp_path / "answers" / f"{rid}.parquet").to_pylist()
+    assert all(r["raw_text"].startswith('{"present": "') for r in rows)
+    assert not any(r["raw_text"].startswith(('{"present": "yes", "justification": "',
+                                              '{"present": "no", "justification": "')) for r in rows)
+
+
+def test_sampled_constrained_answers_are_seeded_per_request(data, tiny, tmp_path):  # noqa: F811
+    """temperature > 0: each request draws with its own seed (both words occur over a window's questions
+    at P(yes) ~0.4-0.5), and the same request draws the same word again."""
+    d, rid = data
+    ep = EndpointParams(backend="local", model=str(tiny["qwen2_5_vl"]), device="cpu")
+    params = QueryParams(arms=("raw", "face_crop", "pose_overlay"), vision=ep, audio=EndpointParams(backend="none"),
+                         **{**SMALL, "max_tokens": 6}, temperature=1.0)
+    query_recording(rid, d, tmp_path / "a", params)
+    query_recording(rid, d, tmp_path / "b", params)
+    a, b = (read_table("answers", tmp_path / x / "answers" / f"{rid}.parquet").to_pylist() for x in "ab")
+    assert [r["status"] for r in a] == [r["status"] for r in b]
+    assert {r["status"] for r in a} - {"skipped"} == {"yes", "no"}, [r["yes_prob"] for r in a]

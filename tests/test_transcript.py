@@ -13,6 +13,7 @@ import pytest
 
 from tasks import audio, transcript
 from tasks.errors import ModelNotFoundError
+from tasks.model_cache import MODEL_CACHE_ENV
 from tasks.params import AudioParams, TranscriptParams
 from tasks.schema import read_table
 from tests.test_audio import SR, make_recording, planted_noise
@@ -40,7 +41,7 @@ def model_cache(tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def _cache_env(monkeypatch, model_cache):
-    monkeypatch.setenv(transcript.MODEL_CACHE_ENV, str(model_cache))
+    monkeypatch.setenv(MODEL_CACHE_ENV, str(model_cache))
 
 
 @pytest.fixture(scope="session")
