@@ -41,7 +41,6 @@ class StageReport:
     rebuilt: int = 0  # cache entries whose files had gone (e.g. removed by DVC)
     results: list[dict] = field(default_factory=list)
     summary: str = ""
-    seconds: float = 0.0
 
     def line(self) -> str:
         if self.summary:
@@ -73,22 +72,21 @@ def _run_ingest(data_dir: Path, params: Params, inbox: str | None) -> StageRepor
 
 
 def run_stage(stage: str, data_dir: Path, params: Params, *, inbox: str | None = None) -> StageReport:
-    """Run one stage inside the current flow; returns its report (with its wall-clock seconds)."""
+    """Run one stage inside the current flow; returns its report (its wall-clock seconds go to STAGE_SECONDS)."""
     t0 = time.monotonic()
     try:
         if stage == "ingest":
-            report = _run_ingest(data_dir, params, inbox)
-        elif stage in COHORT:
-            report = _run_cohort(stage, data_dir, params)
-        else:
-            report = _run_per_recording(stage, data_dir, params)
+            return _run_ingest(data_dir, params, inbox)
+        if stage in COHORT:
+            return _run_cohort(stage, data_dir, params)
+        return _run_per_recording(stage, data_dir, params)
     finally:
         STAGE_SECONDS[stage] = time.monotonic() - t0
-    report.seconds = STAGE_SECONDS[stage]
-    return report
 
 
-STAGE_SECONDS: dict[str, float] = {}  # wall-clock seconds of each stage run in this process (failed ones too)
+# Wall-clock seconds of each stage run in this process, failed ones too (the flow runs in the CLI's
+# process, which writes them to .semioflow/last-run.json).
+STAGE_SECONDS: dict[str, float] = {}
 
 
 def _run_per_recording(stage: str, data_dir: Path, params: Params) -> StageReport:

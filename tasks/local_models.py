@@ -420,19 +420,16 @@ class _YesNoChoice:
     """
 
     def __init__(self, tokenizer: Any, n_prompt: int, then: str):
-        enc = lambda text: tokenizer.encode(text, add_special_tokens=False)  # noqa: E731
-        spellings: dict[int, tuple[str, list[int]]] = {}
-        shared = set()
-        for word, variants in (("yes", YES_VARIANTS), ("no", NO_VARIANTS)):
-            for v in variants:
-                ids = enc(v)
-                if ids and ids[0] in spellings and spellings[ids[0]][0] != word:
-                    shared.add(ids[0])
-                spellings.setdefault(ids[0], (word, ids)) if ids else None
-        self.spellings = {k: v for k, v in spellings.items() if k not in shared}
-        if {w for w, _ in self.spellings.values()} != {"yes", "no"}:
+        yes_first, no_first = yes_no_token_ids(tokenizer)
+        if not yes_first or not no_first:
             raise ConfigError("constrained decoding: the tokenizer cannot tell 'yes' from 'no' by a first token")
-        self.then = enc(then) if then else []
+        self.spellings: dict[int, tuple[str, list[int]]] = {}  # first token id -> (word, the spelling's ids)
+        for word, variants, firsts in (("yes", YES_VARIANTS, yes_first), ("no", NO_VARIANTS, no_first)):
+            for v in variants:
+                ids = tokenizer.encode(v, add_special_tokens=False)
+                if ids and ids[0] in firsts:
+                    self.spellings.setdefault(ids[0], (word, ids))
+        self.then = tokenizer.encode(then, add_special_tokens=False) if then else []
         self.n_prompt = n_prompt
 
     def word_of(self, first_id: int) -> str:
