@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -149,6 +150,12 @@ def expected_tasks(proj: Path) -> set[str]:
 def test_run_shows_named_task_runs_through_the_api(proj):
     res = sf(proj, "run")
     assert "ingest: 2 new" in res.stdout
+    # a quiet console: one progress line per stage, a summary, no third-party noise (the UI has the rest)
+    console = res.stdout + res.stderr
+    for stage in ("ingest",) + PER_RECORDING + COHORT:
+        assert re.search(rf"^{stage} +\S+ +\d+/\d+ .*cached", console, re.M), (stage, console[-3000:])
+    assert not any(noise in console for noise in ("W0000", "XNNPACK", "Warning:", "Traceback", "| INFO")), console
+    assert "done in" in res.stdout and "report: data/16_report/report.html" in res.stdout
     fr = latest_flow_run(proj)
     assert fr["state"]["type"] == "COMPLETED"
     states = per_recording(task_states(proj, fr["id"]))
