@@ -2,7 +2,7 @@
 
 On a terminal the line updates in place; in a log file (``make demo > log``)
 rich prints it once, finished.  Prefect's own per-task lines stay in the UI
-(the console handler shows warnings and errors only, see ``flows.settings``).
+(its console handler shows critical messages only, see ``flows.settings``).
 """
 
 from __future__ import annotations
@@ -19,9 +19,8 @@ STAGE_COLUMN = 11  # characters: the longest stage name (kinematics) + 1
 
 @dataclass
 class Tally:
-    """What a stage's progress line shows."""
+    """What a stage's progress line counts."""
 
-    total: int
     done: int = 0
     cached: int = 0
     failed: int = 0
@@ -30,7 +29,7 @@ class Tally:
 @contextmanager
 def stage_line(stage: str, total: int, console: Console | None = None) -> Iterator[callable]:
     """Yields ``tick(cached: bool = False, failed: bool = False)``; the line closes with the block."""
-    tally = Tally(total)
+    tally = Tally()
     prog = Progress(TextColumn(f"[bold]{stage:<{STAGE_COLUMN}}"), BarColumn(bar_width=20), MofNCompleteColumn(),
                     TextColumn("{task.fields[note]}"), TimeElapsedColumn(), console=console or Console(),
                     transient=False)

@@ -82,7 +82,7 @@ def configure(root: Path | None = None, *, database_url: str | None = None) -> d
         # with the first cause (flows.pipeline); Prefect's per-task lines, failed tasks' tracebacks
         # included, still reach the API, so the UI has them (``--debug`` brings them back to the console)
         env["PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"] = "CRITICAL"
-        env.update(quiet.NATIVE_LOG_ENV)  # mediapipe/TFLite are chatty on stderr
+    quiet.quiet_environment()  # mediapipe/TFLite/transformers are chatty on stderr (a no-op with --debug)
     if "PREFECT_API_URL" not in os.environ:
         url = server_url(root)
         if url:

@@ -68,8 +68,10 @@ def materialize(target: str | Path, build: Callable[[Path], object], *, force: b
                 old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
                 os.replace(target, old)
             os.replace(tmp, target)
-            if old is not None:  # a symlink (a user's checkpoint) is only unlinked, never followed
-                old.unlink() if old.is_symlink() else shutil.rmtree(old, ignore_errors=True)
+            if old is not None and old.is_symlink():  # a user's checkpoint link: unlinked, never followed
+                old.unlink()
+            elif old is not None:
+                shutil.rmtree(old, ignore_errors=True)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return target
