@@ -47,8 +47,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tasks import deidentify, downsample, evaluate, folds, train, window  # noqa: E402
-from tasks.ingest import ingest, load_id_key, source_path  # noqa: E402
+from tasks import deidentify, downsample, evaluate, face_blur, folds, layout, train, window  # noqa: E402
+from tasks.identity import load_id_key, source_path  # noqa: E402
+from tasks.ingest import ingest  # noqa: E402
 from tasks.params import (BaselineParams, DeidentifyParams, DownsampleParams, EvaluateParams, FoldsParams,  # noqa: E402
                           IngestParams, Params, SeizureSynthParams, TrainParams, WindowParams)
 from tasks.schema import read_table  # noqa: E402
@@ -60,13 +61,13 @@ SALIENT = ("clonic", "tonic", "head_turning")
 
 def _video_stages(rid: str, src: str, duration_s: float, data: str) -> dict:
     data_p = Path(data)
-    row = deidentify.deidentify_recording(deidentify.RecordingInput(rid, Path(src), duration_s),
-                                          data_p / "02_deidentify", DeidentifyParams())
+    row = face_blur.deidentify_recording(face_blur.RecordingInput(rid, Path(src), duration_s),
+                                          layout.stage_dir(data_p, "deidentify"), DeidentifyParams())
     if row["status"] == "ok":
-        downsample.downsample_recording(rid, data_p / "02_deidentify" / "videos" / f"{rid}.mp4",
-                                        data_p / "03_downsample", DownsampleParams())
-        window.window_one(rid, data_p / "03_downsample" / "frames" / f"{rid}.parquet", duration_s,
-                          data_p / "04_window", WindowParams())
+        downsample.downsample_recording(rid, layout.path(data_p, "deidentify", "videos", f"{rid}.mp4"),
+                                        layout.stage_dir(data_p, "downsample"), DownsampleParams())
+        window.window_one(rid, layout.path(data_p, "downsample", "frames", f"{rid}.parquet"), duration_s,
+                          layout.stage_dir(data_p, "window"), WindowParams())
     return row
 
 
@@ -78,20 +79,21 @@ def build_data(work: Path, synth: SeizureSynthParams, workers: int, seed: int) -
         s = seizure.generate_cohort(cohort, synth, seed=seed, workers=workers)
         print(f"synth: {s.n_recordings} recordings, {s.total_duration_s / 60:.1f} min of video "
               f"({time.perf_counter() - t:.0f} s)", flush=True)
-    if (data / "04_window" / "windows.parquet").is_file():
+    if (layout.stage_dir(data, "window") / "windows.parquet").is_file():
         return data
     t = time.perf_counter()
-    ingest(cohort / "videos", data / "01_ingest", IngestParams(settle_s=0), id_key=load_id_key())
-    manifest = read_table("manifest", data / "01_ingest" / "manifest.parquet").to_pylist()
-    jobs = [(m["recording_id"], str(source_path(data / "01_ingest", m["recording_id"])), m["duration_s"], str(data))
+    ingest(cohort / "videos", layout.stage_dir(data, "ingest"), IngestParams(settle_s=0), id_key=load_id_key())
+    manifest = read_table("manifest", layout.stage_dir(data, "ingest") / "manifest.parquet").to_pylist()
+    ingested = layout.stage_dir(data, "ingest")
+    jobs = [(m["recording_id"], str(source_path(ingested, m["recording_id"])), m["duration_s"], str(data))
             for m in sorted(manifest, key=lambda m: -m["duration_s"])]
     with ProcessPoolExecutor(max_workers=workers) as pool:
         rows = list(pool.map(_video_stages, *zip(*jobs)))
     rids = [m["recording_id"] for m in manifest]
-    deidentify.collect(data / "02_deidentify", rids)
+    deidentify.STAGE.collect(layout.stage_dir(data, "deidentify"), rids)
     ok = [r["recording_id"] for r in rows if r["status"] == "ok"]
-    downsample.collect(data / "03_downsample", ok)
-    window.collect(data / "04_window", ok)
+    downsample.STAGE.collect(layout.stage_dir(data, "downsample"), ok)
+    window.STAGE.collect(layout.stage_dir(data, "window"), ok)
     print(f"video stages: {len(ok)}/{len(rids)} recordings de-identified ({time.perf_counter() - t:.0f} s)",
           flush=True)
     return data
@@ -138,16 +140,17 @@ def main() -> None:
                           objective=args.objective, save_checkpoints=False),
         evaluate=EvaluateParams(bootstrap=args.bootstrap))
     if args.retrain:
-        for stage in ("11_folds", "12_train", "13_evaluate"):
-            shutil.rmtree(data / stage, ignore_errors=True)
+        for stage in ("folds", "train", "evaluate"):
+            shutil.rmtree(layout.stage_dir(data, stage), ignore_errors=True)
     t = time.perf_counter()
-    print("folds:", folds.run(data, data / "11_folds", params), flush=True)
+    print("folds:", folds.run(data, layout.stage_dir(data, "folds"), params), flush=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RandomInitWarning)
-        print("train:", train.run(data, data / "12_train", params), f"({time.perf_counter() - t:.0f} s)", flush=True)
-    print("evaluate:", evaluate.run(data, data / "13_evaluate", params), flush=True)
+        print("train:", train.run(data, layout.stage_dir(data, "train"), params), f"({time.perf_counter() - t:.0f} s)",
+              flush=True)
+    print("evaluate:", evaluate.run(data, layout.stage_dir(data, "evaluate"), params), flush=True)
 
-    doc = json.loads((data / "13_evaluate" / "metrics.json").read_text())
+    doc = json.loads((layout.stage_dir(data, "evaluate") / "metrics.json").read_text())
     show = features or SALIENT
     print(f"\n{'feature':<14} {'arm':<10} {'F1':>5}  {'95% CI':<13} {'always-yes F1':>13}  recovered")
     for f in show:
@@ -159,7 +162,7 @@ def main() -> None:
             ok = m["f1_ci_low"] > ref
             print(f"{f:<14} {arm:<10} {m['f1']:>5.2f}  [{m['f1_ci_low']:.2f}, {m['f1_ci_high']:.2f}]  {ref:>13.2f}  "
                   f"{'yes' if ok else 'no'}")
-    print(f"\n(n = {doc['always_yes'][show[0]]['n']} recordings; tables: {data / '13_evaluate' / 'tables.md'})")
+    print(f"\n(n = {doc['always_yes'][show[0]]['n']} recordings; tables: {layout.path(data, 'evaluate', 'tables.md')})")
 
 
 if __name__ == "__main__":

@@ -55,7 +55,10 @@ def main() -> None:
         cached_s, cached_lines, rc2 = run_demo(proj, env)
         import pyarrow.parquet as pq
 
-        status = pq.read_table(proj / "data" / "09_query" / "answers.parquet", columns=["status"])["status"]
+        from tasks import layout
+
+        answers = layout.path(proj / "data", "query", "answers.parquet")
+        status = pq.read_table(answers, columns=["status"])["status"]
         asked = [s for s in status.to_pylist() if s != "skipped"]
         answered = sum(s in ("yes", "no") for s in asked)
         print("stage        seconds (fresh run)")

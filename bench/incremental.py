@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 import yaml
 
-from flows.stages import PER_RECORDING
+from tasks import registry
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -44,7 +44,8 @@ def task_states(api: str) -> list[str]:
     fr = httpx.post(f"{api}/flow_runs/filter", json={"flows": {"name": {"any_": ["semioflow"]}},
                                                      "sort": "EXPECTED_START_TIME_DESC", "limit": 1}).json()[0]
     runs = httpx.post(f"{api}/task_runs/filter", json={"flow_runs": {"id": {"any_": [fr["id"]]}}, "limit": 200}).json()
-    return [r["state"]["name"] for r in runs if r["name"].split("-")[0] in PER_RECORDING]
+    per_recording = {s.name for s in registry.pipeline_stages() if s.kind == "recording"}
+    return [r["state"]["name"] for r in runs if r["name"].split("-")[0] in per_recording]
 
 
 def main() -> None:

@@ -80,7 +80,7 @@ def limit(src: Path, dst: Path) -> float:
 
 
 def ours(src: Path, work: Path, n_frames: int) -> tuple[float, Path, dict]:
-    from tasks.deidentify import RecordingInput, deidentify_recording
+    from tasks.face_blur import RecordingInput, deidentify_recording
     from tasks.downsample import downsample_recording
     from tasks.ingest import ingest
     from tasks.params import DeidentifyParams, DownsampleParams, IngestParams, WindowParams
@@ -258,7 +258,7 @@ def rss_child(src: str, duration: str) -> None:
     ``getrusage(RUSAGE_SELF).ru_maxrss`` would also count the parent's RSS
     at fork time (Linux carries it across exec), i.e. the bench's own size.
     """
-    from tasks.deidentify import RecordingInput, deidentify_recording
+    from tasks.face_blur import RecordingInput, deidentify_recording
     from tasks.params import DeidentifyParams
 
     with tempfile.TemporaryDirectory() as d:

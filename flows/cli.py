@@ -17,7 +17,7 @@ from pathlib import Path
 
 import click
 
-from tasks import quiet
+from tasks import layout, quiet, registry
 from tasks.errors import SemioflowError
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -147,7 +147,7 @@ def _synth_options(fn):
     fn = click.option("--fps", type=float, default=None, help="Frame rate of the generated videos.")(fn)
     fn = click.option(
         "--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-        help="Output folder (default: DATA_DIR/00_synth/<kind>).",
+        help=f"Output folder (default: DATA_DIR/{layout.folder('synth')}/<kind>).",
     )(fn)
     fn = click.option("--workers", type=int, default=None, help="Parallel processes (default: base.workers).")(fn)
     fn = click.option("--force", is_flag=True, help="Regenerate even if the same cohort is already there.")(fn)
@@ -166,7 +166,7 @@ def _synth_common(obj: CliContext, section: str, kind: str, size, fps, seed, out
     if fps is not None:
         changes["fps"] = fps
     sub = dataclasses.replace(sub, **changes)
-    out = out or obj.data_dir / "00_synth" / kind
+    out = out or layout.path(obj.data_dir, "synth", kind)
     seed = params.base.seed if seed is None else seed
     workers = params.base.workers if workers is None else workers
     return sub, out, seed, workers
@@ -262,9 +262,7 @@ def ingest(obj: CliContext, inbox: Path | None, wait: bool) -> None:
 
 
 @cli.command()
-@click.argument("name", type=click.Choice(["ingest", "deidentify", "downsample", "window", "face_crop", "pose",
-                                           "audio", "transcript", "query", "aggregate", "folds", "train",
-                                           "evaluate", "kinematics", "gait", "report"]))
+@click.argument("name", type=click.Choice(registry.names()))
 @click.option("--inbox", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Only for ingest: folder of new recordings.")
 @_wait_option
@@ -272,6 +270,22 @@ def ingest(obj: CliContext, inbox: Path | None, wait: bool) -> None:
 def stage(obj: CliContext, name: str, inbox: Path | None, wait: bool) -> None:
     """Run one stage (one Prefect task run per recording; what dvc.yaml calls)."""
     _run_flow(obj, "stage", wait, stage=name, inbox=inbox)
+
+
+@cli.command("generate")
+@click.option("--check", is_flag=True, help="Only compare; exit 1 when a generated file is stale.")
+def generate_cmd(check: bool) -> None:
+    """Write dvc.yaml and the README's stage table from the stage registry (tasks/<stage>.py's STAGE)."""
+    from flows import generated
+
+    if check:
+        stale = generated.stale()
+        if stale:
+            raise click.ClickException(f"stale: {', '.join(stale)}; run `semioflow generate` and commit")
+        click.echo("dvc.yaml and the README's stage table match the stage registry")
+        return
+    for path in generated.write_all():
+        click.echo(f"wrote {path.name}")
 
 
 @cli.command("run")
@@ -326,7 +340,7 @@ def _closing_summary(obj: CliContext, lines: list[str], total_s: float) -> None:
     """What ran, where the outputs and the report are, and how to see the runs in the Prefect UI."""
     from flows.settings import server_url
 
-    report = obj.data_dir / "16_report" / "report.html"
+    report = layout.path(obj.data_dir, "report", "report.html")
     for line in lines:  # what ingest found (the progress lines say the rest)
         if line.startswith("ingest:"):
             click.echo(line)
@@ -474,13 +488,13 @@ def schedule(obj: CliContext, cron: str, inbox: Path | None, publish: bool, regi
 
 @cli.command()
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Output file (default: DATA_DIR/16_report/report.html).")
+              help=f"Output file (default: DATA_DIR/{layout.rel('report', 'report.html')}).")
 @pass_ctx
 def report(obj: CliContext, out: Path | None) -> None:
     """Write the self-contained HTML report: timelines, justifications, keyframes, metrics."""
     from tasks.report import OUTPUT, build_report
 
-    path = build_report(obj.data_dir, out or obj.data_dir / "16_report" / OUTPUT, obj.params())
+    path = build_report(obj.data_dir, out or layout.path(obj.data_dir, "report", OUTPUT), obj.params())
     click.echo(f"report written to {path}")
 
 
@@ -492,7 +506,7 @@ def review_group() -> None:
 def _database_option(fn):
     return click.option("--database", metavar="URL", default=None,
                         help="SQLAlchemy URL (default: $SEMIOFLOW_REVIEW_DB, review.database, or SQLite in "
-                             "DATA_DIR/17_review).")(fn)
+                             f"DATA_DIR/{layout.folder('review')}).")(fn)
 
 
 def _review_db(obj: CliContext, database: str | None):
@@ -546,7 +560,7 @@ def review_serve(obj: CliContext, host: str | None, port: int | None, database: 
 
 @review_group.command("stats")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Output folder (default: DATA_DIR/17_review).")
+              help=f"Output folder (default: DATA_DIR/{layout.folder('review')}).")
 @_database_option
 @pass_ctx
 def review_stats(obj: CliContext, out: Path | None, database: str | None) -> None:

@@ -1,11 +1,13 @@
-"""Flows wiring the stages, plus the nightly deployment.
+"""Flows over the stage registry, plus the process-pool task runner.
 
-``pipeline`` = ingest -> deidentify -> downsample -> window, each stage one
-task run per recording (``<stage>-<recording_id>``) on a process pool of
-``base.workers``.  ``stage_flow`` runs a single stage (what ``dvc.yaml``
-calls through ``semioflow stage NAME``).  A recording whose task fails does
-not stop its siblings; the stage then ends with one clear error naming the
-failed recording ids.  Stage summaries are published as Prefect artifacts.
+``pipeline`` runs every stage of ``tasks.registry`` in order: ingest (always
+runs), the per-recording stages (one task run per recording,
+``<stage>-<recording_id>``, on a process pool of ``base.workers``), then the
+cohort stages (one task run each).  ``stage_flow`` runs a single stage (what
+``dvc.yaml`` calls through ``semioflow stage NAME``).  A recording whose task
+fails does not stop its siblings; the stage then ends with one clear error
+naming the failed recording ids and the first cause.  Stage summaries are
+published as Prefect artifacts.
 """
 
 from __future__ import annotations
@@ -14,18 +16,19 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prefect import flow, task
+from prefect import flow
 from prefect.artifacts import create_table_artifact
 from prefect.task_runners import ProcessPoolTaskRunner
 
 from flows.lock import worker_guard
 from flows.progress import stage_line
-from flows.stages import (COHORT, COHORT_MARKER, COHORT_TASKS, PER_RECORDING, SPECS, TASKS, cohort_key,
-                          marker_key, marker_result, plan, prepare, scrub_paths, stage_dir)
+from flows.stages import ingest_task, stage_task
+from tasks import registry
+from tasks.cache import (COHORT_MARKER, cohort_job, marker_key, marker_result, prepare, recording_jobs,
+                         scrub_paths)
+from tasks.contract import Stage
 from tasks.errors import SemioflowError
 from tasks.params import Params, load_params, to_dict
-
-STAGES = ("ingest",) + PER_RECORDING + COHORT
 
 
 class StageFailed(SemioflowError):
@@ -49,22 +52,10 @@ class StageReport:
                 f"from a stale cache entry), {len(self.failed)} failed")
 
 
-@task(name="ingest", persist_result=False, cache_policy=None)
-def ingest_task(inbox: str, data_dir: str, params: dict) -> dict:
-    """Scan the inbox (always runs: finding new files is its job)."""
-    from tasks.ingest import ingest, load_id_key
-    from tasks.params import build
-
-    p = build(Params, params, prefix="")
-    report = ingest(Path(inbox), stage_dir(Path(data_dir), "ingest"), p.ingest, id_key=load_id_key())
-    return {"accepted": len(report.accepted), "quarantined": [r for _, r in report.quarantined],
-            "known": report.known, "pending": report.pending, "line": report.describe()}
-
-
 def _run_ingest(data_dir: Path, params: Params, inbox: str | None) -> StageReport:
-    prepare("ingest", data_dir)
+    prepare(data_dir, "ingest")
     with stage_line("ingest", 1) as tick:
-        res = ingest_task(inbox or params.ingest.inbox, str(data_dir), to_dict(params))
+        res = ingest_task(inbox, str(data_dir), to_dict(params))
         tick()
     create_table_artifact(key="ingest", table=[{k: v for k, v in res.items() if k != "quarantined"}],
                           description=res["line"])
@@ -74,12 +65,13 @@ def _run_ingest(data_dir: Path, params: Params, inbox: str | None) -> StageRepor
 def run_stage(stage: str, data_dir: Path, params: Params, *, inbox: str | None = None) -> StageReport:
     """Run one stage inside the current flow; returns its report (its wall-clock seconds go to STAGE_SECONDS)."""
     t0 = time.monotonic()
+    declared = registry.stage(stage)
     try:
-        if stage == "ingest":
+        if declared.kind == "source":
             return _run_ingest(data_dir, params, inbox)
-        if stage in COHORT:
-            return _run_cohort(stage, data_dir, params)
-        return _run_per_recording(stage, data_dir, params)
+        if declared.kind == "cohort":
+            return _run_cohort(declared, data_dir, params)
+        return _run_per_recording(declared, data_dir, params)
     finally:
         STAGE_SECONDS[stage] = time.monotonic() - t0
 
@@ -89,17 +81,18 @@ def run_stage(stage: str, data_dir: Path, params: Params, *, inbox: str | None =
 STAGE_SECONDS: dict[str, float] = {}
 
 
-def _run_per_recording(stage: str, data_dir: Path, params: Params) -> StageReport:
-    spec = SPECS[stage]
-    for line in spec.preflight(params) if spec.preflight else []:
+def _run_per_recording(declared: Stage, data_dir: Path, params: Params) -> StageReport:
+    stage = declared.name
+    for line in declared.preflight(params) if declared.preflight else []:
         print(f"{stage}: {line}")
-    out = prepare(stage, data_dir)
-    jobs = plan(stage, data_dir, params)
+    out = prepare(data_dir, stage)
+    jobs = recording_jobs(declared, data_dir, params)
     pdict = to_dict(params)
     report = StageReport(stage)
     kw = dict(data_dir=str(data_dir), params=pdict)
     futures, fresh, finished = [], [], []
-    in_process = spec.in_process(params)
+    in_process = declared.in_process(params) if declared.in_process else False
+    task = stage_task(stage)
     with stage_line(stage, len(jobs)) as tick:
         def ran(job, state) -> None:
             finished.append((job, state))
@@ -107,32 +100,32 @@ def _run_per_recording(stage: str, data_dir: Path, params: Params) -> StageRepor
 
         for job in jobs:
             # Files behind a cache entry gone (e.g. DVC removed them)? Re-run and re-cache.
-            if marker_result(out, job.recording_id, job.cache_key) is None:
-                report.rebuilt += marker_key(out, job.recording_id) == job.cache_key
-                t = TASKS[stage].with_options(refresh_cache=True)
+            if marker_result(out, job.marker, job.cache_key) is None:
+                report.rebuilt += marker_key(out, job.marker) == job.cache_key
+                t = task.with_options(refresh_cache=True)
                 if in_process:  # one model in this process (e.g. on the GPU), recordings in turn
-                    ran(job, t(recording_id=job.recording_id, cache_key=job.cache_key, return_state=True, **kw))
+                    ran(job, t(recording_id=job.marker, cache_key=job.cache_key, return_state=True, **kw))
                 else:
-                    futures.append((job, t.submit(recording_id=job.recording_id, cache_key=job.cache_key, **kw)))
+                    futures.append((job, t.submit(recording_id=job.marker, cache_key=job.cache_key, **kw)))
             else:
                 fresh.append(job)
         for job in fresh:
             # Finished recordings are cache hits: checked in this process rather than
             # shipped to a worker (that round trip dominated a nightly rerun's time).
-            ran(job, TASKS[stage](recording_id=job.recording_id, cache_key=job.cache_key, return_state=True, **kw))
+            ran(job, task(recording_id=job.marker, cache_key=job.cache_key, return_state=True, **kw))
         for job, fut in futures:
             fut.wait()
             ran(job, fut.state)
     causes = []
-    for job, state in sorted(finished, key=lambda js: js[0].recording_id):
+    for job, state in sorted(finished, key=lambda js: js[0].marker):
         if state.is_completed():
             report.cached += state.name == "Cached"
-            report.done.append(job.recording_id)
+            report.done.append(job.marker)
             report.results.append(state.result())
         else:
-            report.failed.append(job.recording_id)
+            report.failed.append(job.marker)
             causes.append(_cause(state))
-    _collect(stage, data_dir, report.done)
+    declared.collect(out, report.done)
     # artifact keys allow lowercase letters, digits and dashes only
     create_table_artifact(key=stage.replace("_", "-"), table=report.results or [{"recordings": 0}],
                           description=report.line())
@@ -143,17 +136,18 @@ def _run_per_recording(stage: str, data_dir: Path, params: Params) -> StageRepor
 
 
 def _cause(state) -> str:
-    """A failed task's error as one line (task errors are already path-scrubbed, see flows.stages)."""
+    """A failed task's error as one line (task errors are already path-scrubbed, see tasks.cache)."""
     exc = state.result(raise_on_failure=False)
     text = " ".join(str(exc).split()) if isinstance(exc, BaseException) else ""
     return scrub_paths(text) or state.message or state.name
 
 
-def _run_cohort(stage: str, data_dir: Path, params: Params) -> StageReport:
+def _run_cohort(declared: Stage, data_dir: Path, params: Params) -> StageReport:
     """A whole-cohort stage: one task run, cached on its inputs' contents + params + code."""
-    out = prepare(stage, data_dir)
-    key = cohort_key(stage, data_dir, params)
-    t = COHORT_TASKS[stage]
+    stage = declared.name
+    out = prepare(data_dir, stage)
+    key = cohort_job(declared, data_dir, params).cache_key
+    t = stage_task(stage)
     rebuilt = marker_result(out, COHORT_MARKER, key) is None and marker_key(out, COHORT_MARKER) == key
     if marker_result(out, COHORT_MARKER, key) is None:
         t = t.with_options(refresh_cache=True)
@@ -177,13 +171,6 @@ def _flat(result: dict) -> dict:
     return {k: (v if isinstance(v, (str, int, float, bool)) or v is None else str(v)) for k, v in result.items()}
 
 
-def _collect(stage: str, data_dir: Path, rids: list[str]) -> None:
-    """The stage's tables from its per-recording files (each tasks module has ``collect``)."""
-    import importlib
-
-    importlib.import_module(f"tasks.{stage}").collect(stage_dir(data_dir, stage), rids)
-
-
 def _runner(params: Params, data_dir: str) -> ProcessPoolTaskRunner:
     # workers exit when this process dies, and a rerun waits for them (flows.lock.worker_guard)
     return ProcessPoolTaskRunner(max_workers=max(1, params.base.workers), initializer=worker_guard,
@@ -195,7 +182,7 @@ def pipeline(data_dir: str = "data", params_path: str = "params.yaml", inbox: st
     """All stages in order; returns one summary line per stage."""
     params = load_params(params_path)
     lines = []
-    for stage in STAGES:
+    for stage in registry.names():
         lines.append(run_stage(stage, Path(data_dir), params, inbox=inbox).line())
     return lines
 
@@ -203,8 +190,8 @@ def pipeline(data_dir: str = "data", params_path: str = "params.yaml", inbox: st
 @flow(name="semioflow-stage", log_prints=True)
 def stage_flow(stage: str, data_dir: str = "data", params_path: str = "params.yaml", inbox: str | None = None) -> str:
     """One stage (what dvc.yaml runs)."""
-    if stage not in STAGES:
-        raise SemioflowError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
+    if stage not in registry.names():
+        raise SemioflowError(f"unknown stage {stage!r}; stages: {', '.join(registry.names())}")
     return run_stage(stage, Path(data_dir), load_params(params_path), inbox=inbox).line()
 
 

@@ -31,14 +31,15 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
+from tasks import layout
+from tasks.contract import Stage
+from tasks.layout import rel
+from tasks.answers import NO_MODEL, RANDOM_BANNER, RANDOM_TAG, SCORED
 from tasks.atomic import atomic_write_text
 from tasks.errors import SemioflowError
 from tasks.params import AggregateParams, Params
-from tasks.query import RANDOM_BANNER, RANDOM_TAG, SCORED
 from tasks.schema import read_table, write_table
 
-INPUTS = ("09_query/answers.parquet",)
-NO_MODEL = "none"  # model id of answers recorded while an arm had no backend
 
 
 def decide(votes: list[dict], params: AggregateParams) -> tuple[bool, float]:
@@ -91,10 +92,14 @@ def aggregate(answers: list[dict], params: AggregateParams) -> tuple[list[dict],
 
 def run(data_dir: Path, out_dir: Path, params: Params) -> dict:
     """The aggregate stage: reads the query answers, writes predictions, evidence and a summary."""
-    answers = read_table("answers", Path(data_dir) / INPUTS[0]).to_pylist()
+    answers = read_table("answers", layout.path(data_dir, "query", "answers.parquet")).to_pylist()
     preds, evidence, summary = aggregate(answers, params.aggregate)
     out_dir = Path(out_dir)
     write_table("predictions", preds, out_dir / "predictions.parquet")
     write_table("evidence", evidence, out_dir / "evidence.parquet")
     atomic_write_text(out_dir / "aggregate.json", json.dumps(summary, indent=2, sort_keys=True))
     return summary
+
+
+STAGE = Stage("aggregate", "cohort", run, "window answers -> one answer per recording, feature and arm (any yes)",
+              inputs=(rel("query", "answers.parquet"),))

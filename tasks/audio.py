@@ -37,15 +37,18 @@ import wave
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import torch
 import torch.nn.functional as F
-import torchaudio.functional as AF
 
+from tasks.contract import Stage, Table
+from tasks.layout import rel
 from tasks.atomic import atomic_path
+from tasks.dsp import PCM_MAX, window_slice
+from tasks import layout
+from tasks.layout import window_name
 from tasks.media import read_audio
-from tasks.params import AudioParams
-from tasks.schema import concat_write, read_table, write_table
+from tasks.params import AudioParams, Params
+from tasks.schema import read_table, write_table
 
 N_FFT = 512  # samples; 32 ms at 16 kHz
 HOP = 128  # samples; 8 ms at 16 kHz
@@ -58,11 +61,8 @@ SNR_FRAME_S = 0.05  # seconds per frame of the blind SNR estimate
 SNR_LOUD_Q = 0.95  # frame-power quantile taken as "signal + noise"
 SNR_QUIET_Q = 0.10  # frame-power quantile taken as "noise"
 VOCAL_BAND_HZ = (100.0, 1000.0)  # where groans and voices carry their energy
-PCM_MAX = 32767  # int16 full scale
 EPS = 1e-12
 
-DEIDENTIFY_VIDEOS = "02_deidentify/videos"
-WINDOWS_DIR = "04_window/windows"
 ARMS = ("audio_raw", "audio_denoised")
 
 
@@ -172,13 +172,6 @@ def denoise(x: np.ndarray, sample_rate: int, params: AudioParams,
     return out
 
 
-def resample(x: np.ndarray, orig_hz: int, new_hz: int) -> np.ndarray:
-    """Band-limited resampling (torchaudio sinc); used for test fixtures at other rates."""
-    if orig_hz == new_hz:
-        return np.asarray(x, dtype=np.float32)
-    return AF.resample(torch.from_numpy(np.asarray(x, dtype=np.float32)), orig_hz, new_hz).numpy()
-
-
 # ---- WAV files ----------------------------------------------------------------
 
 
@@ -192,29 +185,6 @@ def write_wav(path: Path, x: np.ndarray, sample_rate: int) -> Path:
             w.setframerate(sample_rate)
             w.writeframes(pcm.tobytes())
     return Path(path)
-
-
-def read_wav(path: Path) -> tuple[np.ndarray, int]:
-    """(mono float32 samples, sample rate) of a 16-bit PCM WAV written by ``write_wav``."""
-    with wave.open(str(path), "rb") as w:
-        if w.getsampwidth() != 2:
-            raise ValueError(f"{Path(path).name}: expected 16-bit PCM, got {8 * w.getsampwidth()}-bit")
-        pcm = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").reshape(-1, w.getnchannels())
-        return (pcm.mean(axis=1) / PCM_MAX).astype(np.float32), w.getframerate()
-
-
-def window_slice(x: np.ndarray, sample_rate: int, t0: float, t1: float) -> np.ndarray:
-    """Samples of [t0, t1) seconds, zero-padded where ``x`` ends early."""
-    a, b = int(round(t0 * sample_rate)), int(round(t1 * sample_rate))
-    out = np.zeros(max(0, b - a), dtype=np.float32)
-    piece = x[a:b]
-    out[: piece.size] = piece
-    return out
-
-
-def window_name(recording_id: str, window_index: int, suffix: str) -> str:
-    """File name of a per-window artifact: ``<id>_w<NNN><suffix>``."""
-    return f"{recording_id}_w{window_index:03d}{suffix}"
 
 
 # ---- per recording ------------------------------------------------------------
@@ -231,8 +201,8 @@ def audio_recording(recording_id: str, data_dir: Path, out_dir: Path, params: Au
     """
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     sr = params.sample_rate
-    windows = read_table("windows", data_dir / WINDOWS_DIR / f"{recording_id}.parquet").to_pylist()
-    x = read_audio(data_dir / DEIDENTIFY_VIDEOS / f"{recording_id}.mp4", sample_rate=sr)
+    windows = read_table("windows", layout.path(data_dir, "window", "windows", f"{recording_id}.parquet")).to_pylist()
+    x = read_audio(layout.path(data_dir, "deidentify", "videos", f"{recording_id}.mp4"), sample_rate=sr)
     flags: list[str] = []
     has_audio = x.size > 0
     level = rms_dbfs(x)
@@ -279,10 +249,12 @@ def audio_recording(recording_id: str, data_dir: Path, out_dir: Path, params: Au
                 n_windows=len(windows))
 
 
-def collect(out_dir: Path, recording_ids: list[str]) -> pa.Table:
-    """Concatenate per-recording tables: ``arms.parquet`` (returned) and ``audio_quality.parquet``."""
-    out_dir = Path(out_dir)
-    ids = sorted(recording_ids)
-    concat_write("audio_quality", [out_dir / "quality" / f"{rid}.parquet" for rid in ids],
-                 out_dir / "audio_quality.parquet")
-    return concat_write("arms", [out_dir / "arms" / f"{rid}.parquet" for rid in ids], out_dir / "arms.parquet")
+def run(recording_id: str, data_dir: Path, out_dir: Path, params: Params) -> dict:
+    return audio_recording(recording_id, data_dir, out_dir, params.audio)
+
+
+WINDOWS = rel("window", "windows", "{rid}.parquet")
+STAGE = Stage(
+    "audio", "recording", run, "mono 16 kHz soundtrack, denoised, cut per window",
+    after="window", inputs=(rel("deidentify", "videos", "{rid}.mp4"), WINDOWS),
+    tables=(Table("audio_quality", "quality"), Table("arms", "arms")))

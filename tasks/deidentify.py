@@ -1,349 +1,45 @@
-"""deidentify: blur every face on every frame, strip metadata, audit the result.
+"""deidentify: every recording's faces blurred, metadata stripped, the result audited (fail-closed).
 
-Per recording (``deidentify_recording``):
-
-1. Decode every frame (upright) and detect faces on each with a recall-tuned
-   detector (low threshold, boxes dilated by ``box_dilation``).  Frames stay
-   in yuv420p as decoded; the detector sees a small RGB copy
-   (``detect_short_side``), and decoding + detection run in a second thread
-   ahead of blur + encode (a bounded queue, so memory stays fixed).  A second
-   detector (CenterFace, low threshold) runs every ``second_every_s`` on the
-   same small copy: mediapipe misses faces in profile, CenterFace finds
-   them, and gap-fill carries its boxes to the frames in between.
-2. Temporal gap-fill: a frame is blurred with the union of the boxes detected
-   within ``gap_fill_s`` before *and after* it, which also bridges short
-   misses between two detections.  Frames wait in a small look-ahead buffer
-   (``2 * gap`` frames) for that; memory does not grow with length.
-3. Irreversible pixelation (or a heavy Gaussian blur) inside every box, done
-   on the Y, U and V planes directly (no full-size RGB round trip).
-4. Re-encode H.264 (``encoder_preset``) with no source metadata; audio copied or dropped.
-5. Audit: an independent detector checks the processed (to-be-encoded) frames at
-   ``audit_fps``.  Residual faces above ``audit_max_residual_frac`` quarantine
-   the recording (fail-closed): its output video is deleted and it never
-   reaches later stages.  Too little decodable video (``min_decoded_coverage``)
-   also quarantines it.
-
-Outputs in ``out_dir`` (``data/02_deidentify/``): ``videos/<id>.mp4`` (only
-for recordings that passed), ``boxes/<id>.parquet`` (table ``face_boxes``:
-every blurred box per frame, source detected|gapfill), ``results/<id>.parquet``
-(one ``deidentified`` row), and, for the stage, ``deidentified.parquet`` and
-``quarantine.parquet``.
+Per recording: ``tasks.face_blur.deidentify_recording`` on the original file
+(found through ingest's private id map).  Outputs in ``data/02_deidentify/``:
+``videos/<id>.mp4`` (only for recordings that passed), ``boxes/<id>.parquet``
+(table ``face_boxes``), ``results/<id>.parquet`` (one ``deidentified`` row),
+and, for the stage, ``deidentified.parquet`` and ``quarantine.parquet`` (one
+row per recording that failed the audit or could not be decoded).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import queue
-from array import array
-import threading
-from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
-import numpy as np
-import pyarrow as pa
-
-from tasks.detectors import FaceBox, FaceDetector, make_detector
-from tasks.media import MediaError, Transcoder, YuvFrame, i420_planes
-from tasks.params import DeidentifyParams
+from tasks import layout
+from tasks.contract import Stage, Table
+from tasks.face_blur import RecordingInput, deidentify_recording
+from tasks.identity import source_path
+from tasks.params import Params
 from tasks.schema import read_table, write_table
 
-PIXELATE_BLOCKS = 6  # blocks across a face: identity is gone, a head stays visible
-# sigma as a fraction of the box size for blur="gaussian".  0.25 left a face-like blob that mediapipe
-# scored 0.61 on 2 frames of the test phantom once codec noise changed slightly; at 0.35 it finds
-# nothing even at confidence 0.05 there.
-GAUSS_SIGMA_FRAC = 0.35
-GAUSS_WORK_PX = 32  # pixels; the long side of a box is blurred at this size, then scaled back
+
+def run(recording_id: str, data_dir: Path, out_dir: Path, params: Params) -> dict:
+    """De-identify one ingested recording; returns its ``deidentified`` row."""
+    ingest_dir = layout.stage_dir(data_dir, "ingest")
+    manifest = read_table("manifest", ingest_dir / "manifest.parquet").to_pylist()
+    duration = next(r["duration_s"] for r in manifest if r["recording_id"] == recording_id)
+    return deidentify_recording(RecordingInput(recording_id, source_path(ingest_dir, recording_id), duration), out_dir,
+                                params.deidentify)
 
 
-@dataclass(frozen=True)
-class RecordingInput:
-    """What deidentify needs to know about one recording (from the manifest)."""
-
-    recording_id: str
-    source: Path  # raw file (private; never logged)
-    duration_s: float
-
-
-def pixelate(img: np.ndarray, box: FaceBox, *, mode: str) -> None:
-    """Destroy the face inside ``box`` in place (pixelate or heavy blur)."""
-    x0, y0, x1, y1 = int(box.x0), int(box.y0), int(np.ceil(box.x1)), int(np.ceil(box.y1))
-    if x1 - x0 < 2 or y1 - y0 < 2 or mode == "none":
-        return
-    roi = img[y0:y1, x0:x1]
-    h, w = roi.shape[:2]
-    if mode == "pixelate":
-        small = cv2.resize(roi, (max(1, w * PIXELATE_BLOCKS // max(w, h)), max(1, h * PIXELATE_BLOCKS // max(w, h))),
-                           interpolation=cv2.INTER_AREA)
-        roi[:] = cv2.resize(small, (w, h), interpolation=cv2.INTER_NEAREST)
-    else:
-        # A Gaussian with sigma = a quarter of the box, computed on a copy shrunk
-        # to GAUSS_WORK_PX: the same low-pass as blurring at full size (whose
-        # kernel grows with the face: ~100 ms for a 1080p face) in well under 1 ms.
-        s = min(1.0, GAUSS_WORK_PX / max(w, h))
-        small = cv2.resize(roi, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
-        sigma = max(w, h) * s * GAUSS_SIGMA_FRAC
-        small = cv2.GaussianBlur(small, (0, 0), sigmaX=sigma, sigmaY=sigma)
-        roi[:] = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
-
-
-def merge_boxes(boxes: list[FaceBox]) -> list[FaceBox]:
-    """Replace every group of overlapping boxes by its enclosing box.
-
-    Gap-fill stacks a dozen slightly shifted boxes on one face; pixelating
-    them one after another leaves a finer mosaic along their offset edges
-    (detectors still fired on it).  One pass over the enclosing box gives
-    one coarse grid.
-    """
-    out = list(boxes)
-    merged = True
-    while merged:
-        merged = False
-        for i in range(len(out)):
-            for j in range(i + 1, len(out)):
-                a, b = out[i], out[j]
-                if a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1:
-                    out[i] = FaceBox(min(a.x0, b.x0), min(a.y0, b.y0), max(a.x1, b.x1), max(a.y1, b.y1),
-                                     max(a.score, b.score))
-                    del out[j]
-                    merged = True
-                    break
-            if merged:
-                break
-    return out
-
-
-BOX_SOURCES = ("detected", "gapfill")  # face_boxes.source values, stored as their index until written
-
-
-class _BoxLog:
-    """The ``face_boxes`` rows of one recording, kept as typed columns.
-
-    A face in view all the time gives ~13 rows per frame (its own box plus
-    the gap-filled neighbours); as Python dicts that is ~8 kB per frame, a
-    gigabyte for an hour at 30 fps.  Packed arrays take ~30 bytes a row.
-    """
-
-    def __init__(self) -> None:
-        self.frame_index, self.pts_s = array("q"), array("d")
-        self.coords = array("f")  # x0, y0, x1, y1, score per row
-        self.source = array("B")
-
-    def add(self, idx: int, pts: float, boxes: list[FaceBox], source: str) -> None:
-        code = BOX_SOURCES.index(source)
-        for b in boxes:
-            self.frame_index.append(idx)
-            self.pts_s.append(pts)
-            self.coords.extend((b.x0, b.y0, b.x1, b.y1, b.score))
-            self.source.append(code)
-
-    def table(self, rid: str) -> pa.Table:
-        n = len(self.frame_index)
-        c = np.frombuffer(self.coords, dtype=np.float32).reshape(n, 5) if n else np.zeros((0, 5), np.float32)
-        zeros = pa.array(np.zeros(n, np.int64))
-        return pa.table({
-            "recording_id": pa.array([rid], pa.string()).take(zeros),
-            "frame_index": pa.array(np.frombuffer(self.frame_index, dtype=np.int64)),
-            "pts_s": pa.array(np.frombuffer(self.pts_s, dtype=np.float64)),
-            **{k: pa.array(c[:, i]) for i, k in enumerate(("x0", "y0", "x1", "y1", "score"))},
-            "source": pa.array(BOX_SOURCES, pa.string()).take(pa.array(np.frombuffer(self.source, dtype=np.uint8))),
-        })
-
-
-class _Auditor:
-    """Checks processed frames at a fixed rate with an independent detector."""
-
-    def __init__(self, detector: FaceDetector, fps: float) -> None:
-        self.detector, self.period = detector, 1.0 / fps
-        self.next_t, self.frames, self.residual = 0.0, 0, 0
-
-    def due(self, pts: float) -> bool:
-        """Whether the frame at ``pts`` is one the audit checks."""
-        return pts + 1e-6 >= self.next_t
-
-    def check(self, rgb: np.ndarray, pts: float) -> None:
-        if not self.due(pts):
-            return
-        self.next_t += self.period * (1 + int((pts - self.next_t) // self.period))
-        self.frames += 1
-        if self.detector.detect(rgb):
-            self.residual += 1
-
-
-def deidentify_recording(rec: RecordingInput, out_dir: Path, params: DeidentifyParams) -> dict:
-    """De-identify one recording; returns its ``deidentified`` row (also written to results/).
-
-    Never raises for bad media: an unreadable or partly readable file, or a
-    failed audit, comes back as a row with status ``quarantined`` and a reason.
-    """
-    out_dir = Path(out_dir)
-    rid = rec.recording_id
-    detector = make_detector(params.detector, threshold=params.threshold, input_short_side=params.detect_short_side)
-    auditor = _Auditor(make_detector(params.audit_detector, threshold=params.audit_threshold,
-                                     input_short_side=params.audit_short_side), params.audit_fps)
-    row = dict(recording_id=rid, status="ok", reason=None, detail=None, width=0, height=0, fps=0.0,
-               duration_s=rec.duration_s, n_frames=0, decoded_coverage=0.0, face_frames=0, audit_frames=0,
-               audit_residual_frames=0, detector=detector.name, audit_detector=auditor.detector.name)
-    boxes = _BoxLog()
-    try:
-        with Transcoder(rec.source, out_dir / "videos" / f"{rid}.mp4", keep_audio=params.keep_audio,
-                        preset=params.encoder_preset) as tc:
-            gap = max(0, round(params.gap_fill_s * tc.fps))
-            last_pts = _blur_stream(tc, detector, auditor, params, gap, boxes, row)
-            row["fps"] = tc.fps
-            row["n_frames"] = tc.decoded
-            coverage = min(1.0, (last_pts + 1.0 / tc.fps) / rec.duration_s) if tc.decoded else 0.0
-            row["decoded_coverage"] = coverage
-            row["audit_frames"], row["audit_residual_frames"] = auditor.frames, auditor.residual
-            reason, detail = _verdict(row, params, tc.decode_error)
-            if reason is None:
-                tc.commit()
-            else:
-                row.update(status="quarantined", reason=reason, detail=detail)
-    except MediaError as exc:
-        row.update(status="quarantined", reason="undecodable", detail=str(exc).replace(str(rec.source), "<file>"))
-    finally:
-        detector.close()
-        auditor.detector.close()
-    if row["status"] != "ok":
-        (out_dir / "videos" / f"{rid}.mp4").unlink(missing_ok=True)
-    write_table("face_boxes", boxes.table(rid), out_dir / "boxes" / f"{rid}.parquet")
-    write_table("deidentified", [row], out_dir / "results" / f"{rid}.parquet")
-    return row
-
-
-QUEUE_FRAMES = 8  # decoded+detected frames waiting for the blur/encode thread (~3 MB each at 1080p)
-_END = object()
-
-
-def _put(q: queue.Queue, item, stop: threading.Event) -> bool:
-    """Put unless the consumer has stopped; returns False when it has."""
-    while not stop.is_set():
-        try:
-            q.put(item, timeout=0.1)
-            return True
-        except queue.Full:
-            continue
-    return False
-
-
-def _decode_and_detect(tc: Transcoder, detector: FaceDetector, params: DeidentifyParams, q: queue.Queue,
-                       stop: threading.Event) -> None:
-    """Worker thread: decode every frame and detect faces on its small copy; (frame, boxes) into ``q``.
-
-    Boxes come back in full-frame pixels, dilated.  PyAV, OpenCV and the
-    detectors release the GIL for their native work, so this overlaps the
-    blur/encode thread on a second core.  Ends with ``_END`` or the exception.
-    """
-    second = None
-    if params.second_detector != "none":
-        second = make_detector(params.second_detector, threshold=params.second_threshold)
-    next_second = 0.0
-    try:
-        for f in tc.frames_yuv(small_short_side=params.detect_short_side):
-            w, h = f.width, f.height
-            sh, sw = f.small_rgb.shape[:2]
-            sx, sy = w / sw, h / sh
-            found = detector.detect(f.small_rgb)
-            if second is not None and f.pts_s + 1e-6 >= next_second:
-                next_second = f.pts_s + params.second_every_s
-                found = found + second.detect(f.small_rgb)
-            dets = [FaceBox(b.x0 * sx, b.y0 * sy, b.x1 * sx, b.y1 * sy, b.score).dilate(params.box_dilation, w, h)
-                    for b in found]
-            if not _put(q, (f, dets), stop):
-                return
-        _put(q, _END, stop)
-    except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which re-raises it
-        _put(q, exc, stop)
-    finally:
-        if second is not None:
-            second.close()
-
-
-def _blur_stream(tc: Transcoder, detector: FaceDetector, auditor: _Auditor, params: DeidentifyParams,
-                 gap: int, boxes: _BoxLog, row: dict) -> float:
-    """Detect, gap-fill, blur, audit and encode every frame; returns the last pts.
-
-    Two threads: decode + detect (``_decode_and_detect``) feeds a bounded
-    queue; this thread gap-fills, blurs the boxes in the yuv420p planes,
-    audits and encodes.  Memory is fixed: ``QUEUE_FRAMES`` + ``gap`` frames.
-    An error in the worker is re-raised here.
-    """
-    # Each entry: [frame, detected boxes]; a frame leaves the buffer once the
-    # `gap` frames after it have been seen.
-    buf: deque = deque()
-    recent: deque = deque(maxlen=2 * gap + 1)  # detections of the frames around the one being emitted
-    last_pts = 0.0
-
-    def emit(f: YuvFrame, own: list[FaceBox]) -> None:
-        union = [b for dets in recent for b in dets]
-        others = [b for b in union if not any(b is o for o in own)]
-        y, u, v = i420_planes(f.yuv)
-        for b in merge_boxes(union):
-            pixelate(y, b, mode=params.blur)
-            half = FaceBox(b.x0 / 2, b.y0 / 2, b.x1 / 2, b.y1 / 2, b.score)  # chroma planes are half size
-            pixelate(u, half, mode=params.blur)
-            pixelate(v, half, mode=params.blur)
-        if union:
-            row["face_frames"] += 1
-        boxes.add(f.index, f.pts_s, own, "detected")
-        boxes.add(f.index, f.pts_s, others, "gapfill")
-        if auditor.due(f.pts_s):  # the audit sees exactly the planes that are encoded
-            auditor.check(cv2.cvtColor(f.yuv, cv2.COLOR_YUV2RGB_I420), f.pts_s)
-        tc.write_yuv(f.yuv, pts_s=f.pts_s)
-        row["width"], row["height"] = f.width, f.height
-
-    q: queue.Queue = queue.Queue(maxsize=QUEUE_FRAMES)
-    stop = threading.Event()
-    worker = threading.Thread(target=_decode_and_detect, args=(tc, detector, params, q, stop), daemon=True,
-                              name="deidentify-detect")
-    worker.start()
-    try:
-        while (item := q.get()) is not _END:
-            if isinstance(item, BaseException):
-                raise item  # inside the Transcoder block: the partial output is discarded
-            frame, dets = item
-            buf.append((frame, dets))
-            recent.append(dets)
-            last_pts = frame.pts_s
-            if len(buf) > gap:
-                # `recent` now spans the gap frames before and after the one leaving
-                emit(*buf.popleft())
-        while buf:
-            recent.append([])  # frames past the end contribute nothing
-            emit(*buf.popleft())
-    finally:
-        stop.set()
-        worker.join()
-    return last_pts
-
-
-def _verdict(row: dict, params: DeidentifyParams, decode_error: str | None) -> tuple[str | None, str]:
-    if row["n_frames"] == 0:
-        return "undecodable", "no video frame could be decoded"
-    if row["decoded_coverage"] < params.min_decoded_coverage:
-        extra = f" (decoder: {decode_error})" if decode_error else ""
-        return "corrupt", f"only {row['decoded_coverage']:.0%} of the recording decodes{extra}"
-    if row["audit_frames"]:
-        frac = row["audit_residual_frames"] / row["audit_frames"]
-        if frac > params.audit_max_residual_frac:
-            return "audit_failed", (
-                f"independent detector ({row['audit_detector']}) still finds faces in {row['audit_residual_frames']}"
-                f"/{row['audit_frames']} audited frames ({frac:.1%} > {params.audit_max_residual_frac:.1%})"
-            )
-    return None, ""
-
-
-def collect(out_dir: Path, recording_ids: list[str]) -> tuple[list[dict], list[dict]]:
-    """Stage tables from per-recording results: (deidentified rows, quarantine rows)."""
-    out_dir = Path(out_dir)
-    rows = [read_table("deidentified", out_dir / "results" / f"{rid}.parquet").to_pylist()[0]
-            for rid in sorted(recording_ids)]
+def quarantine(out_dir: Path, recording_ids: list[str]) -> None:
+    """``quarantine.parquet``: the recordings of ``deidentified.parquet`` that did not pass."""
+    rows = read_table("deidentified", Path(out_dir) / "deidentified.parquet").to_pylist()
     now = dt.datetime.now(dt.timezone.utc)
-    quarantine = [dict(recording_id=r["recording_id"], stage="deidentify", reason=r["reason"], detail=r["detail"],
-                       decoded_coverage=r["decoded_coverage"], quarantined_at=now)
-                  for r in rows if r["status"] != "ok"]
-    write_table("deidentified", rows, out_dir / "deidentified.parquet")
-    write_table("quarantine", quarantine, out_dir / "quarantine.parquet")
-    return rows, quarantine
+    write_table("quarantine", [dict(recording_id=r["recording_id"], stage="deidentify", reason=r["reason"],
+                                    detail=r["detail"], decoded_coverage=r["decoded_coverage"], quarantined_at=now)
+                               for r in rows if r["status"] != "ok"], Path(out_dir) / "quarantine.parquet")
+
+
+STAGE = Stage(
+    "deidentify", "recording", run, "faces blurred on every frame, metadata stripped, an independent audit",
+    after="ingest", inputs=(layout.rel("ingest", "manifest.parquet"),),
+    tables=(Table("deidentified", "results"),), finish=quarantine)

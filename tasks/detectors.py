@@ -11,13 +11,14 @@ per 448 px frame but misses faces under ~50 px at that scale; CenterFace
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
 import numpy as np
 
 from tasks.errors import ModelNotFoundError
-from tasks.quiet import import_mediapipe
+from tasks.quiet import quiet_environment
 
 DetectorName = Literal["mediapipe", "centerface"]
 MEDIAPIPE_FULL_RANGE = 1  # mp.solutions.face_detection model_selection: 0 = short range (2 m), 1 = full range (5 m)
@@ -142,3 +143,22 @@ def _shrink(rgb: np.ndarray, short_side: int | None) -> tuple[np.ndarray, float]
         return rgb, 1.0
     scale = short_side / min(h, w)
     return cv2.resize(rgb, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA), scale
+
+
+def import_mediapipe():
+    """The ``mediapipe`` module, with its loggers quietened; a clear error when it is missing."""
+    quiet_environment()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # protobuf/mediapipe import-time noise
+            import mediapipe as mp
+    except ImportError as exc:  # pragma: no cover - part of the locked install
+        raise ModelNotFoundError(f"mediapipe is not installed ({exc}); run `make install`") from None
+    return mp
+
+
+def landmark_names() -> list[str]:
+    """BlazePose's 33 landmark names (lower case), in index order."""
+    mp = import_mediapipe()
+
+    return [lm.name.lower() for lm in mp.solutions.pose.PoseLandmark]

@@ -18,9 +18,12 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from tasks import layout
+from tasks.contract import Stage, Table
+from tasks.layout import rel
 from tasks.media import VideoWriter, sample_frames
-from tasks.params import DownsampleParams
-from tasks.schema import concat_write, read_table, write_table
+from tasks.params import DownsampleParams, Params
+from tasks.schema import read_table, write_table
 
 CRF = 20  # a little higher quality than default: these frames are what the models see
 SLOT_EPS = 1e-6  # the same tolerance sample_frames uses to assign a pts to its slot
@@ -51,8 +54,13 @@ def downsample_recording(recording_id: str, src: Path, out_dir: Path, params: Do
     return read_table("frames", path)
 
 
-def collect(out_dir: Path, recording_ids: list[str]) -> pa.Table:
-    """Concatenate per-recording frames tables into ``frames.parquet``."""
-    out_dir = Path(out_dir)
-    return concat_write("frames", [out_dir / "frames" / f"{rid}.parquet" for rid in sorted(recording_ids)],
-                        out_dir / "frames.parquet")
+def run(recording_id: str, data_dir: Path, out_dir: Path, params: Params) -> dict:
+    """One recording's de-identified video -> its 2 fps video and frames table."""
+    frames = downsample_recording(recording_id, layout.path(data_dir, "deidentify", "videos", f"{recording_id}.mp4"),
+                                  out_dir, params.downsample)
+    return {"recording_id": recording_id, "n_frames": frames.num_rows}
+
+
+STAGE = Stage(
+    "downsample", "recording", run, "2 fps frames and video of each de-identified recording",
+    after="deidentify", inputs=(rel("deidentify", "videos", "{rid}.mp4"),), tables=(Table("frames", "frames"),))

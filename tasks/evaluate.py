@@ -52,14 +52,16 @@ from pathlib import Path
 
 import numpy as np
 
+from tasks import layout
+from tasks.contract import Out, Stage
+from tasks.layout import rel
+from tasks.answers import is_random
 from tasks.atomic import atomic_write_text
 from tasks.catalog import Catalog, load_catalog
 from tasks.errors import SemioflowError
 from tasks.params import Params
 from tasks.schema import read_table, write_table
 
-INPUTS = ("11_folds/labels.parquet", "12_train/predictions.parquet", "10_aggregate/predictions.parquet")
-OPTIONAL = ("10_aggregate/predictions.parquet",)  # evaluated when present
 METRICS = ("accuracy", "precision", "recall", "f1")
 SHORT = {"accuracy": "Acc", "precision": "Prec", "recall": "Rec", "f1": "F1"}
 BASELINE_ARMS = ("r2plus1d", "vivit")
@@ -74,7 +76,6 @@ ARM_NAMES = {"r2plus1d": "R(2+1)D", "vivit": "ViViT", "raw": "MLLM raw", "face_c
              "audio_denoised": "MLLM + denoised audio", "audio_transcript": "MLLM + transcript",
              REFERENCE_ARM: "Always yes"}
 TABLE_NUMBERS = {"facial": "II", "limb_body": "III", "audio": "IV"}
-RANDOM_MARK = "random-weights"  # model ids of untrained smoke models carry this (tasks.query.RANDOM_TAG)
 DIGITS = 2  # decimals in tables.md
 ALPHA = 0.05  # significance level for counting per-feature McNemar results (descriptive)
 
@@ -377,16 +378,16 @@ def run(data_dir: Path, out_dir: Path, params: Params) -> dict:
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     ep = params.evaluate
     catalog = load_catalog()
-    labels = read_table("recording_labels", data_dir / INPUTS[0]).to_pylist()
+    labels = read_table("recording_labels", layout.path(data_dir, "folds", "labels.parquet")).to_pylist()
     preds: list[dict] = []
     sources = 0
-    for rel in INPUTS[1:]:
-        path = data_dir / rel
+    for source in STAGE.inputs[1:] + STAGE.optional:  # the predictions tables
+        path = data_dir / source
         if path.is_file():
             preds += read_table("predictions", path).to_pylist()
             sources += 1
-        elif rel not in OPTIONAL:
-            raise SemioflowError(f"evaluate needs {rel} (run the stage that writes it first)")
+        elif source not in STAGE.optional:
+            raise SemioflowError(f"evaluate needs {source} (run the stage that writes it first)")
     evals, rs = evaluate_all(labels, preds, n_boot=ep.bootstrap, ci=ep.ci, seed=params.base.seed)
     summary, tests = compare(evals, catalog, rs)
 
@@ -401,7 +402,7 @@ def run(data_dir: Path, out_dir: Path, params: Params) -> dict:
         e = evals[(a, f)]
         nested[a][f] = {**{m: e.estimates[m].value for m in METRICS}, "f1_ci_low": e.estimates["f1"].low,
                         "f1_ci_high": e.estimates["f1"].high, "n": len(e.recordings)}
-    random = any(RANDOM_MARK in p["model_id"] for p in preds)
+    random = any(is_random(p["model_id"]) for p in preds)
     banner = "Some predictions come from random-weight smoke models: not clinical results" if random else ""
     doc = {**nested, "summary": {**summary, "random_weights": random}, "paired": tests}
     atomic_write_text(out_dir / "metrics.json", json.dumps(doc, indent=2, sort_keys=True))
@@ -425,3 +426,11 @@ def run(data_dir: Path, out_dir: Path, params: Params) -> dict:
             "mllm_vs_baseline_features": summary["mllm_vs_baseline"]["features"],
             "enhancement_improves": summary["enhanced_vs_raw"]["wins"],
             "enhancement_features": summary["enhanced_vs_raw"]["features"]}
+
+
+STAGE = Stage(
+    "evaluate", "cohort", run, "F1 and friends per feature and arm against the labels, with patient-level bootstrap",
+    inputs=(rel("folds", "labels.parquet"), rel("train", "predictions.parquet")),
+    optional=(rel("aggregate", "predictions.parquet"),),  # evaluated when present
+    outs=(Out("metrics.parquet"), Out("tables.md"), Out("metrics.json", "metrics", {"cache": False}),
+          Out("plots/arms", "plots", {"x": "f1", "y": "feature", "template": "bar_horizontal", "cache": False})))

@@ -46,173 +46,21 @@ stage, ``arms.parquet`` (``collect``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 
+from tasks import layout
+from tasks.contract import Stage, Table
+from tasks.layout import rel
+from tasks.face_track import build_tracks, fill_and_smooth, observations, patient_track, source_size
 from tasks.media import ClipPlan, probe, write_clips
-from tasks.params import FaceCropParams
-from tasks.schema import concat_write, read_table, write_table
+from tasks.params import FaceCropParams, Params
+from tasks.schema import read_table, write_table
 
 ARM = "face_crop"
-MAX_OBS_LAG_S = 0.25  # seconds; a box observed later than this after the kept frame is not its box
-LINK_IOU = 0.2  # boxes of consecutive observations with this overlap belong to one track
-LINK_CENTRE = 0.6  # ...or centres closer than this many box sizes
-FRAGMENT_DIST = 1.5  # face sizes: a non-overlapping track this close to the patient's is the patient
-SLOT_EPS_S = 1e-6  # the tolerance downsample uses for its slot grid
 CLIP_CRF = 20  # the crops are what the model sees: a little higher quality than default
-
-
-@dataclass(frozen=True)
-class Box:
-    x0: float
-    y0: float
-    x1: float
-    y1: float
-
-    @property
-    def cx(self) -> float:
-        return (self.x0 + self.x1) / 2
-
-    @property
-    def cy(self) -> float:
-        return (self.y0 + self.y1) / 2
-
-    @property
-    def side(self) -> float:
-        return max(self.x1 - self.x0, self.y1 - self.y0)
-
-
-def _iou(a: Box, b: Box) -> float:
-    ix = max(0.0, min(a.x1, b.x1) - max(a.x0, b.x0))
-    iy = max(0.0, min(a.y1, b.y1) - max(a.y0, b.y0))
-    inter = ix * iy
-    union = (a.x1 - a.x0) * (a.y1 - a.y0) + (b.x1 - b.x0) * (b.y1 - b.y0) - inter
-    return inter / union if union > 0 else 0.0
-
-
-def _linked(a: Box, b: Box) -> float | None:
-    """Link cost (lower is better) between two boxes, or None when they are different faces."""
-    iou = _iou(a, b)
-    dist = float(np.hypot(a.cx - b.cx, a.cy - b.cy)) / max(a.side, b.side, 1e-6)
-    if iou >= LINK_IOU or dist <= LINK_CENTRE:
-        return dist - iou
-    return None
-
-
-def observations(boxes: pa.Table, pts: list[float], *, fps: float, scale: tuple[float, float]) -> list[list[Box]]:
-    """Detected face boxes at each 2 fps frame (``pts`` on the k / fps grid), scaled to its pixels.
-
-    ``boxes`` is a ``face_boxes`` table (source pixels); ``scale`` is
-    (2 fps width / source width, 2 fps height / source height).
-    """
-    det = boxes.filter(pc.equal(boxes.column("source"), "detected"))
-    t = np.asarray(det.column("pts_s").to_pylist(), np.float64)
-    fi = np.asarray(det.column("frame_index").to_pylist(), np.int64)
-    xyxy = np.stack([np.asarray(det.column(c).to_pylist(), np.float64) for c in ("x0", "y0", "x1", "y1")], 1) \
-        if det.num_rows else np.zeros((0, 4))
-    order = np.argsort(t, kind="stable")
-    t, fi, xyxy = t[order], fi[order], xyxy[order]
-    sx, sy = scale
-    lag = min(MAX_OBS_LAG_S, 1.0 / fps)
-    out: list[list[Box]] = []
-    for p in pts:
-        i = int(np.searchsorted(t, p - SLOT_EPS_S, side="left"))
-        if i >= len(t) or t[i] > p + lag - SLOT_EPS_S:
-            out.append([])
-            continue
-        same = fi == fi[i]  # every box of that source frame
-        out.append([Box(x0 * sx, y0 * sy, x1 * sx, y1 * sy) for x0, y0, x1, y1 in xyxy[same]])
-    return out
-
-
-def build_tracks(obs: list[list[Box]], *, hold: int) -> list[dict[int, Box]]:
-    """Link boxes over frames into tracks (frame -> box); a track ends after ``hold`` missed frames."""
-    tracks: list[dict[int, Box]] = []
-    active: list[int] = []  # indices into tracks
-    for k, boxes in enumerate(obs):
-        active = [i for i in active if k - max(tracks[i]) <= hold + 1]
-        pairs = []
-        for i in active:
-            last = tracks[i][max(tracks[i])]
-            for j, b in enumerate(boxes):
-                cost = _linked(last, b)
-                if cost is not None:
-                    pairs.append((cost, i, j))
-        used_t, used_b = set(), set()
-        for _, i, j in sorted(pairs):
-            if i in used_t or j in used_b:
-                continue
-            tracks[i][k] = boxes[j]
-            used_t.add(i), used_b.add(j)
-        for j, b in enumerate(boxes):
-            if j not in used_b:
-                tracks.append({k: b})
-                active.append(len(tracks) - 1)
-    return tracks
-
-
-def patient_track(tracks: list[dict[int, Box]]) -> dict[int, Box]:
-    """The patient's detections (frame -> box): the longest track plus its non-overlapping fragments."""
-    if not tracks:
-        return {}
-    order = sorted(range(len(tracks)), key=lambda i: (-len(tracks[i]), min(tracks[i])))
-    main = dict(tracks[order[0]])
-    ref = _median_box(main)
-    for i in order[1:]:
-        t = tracks[i]
-        span = range(min(t), max(t) + 1)
-        if any(k in main for k in span):
-            continue  # coexists with the patient: someone else
-        other = _median_box(t)
-        if np.hypot(other.cx - ref.cx, other.cy - ref.cy) <= FRAGMENT_DIST * ref.side:
-            main.update(t)
-    return main
-
-
-def _median_box(track: dict[int, Box]) -> Box:
-    a = np.array([[b.x0, b.y0, b.x1, b.y1] for b in track.values()])
-    return Box(*np.median(a, 0))
-
-
-def fill_and_smooth(det: dict[int, Box], n: int, *, hold: int, smooth: int
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-frame (cx, cy, side) of the patient face, NaN off the track; plus detected and held masks.
-
-    Misses of up to ``hold`` frames after (or before) a detection are bridged:
-    linearly between two detections, else with the nearest one.  Then a
-    centred moving average of ``smooth`` frames over frames on the track.
-    """
-    raw = np.full((n, 3), np.nan)
-    for k, b in det.items():
-        raw[k] = (b.cx, b.cy, b.side)
-    detected = ~np.isnan(raw[:, 0])
-    filled = raw.copy()
-    idx = np.flatnonzero(detected)
-    for k in np.flatnonzero(~detected):
-        j = int(np.searchsorted(idx, k))
-        p = idx[j - 1] if j > 0 else None
-        q = idx[j] if j < len(idx) else None
-        if p is not None and q is not None and q - p <= 2 * hold + 1:
-            w = (k - p) / (q - p)
-            filled[k] = (1 - w) * raw[p] + w * raw[q]
-        elif p is not None and k - p <= hold:
-            filled[k] = raw[p]
-        elif q is not None and q - k <= hold:
-            filled[k] = raw[q]
-    held = ~detected & ~np.isnan(filled[:, 0])
-    on = ~np.isnan(filled[:, 0])
-    half = max(0, smooth // 2)
-    smoothed = np.full_like(filled, np.nan)
-    for k in np.flatnonzero(on):
-        lo, hi = max(0, k - half), min(n, k + half + 1)
-        seg = filled[lo:hi][on[lo:hi]]
-        smoothed[k] = seg.mean(0)
-    return smoothed, detected, held
 
 
 def crop_boxes(track: np.ndarray, margin: float) -> np.ndarray:
@@ -241,28 +89,6 @@ def jitter(centres: np.ndarray, mask: np.ndarray) -> float:
     return float(np.median(d))
 
 
-def _source_size(data_dir: Path, rid: str) -> tuple[int, int]:
-    deid = data_dir / "02_deidentify"
-    stage = deid / "deidentified.parquet"
-    table = read_table("deidentified", stage if stage.is_file() else deid / "results" / f"{rid}.parquet")
-    rows = [r for r in table.to_pylist() if r["recording_id"] == rid]
-    if not rows:
-        raise ValueError(f"{rid}: not in the deidentify results")
-    return int(rows[0]["width"]), int(rows[0]["height"])
-
-
-def rel(path: Path, data_dir: Path) -> str:
-    """``path`` relative to the data dir (as the arms table stores it)."""
-    try:
-        return Path(path).resolve().relative_to(Path(data_dir).resolve()).as_posix()
-    except ValueError:
-        return Path(path).as_posix()
-
-
-def clip_name(recording_id: str, window_index: int) -> str:
-    return f"{recording_id}_w{window_index:03d}.mp4"
-
-
 def face_crop_recording(recording_id: str, data_dir: Path, out_dir: Path, params: FaceCropParams) -> dict:
     """Track the patient's face in one recording and write one crop clip per window (see module doc).
 
@@ -272,11 +98,11 @@ def face_crop_recording(recording_id: str, data_dir: Path, out_dir: Path, params
     """
     rid = recording_id
     data_dir, out_dir = Path(data_dir), Path(out_dir)
-    video = data_dir / "03_downsample" / "videos" / f"{rid}.mp4"
-    frames = read_table("frames", data_dir / "03_downsample" / "frames" / f"{rid}.parquet")
-    windows = read_table("windows", data_dir / "04_window" / "windows" / f"{rid}.parquet").to_pylist()
-    boxes = read_table("face_boxes", data_dir / "02_deidentify" / "boxes" / f"{rid}.parquet")
-    src_w, src_h = _source_size(data_dir, rid)
+    video = layout.path(data_dir, "downsample", "videos", f"{rid}.mp4")
+    frames = read_table("frames", layout.path(data_dir, "downsample", "frames", f"{rid}.parquet"))
+    windows = read_table("windows", layout.path(data_dir, "window", "windows", f"{rid}.parquet")).to_pylist()
+    boxes = read_table("face_boxes", layout.path(data_dir, "deidentify", "boxes", f"{rid}.parquet"))
+    src_w, src_h = source_size(data_dir, rid)
     info = probe(video)
     fps = info.fps or 2.0
     pts = frames.column("pts_s").to_pylist()
@@ -308,7 +134,7 @@ def face_crop_recording(recording_id: str, data_dir: Path, out_dir: Path, params
     for w in windows:
         ks = [pos[f] for f in range(w["frame_start"], w["frame_end"]) if f in pos]
         has_face = bool(ks) and bool(detected[ks].any())
-        path = out_dir / "clips" / clip_name(rid, w["window_index"])
+        path = out_dir / "clips" / layout.window_name(rid, w["window_index"], ".mp4")
         if has_face:
             # Frames off the track borrow the nearest track box, so the clip keeps the window's frame count.
             use = {k: boxes_2fps[k] if on[k] else boxes_2fps[on_idx[np.argmin(np.abs(on_idx - k))]] for k in ks}
@@ -316,7 +142,8 @@ def face_crop_recording(recording_id: str, data_dir: Path, out_dir: Path, params
         else:
             path.unlink(missing_ok=True)  # a stale clip from an earlier run must not outlive its status
         arms.append(dict(recording_id=rid, window_index=w["window_index"], arm=ARM,
-                         path=rel(path, data_dir) if has_face else None, status="ok" if has_face else "no_face"))
+                         path=layout.relative(path, data_dir) if has_face else None,
+                         status="ok" if has_face else "no_face"))
     _write_clips(video, plans, size=params.size, fps=fps)
     write_table("arms", arms, out_dir / "arms" / f"{rid}.parquet")
     return dict(recording_id=rid, n_windows=len(windows), n_no_face=sum(a["status"] == "no_face" for a in arms),
@@ -332,8 +159,13 @@ def _write_clips(video: Path, plans: list[tuple[int, int, Path, dict]], *, size:
                 fps=fps, crf=CLIP_CRF)
 
 
-def collect(out_dir: Path, recording_ids: list[str]) -> pa.Table:
-    """Concatenate per-recording arms tables into ``arms.parquet``."""
-    out_dir = Path(out_dir)
-    return concat_write("arms", [out_dir / "arms" / f"{rid}.parquet" for rid in sorted(recording_ids)],
-                        out_dir / "arms.parquet")
+def run(recording_id: str, data_dir: Path, out_dir: Path, params: Params) -> dict:
+    return face_crop_recording(recording_id, data_dir, out_dir, params.face_crop)
+
+
+WINDOWS = rel("window", "windows", "{rid}.parquet")
+STAGE = Stage(
+    "face_crop", "recording", run, "the patient's face, tracked and cropped, one clip per window",
+    after="window", inputs=(rel("deidentify", "boxes", "{rid}.parquet"), rel("downsample", "videos", "{rid}.mp4"),
+                            rel("downsample", "frames", "{rid}.parquet"), WINDOWS),
+    tables=(Table("arms", "arms"),))

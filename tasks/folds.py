@@ -32,8 +32,6 @@ and per-feature positive counts) and keeps the least imbalanced assignment.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 from collections import defaultdict
 from pathlib import Path
@@ -41,30 +39,20 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from tasks import layout
+from tasks.contract import Stage
+from tasks.layout import rel
 from tasks.atomic import atomic_write_text
 from tasks.catalog import load_catalog
 from tasks.errors import SemioflowError
-from tasks.ingest import load_id_key
-from tasks.params import FoldsParams, Params
+from tasks.identity import load_id_key, patient_pseudonym
+from tasks.params import Params
 from tasks.schema import read_table, write_table
 
-INPUTS = ("01_ingest/private/id_map.parquet", "02_deidentify/deidentified.parquet")
 LABELS = "labels.parquet"
 FOLDS = "folds.parquet"
 SUMMARY = "folds.json"
-PATIENT_HEX_DIGITS = 10
-PATIENT_DOMAIN = b"patient:"  # keeps patient pseudonyms apart from recording ids under the same key
 SIZE_WEIGHT = 10.0  # fold-size balance counts as much as ten features' positive balance together
-
-
-def external_inputs(params: FoldsParams) -> tuple[Path, ...]:
-    """The annotation tables named in params (inputs outside the data dir)."""
-    return Path(params.labels), Path(params.recordings)
-
-
-def patient_pseudonym(patient_id: str, key: bytes) -> str:
-    """``P`` + 10 hex of HMAC-SHA256(key, patient id): stable per site, not reversible without the key."""
-    return "P" + hmac.new(key, PATIENT_DOMAIN + patient_id.encode(), hashlib.sha256).hexdigest()[:PATIENT_HEX_DIGITS]
 
 
 def _imbalance(sums: np.ndarray, target: np.ndarray, weight: np.ndarray) -> float:
@@ -134,10 +122,10 @@ def run(data_dir: Path, out_dir: Path, params: Params) -> dict:
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     fp = params.folds
     catalog = load_catalog()
-    deid = read_table("deidentified", data_dir / INPUTS[1]).to_pylist()
+    deid = read_table("deidentified", layout.path(data_dir, "deidentify", "deidentified.parquet")).to_pylist()
     ok = {r["recording_id"] for r in deid if r["status"] == "ok"}
-    name_of = {r["recording_id"]: Path(r["source_path"]).name
-               for r in read_table("id_map", data_dir / INPUTS[0]).to_pylist() if r["recording_id"] in ok}
+    id_map = read_table("id_map", layout.path(data_dir, "ingest", "private", "id_map.parquet")).to_pylist()
+    name_of = {r["recording_id"]: Path(r["source_path"]).name for r in id_map if r["recording_id"] in ok}
     if len(set(name_of.values())) < len(name_of):
         raise SemioflowError(f"{len(name_of) - len(set(name_of.values()))} de-identified recordings share a file "
                              "name with another; annotations are keyed by file name, so rename them apart")
@@ -189,3 +177,8 @@ def run(data_dir: Path, out_dir: Path, params: Params) -> dict:
                "fold_recordings": [f["recordings"] for f in per_fold]}
     atomic_write_text(out_dir / SUMMARY, json.dumps({**summary, "folds": per_fold}, indent=2, sort_keys=True))
     return summary
+
+
+STAGE = Stage("folds", "cohort", run, "recording labels (consensus of annotators) and patient-stratified folds",
+              inputs=(rel("ingest", "private", "id_map.parquet"), rel("deidentify", "deidentified.parquet")),
+              external=("folds.labels", "folds.recordings"))

@@ -61,19 +61,18 @@ import torch
 import yaml
 from torch import nn
 
-from tasks import biogait, kinematics
+from tasks import biogait, layout
+from tasks.contract import SKIPPED, Stage, skip
 from tasks.atomic import atomic_path, atomic_write_text
-from tasks.errors import CatalogError, ConfigError, SemioflowError
-from tasks.kinematics import ANGLES, SPATIOTEMPORAL
-from tasks.ingest import sha256_file
+from tasks.errors import CatalogError, SemioflowError
+from tasks.identity import sha256_file
 from tasks.media import iter_frames
 from tasks.params import GaitParams, Params, to_dict
+from tasks.schema import GAIT_ANGLES as ANGLES
+from tasks.schema import GAIT_SPATIOTEMPORAL as SPATIOTEMPORAL
 from tasks.schema import read_table, write_table
-from tasks.video_models import resolve_device
+from tasks.video_models import build_model, resolve_device
 
-INPUTS: tuple[str, ...] = ("14_kinematics/labels.parquet", "14_kinematics/kinematics.parquet",
-                           "14_kinematics/angles", "14_kinematics/videos")
-PARAMS: tuple[str, ...] = ("base", "gait")
 PROMPTS_YAML = Path(__file__).resolve().parent / "prompts" / "gait.yaml"
 TRAIN, TEST = "train", "test"
 VARIANTS = {  # model name -> (uses TED, uses the biomechanical text)
@@ -339,7 +338,6 @@ def fit_kinematics_logreg(x_train: np.ndarray, y_train: np.ndarray):
 def train_video_baseline(arm: str, gp: GaitParams, clips: np.ndarray, y: np.ndarray, n_classes: int, *,
                          seed: int, device: torch.device) -> nn.Module:
     """Fine-tune the video baseline (weighted cross-entropy as BioGait, AdamW, random flips)."""
-    from tasks.train import build_model
     from tasks.video_models import RandomInitWarning
 
     bp = gp.baseline
@@ -600,10 +598,10 @@ def run(data_dir: Path, out_dir: Path, params: Params) -> dict:
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     gp = params.gait
     seed = params.base.seed
-    kin_dir = data_dir / "14_kinematics"
-    if (kin_dir / kinematics.SKIPPED).is_file() and not (kin_dir / "labels.parquet").is_file():
-        return kinematics.skip(out_dir, "kinematics had no gait clips")
-    (out_dir / kinematics.SKIPPED).unlink(missing_ok=True)
+    kin_dir = layout.stage_dir(data_dir, "kinematics")
+    if (kin_dir / SKIPPED).is_file() and not (kin_dir / "labels.parquet").is_file():
+        return skip(out_dir, "kinematics had no gait clips")
+    (out_dir / SKIPPED).unlink(missing_ok=True)
     prompts = load_prompts()
     clips = load_clips(kin_dir, gp)
     unknown = sorted({c.gait_class for c in clips} - set(prompts.class_ids))
@@ -645,7 +643,7 @@ def run(data_dir: Path, out_dir: Path, params: Params) -> dict:
     atomic_write_text(out_dir / "results.md", results_markdown(results, co.classes))
     write_table("gait_rationales", rationales, out_dir / "rationales.parquet")
     write_table("rationales", [dict(case_id=r["recording_id"], variant=r["model"], rationale=r["text"],
-                                    media=f"14_kinematics/videos/{r['recording_id']}.mp4",
+                                    media=layout.rel("kinematics", "videos", f"{r['recording_id']}.mp4"),
                                     context=prompts.instruction_text()) for r in rationales],
                 out_dir / "review_rationales.parquet")
     score = {(r["model"], r["metric"]): r["value"] for r in results if r["gait_class"] is None}
@@ -667,3 +665,9 @@ def run(data_dir: Path, out_dir: Path, params: Params) -> dict:
 def _fps(c: Clip) -> float:
     """Frame rate of the sampled frames (they span the clip)."""
     return len(c.positions) / max(c.kin["n_frames"] / (c.kin["fps"] or 1.0), 1e-6)
+
+
+STAGE = Stage(
+    "gait", "cohort", run, "8-class gait classification (BioGait-VLM) on the kinematics and de-identified clips",
+    inputs=tuple(layout.rel("kinematics", f) for f in ("labels.parquet", "kinematics.parquet", "angles", "videos")),
+    params=("base", "gait"))

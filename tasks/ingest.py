@@ -19,29 +19,23 @@ nothing; a file modified less than ``settle_s`` ago is left for the next run.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import hmac
 import os
-import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
 
-from tasks.atomic import atomic_write_bytes, is_partial
+from tasks.atomic import is_partial
 from tasks.errors import SemioflowError
 from tasks.media import MediaError, ProbeInfo, ProbeTimeout, probe_with_timeout
-from tasks.params import IngestParams
-from tasks.schema import read_table, validate, write_table
+from tasks.params import IngestParams, Params
+from tasks.contract import Out, Stage
+from tasks.identity import ID_MAP, load_id_key, recording_id, sha256_file, write_private
+from tasks.schema import read_table, write_table
 
 MANIFEST = "manifest.parquet"
 QUARANTINE = "quarantine.parquet"
-ID_MAP = Path("private") / "id_map.parquet"
-ID_KEY_ENV = "SEMIOFLOW_ID_KEY_FILE"
-DEFAULT_ID_KEY = Path(".semioflow") / "id_key"
-ID_HEX_DIGITS = 10
-HASH_CHUNK = 8 << 20  # bytes read per hashing step
 HEADER_MISMATCH = 0.5  # relative disagreement between header durations that is absurd
 HEADER_MISMATCH_MIN_S = 2.0  # ...and at least this many seconds
 MIN_DURATION_S = 1.0  # shorter recordings cannot fill a single analysis frame pair
@@ -63,47 +57,6 @@ class IngestReport:
             f"ingest: {len(self.accepted)} new, {len(self.quarantined)} quarantined, "
             f"{self.known} already known, {self.pending} still being written"
         )
-
-
-def load_id_key(path: str | Path | None = None) -> bytes:
-    """The site's secret for pseudonymous ids; created (0600) on first use.
-
-    Looked up at ``path``, else ``$SEMIOFLOW_ID_KEY_FILE``, else
-    ``.semioflow/id_key`` in the working directory.  Keep it with the
-    private id map: losing it changes the ids a clean rebuild produces.
-    """
-    p = Path(path or os.environ.get(ID_KEY_ENV) or DEFAULT_ID_KEY)
-    if p.is_file():
-        key = p.read_bytes().strip()
-        if len(key) < 32:
-            raise SemioflowError(f"id key file {p} is too short (need >= 32 hex characters)")
-        return key
-    p.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    # Two processes may create it at once: each writes a candidate, and os.link (which fails when the
-    # name exists) lets exactly one win; everyone then reads the winner, so all use the same key.
-    tmp = p.with_name(f".{p.name}.{os.getpid()}-{secrets.token_hex(4)}")
-    atomic_write_bytes(tmp, secrets.token_hex(32).encode(), mode=0o600)
-    try:
-        os.link(tmp, p)
-    except FileExistsError:
-        pass
-    finally:
-        tmp.unlink(missing_ok=True)
-    return p.read_bytes().strip()
-
-
-def recording_id(content_sha256: str, key: bytes) -> str:
-    """Pseudonymous id of a recording from its content hash and the site key."""
-    return "R" + hmac.new(key, content_sha256.encode(), hashlib.sha256).hexdigest()[:ID_HEX_DIGITS]
-
-
-def sha256_file(path: Path) -> str:
-    """Streaming SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(HASH_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def scan_inbox(inbox: Path, params: IngestParams, *, now: float | None = None) -> tuple[list[Path], list[Path]]:
@@ -222,7 +175,7 @@ def ingest(inbox: Path, out_dir: Path, params: IngestParams, *, id_key: bytes, n
     # The private map is written first: a crash after it re-derives the same ids.
     (out_dir / ID_MAP).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(out_dir / ID_MAP.parent, 0o700)
-    _write_private("id_map", id_map, out_dir / ID_MAP)
+    write_private("id_map", id_map, out_dir / ID_MAP)
     write_table("manifest", manifest, out_dir / MANIFEST)
     write_table("quarantine", quarantine, out_dir / QUARANTINE)
     return IngestReport(accepted=tuple(accepted), quarantined=tuple(quarantined), pending=len(pending),
@@ -251,18 +204,14 @@ def _manifest_row(rid: str, digest: str, size: int, info: ProbeInfo, flags: list
     )
 
 
-def _write_private(name: str, rows: list[dict], path: Path) -> None:
-    from tasks.atomic import atomic_path
-    import pyarrow.parquet as pq
-
-    table = validate(name, rows)
-    with atomic_path(path, mode=0o600) as tmp:
-        pq.write_table(table, tmp, compression="zstd")
+def run(data_dir: Path, out_dir: Path, params: Params, inbox: str | None = None) -> dict:
+    """Scan ``inbox`` (default ``ingest.inbox``) into the manifest; counts and a summary line only."""
+    report = ingest(Path(inbox or params.ingest.inbox), out_dir, params.ingest, id_key=load_id_key())
+    return {"accepted": len(report.accepted), "quarantined": [r for _, r in report.quarantined],
+            "known": report.known, "pending": report.pending, "line": report.describe()}
 
 
-def source_path(out_dir: Path, rid: str) -> Path:
-    """Original file of recording ``rid`` (reads the private id map; never log the result)."""
-    for row in read_table("id_map", Path(out_dir) / ID_MAP).to_pylist():
-        if row["recording_id"] == rid:
-            return Path(row["source_path"])
-    raise SemioflowError(f"recording {rid} is not in the id map")
+STAGE = Stage(
+    "ingest", "source", run, "new inbox files probed, pseudonymised (keyed HMAC ids) or quarantined with a reason",
+    external=("ingest.inbox",),
+    outs=(Out(MANIFEST), Out(QUARANTINE)), note="the private id map (private/) is deliberately not tracked")

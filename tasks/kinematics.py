@@ -86,17 +86,16 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from tasks import deidentify
-from tasks.atomic import atomic_path, atomic_write_text
-from tasks.detectors import FaceBox
+from tasks import face_blur
+from tasks.contract import SKIPPED, Stage, skip
+from tasks.atomic import atomic_write_text
+from tasks.detectors import FaceBox, import_mediapipe, landmark_names
 from tasks.errors import SemioflowError
-from tasks.quiet import import_mediapipe
 from tasks.media import MediaError, VideoWriter, iter_frames, probe
 from tasks.params import KinematicsParams, Params, PoseParams, to_dict
-from tasks.schema import read_table, validate, write_table
+from tasks.identity import ID_MAP, load_id_key, patient_pseudonym, recording_id, sha256_file, write_private
+from tasks.schema import GAIT_ANGLES, GAIT_SPATIOTEMPORAL, read_table, write_table
 
-INPUTS: tuple[str, ...] = ()  # reads params paths (see ``external_inputs``), nothing of the data dir
-PARAMS: tuple[str, ...] = ("base", "deidentify", "kinematics")
 
 N_LANDMARKS = 33
 FACE = tuple(range(0, 11))  # nose .. mouth
@@ -115,8 +114,7 @@ LEG_PAIRS = tuple((LM[f"left_{p}"], LM[f"right_{p}"]) for p in LEG_PARTS)
 # Angle columns of ``gait_angles`` (degrees).  Sagittal: x forward, y up, counter-clockwise + (a limb
 # swinging forward).  Pelvis tilt is the trunk axis' inclination about its clip median: mediapipe has
 # no pelvic landmarks (ASIS/PSIS), so the absolute sagittal pelvis angle is not observable.
-ANGLES = ("pelvis_tilt_deg", "pelvis_list_deg", "trunk_flex_deg", "trunk_lean_deg") + tuple(
-    f"{s}_{j}_deg" for j in ("hip_flex", "knee_flex", "ankle_dorsi", "shoulder_flex", "elbow_flex") for s in SIDES)
+ANGLES = GAIT_ANGLES
 
 HEAD_BOX_TORSO = 0.7  # head box side in torso lengths (head ~0.45 torso; margin for the hair and chin)
 SMOOTH_WINDOW_S = 0.2  # Savitzky-Golay window for the event signals
@@ -239,7 +237,7 @@ def blur_heads(src: Path, dst: Path, boxes: list[FaceBox | None], *, fps: float)
             rgb = np.ascontiguousarray(f.rgb)
             box = boxes[f.index] if f.index < len(boxes) else None
             if box is not None:
-                deidentify.pixelate(rgb, box, mode="gaussian")
+                face_blur.pixelate(rgb, box, mode="gaussian")
             w.write(rgb)
             n += 1
     return n
@@ -577,8 +575,7 @@ def assign_legs(pose: PoseSeries, events: list[GaitEvent], fps: float) -> tuple[
 
 # ---- spatiotemporal ------------------------------------------------------------------------------
 
-SPATIOTEMPORAL = ("cadence_spm", "step_time_left_s", "step_time_right_s", "stride_time_left_s",
-                  "stride_time_right_s", "swing_left_pct", "swing_right_pct", "double_support_pct")
+SPATIOTEMPORAL = GAIT_SPATIOTEMPORAL
 
 
 def spatiotemporal(events: list[tuple[str, str, float]]) -> dict[str, float | None]:
@@ -675,7 +672,7 @@ def kinematics_clip(clip: ClipInput, out_dir: Path, params: Params) -> dict:
     kp = params.kinematics
     deid_dir = out_dir / "deidentify"
     deid = dataclasses.replace(params.deidentify, gap_fill_s=kp.gap_fill_s)
-    row = deidentify.deidentify_recording(deidentify.RecordingInput(rid, clip.source, clip.duration_s), deid_dir,
+    row = face_blur.deidentify_recording(face_blur.RecordingInput(rid, clip.source, clip.duration_s), deid_dir,
                                           deid)
     final = out_dir / "videos" / f"{rid}.mp4"
     if row["status"] != "ok":
@@ -726,8 +723,6 @@ def _num(v: float) -> float | None:
 
 
 def _write_landmarks(rid: str, pose: PoseSeries, path: Path) -> None:
-    from tasks.pose import landmark_names
-
     names = landmark_names()
     frames = np.flatnonzero(pose.found)
     n = len(frames)
@@ -750,14 +745,9 @@ def _write_landmarks(rid: str, pose: PoseSeries, path: Path) -> None:
 # ---- the stage ------------------------------------------------------------------------------------
 
 
-def external_inputs(params: KinematicsParams) -> tuple[Path, ...]:
-    """Paths outside the data dir this stage reads (for caching and DVC deps)."""
-    return Path(params.videos), Path(params.labels)
-
-
 def _code_digest() -> str:
     h = hashlib.sha256()
-    for f in (Path(__file__), Path(deidentify.__file__)):
+    for f in (Path(__file__), Path(face_blur.__file__)):
         h.update(f.read_bytes())
     return h.hexdigest()[:16]
 
@@ -782,20 +772,6 @@ def _one(job: tuple[ClipInput, Path, Params, str]) -> dict:
     return row
 
 
-SKIPPED = "skipped.json"  # written instead of outputs when the gait track has no input
-
-
-def skip(out_dir: Path, reason: str) -> dict:
-    """Record that a gait-track stage had nothing to do (``skipped.json``); returns its summary."""
-    import json
-
-    from tasks.atomic import atomic_write_text
-
-    summary = {"skipped": reason, "line": f"{Path(out_dir).name[3:]}: skipped: {reason}"}
-    atomic_write_text(Path(out_dir) / SKIPPED, json.dumps(summary, indent=2))
-    return summary
-
-
 def run(data_dir: Path, out_dir: Path, params: Params) -> dict:
     """The kinematics stage over every clip of ``kinematics.videos`` (see module doc); counts only.
 
@@ -803,8 +779,6 @@ def run(data_dir: Path, out_dir: Path, params: Params) -> dict:
     reused.  Clips without a row in ``kinematics.labels`` are processed but
     get no label.  Raises ``SemioflowError`` when the folder or table is missing.
     """
-    from tasks.folds import patient_pseudonym
-    from tasks.ingest import load_id_key, recording_id, sha256_file
 
     out_dir = Path(out_dir)
     kp = params.kinematics
@@ -838,7 +812,7 @@ def run(data_dir: Path, out_dir: Path, params: Params) -> dict:
         ck = _clip_key(sha, params)
         if not _done(out_dir, rid, ck):
             jobs.append((ClipInput(rid, f, probe(f).duration_s), out_dir, params, ck))
-    _write_private(id_rows, out_dir / "private" / "id_map.parquet")
+    write_private("id_map", id_rows, out_dir / ID_MAP)
     if params.base.workers > 1 and len(jobs) > 1:
         # spawn: forking a process that already runs torch/mediapipe threads can abort the child
         spawn = multiprocessing.get_context("spawn")
@@ -868,8 +842,6 @@ def _now():
     return dt.datetime.now(dt.timezone.utc)
 
 
-def _write_private(rows: list[dict], path: Path) -> None:
-    table = validate("id_map", rows)
-    with atomic_path(path, mode=0o600) as tmp:
-        pq.write_table(table, tmp, compression="zstd")
-
+STAGE = Stage(
+    "kinematics", "cohort", run, "gait clips de-identified, pose-tracked; joint angles, gait events, cadence",
+    external=("kinematics.videos", "kinematics.labels"), params=("base", "deidentify", "kinematics"))

@@ -179,7 +179,7 @@ def decode_wav(data: bytes, sample_rate: int) -> np.ndarray:
     """16-bit PCM WAV bytes -> mono float32 samples in [-1, 1] at ``sample_rate`` Hz.
 
     Channels are averaged; other rates are resampled (torchaudio sinc, as
-    ``tasks.audio.resample``).  Raises ValueError for other sample widths.
+    ``tasks.dsp.resample``).  Raises ValueError for other sample widths.
     """
     with wave.open(io.BytesIO(data), "rb") as w:
         if w.getsampwidth() != 2:
@@ -188,7 +188,7 @@ def decode_wav(data: bytes, sample_rate: int) -> np.ndarray:
         pcm = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").reshape(-1, w.getnchannels())
     x = (pcm.mean(axis=1) / PCM16_MAX).astype(np.float32)
     if rate != sample_rate:
-        from tasks.audio import resample
+        from tasks.dsp import resample
 
         x = resample(x, rate, sample_rate)
     return x

@@ -21,6 +21,7 @@ from typing import Any, Literal
 import yaml
 
 from tasks.errors import ConfigError
+from tasks.layout import rel
 
 PARAMS_FILE = "params.yaml"
 
@@ -67,7 +68,7 @@ class SynthParams:
 
 @dataclass(frozen=True)
 class IngestParams:
-    inbox: str = "data/00_synth/seizure/videos"
+    inbox: str = "data/" + rel("synth", "seizure", "videos")
     extensions: tuple[str, ...] = (".mp4", ".mov", ".mkv", ".avi")
     settle_s: float = 10.0  # a file modified more recently is still being written
     probe_timeout_s: float = 60.0
@@ -246,8 +247,8 @@ class FoldsParams:
     """Patient-grouped, label-stratified folds; labels come from users' annotation tables."""
 
     n_folds: int = 3
-    labels: str = "data/00_synth/seizure/labels.parquet"  # table ``labels`` keyed by source file name
-    recordings: str = "data/00_synth/seizure/recordings.parquet"  # source_name -> patient_id
+    labels: str = "data/" + rel("synth", "seizure", "labels.parquet")  # table ``labels`` keyed by source file name
+    recordings: str = "data/" + rel("synth", "seizure", "recordings.parquet")  # source_name -> patient_id
     restarts: int = 200  # seeded greedy assignments tried; the best-stratified one wins
 
     def __post_init__(self) -> None:
@@ -317,8 +318,8 @@ class EvaluateParams:
 class KinematicsParams:
     """Gait clips -> de-identified clip, mediapipe pose, joint angles, gait events (tasks/kinematics.py)."""
 
-    videos: str = "data/00_synth/gait/videos"  # folder of gait clips filmed from the side
-    labels: str = "data/00_synth/gait/gait_clips.parquet"  # table with source_name, subject_id, gait_class
+    videos: str = "data/" + rel("synth", "gait", "videos")  # folder of gait clips filmed from the side
+    labels: str = "data/" + rel("synth", "gait", "gait_clips.parquet")  # table with source_name, subject_id, gait_class
     sagittal_source: Literal["image", "world"] = "image"  # landmarks the sagittal angles come from
     min_detection_confidence: float = 0.5
     min_tracking_confidence: float = 0.5
@@ -372,7 +373,8 @@ class ReportParams:
     keyframe_width: int = 320  # pixels; keyframes of yes windows are scaled to this width
     jpeg_quality: int = 80  # keyframes are inlined as base64 JPEG
     snippet_chars: int = 300  # transcript characters shown per yes window
-    events: str = "data/00_synth/seizure/events.parquet"  # planted per-time truth (phantom, table events); "" = none
+    # planted per-time truth (phantom, table events); "" = none
+    events: str = "data/" + rel("synth", "seizure", "events.parquet")
 
     def __post_init__(self) -> None:
         if self.keyframe_width < 16 or not 1 <= self.jpeg_quality <= 100 or self.snippet_chars < 0:
@@ -389,7 +391,7 @@ class ReviewParams:
     port: int = 8765
     session_hours: float = 12.0  # a login lasts this long
     faithfulness_arms: tuple[str, ...] = ()  # Study 1: arms whose correct predictions are reviewed; empty = all
-    rationales: tuple[str, ...] = ("15_gait/review_rationales.parquet",)  # Study 2 inputs (table rationales)
+    rationales: tuple[str, ...] = (rel("gait", "review_rationales.parquet"),)  # Study 2 inputs (table rationales)
     pass_score: int = 3  # stats: a justification scoring at least this counts as faithful
 
     def __post_init__(self) -> None:

@@ -45,13 +45,15 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pyarrow as pa
 
-from tasks import face_crop as fc
-from tasks.quiet import import_mediapipe
+from tasks import face_track as ft
+from tasks import layout
+from tasks.contract import Stage, Table
+from tasks.layout import rel
+from tasks.detectors import import_mediapipe, landmark_names
 from tasks.media import ClipPlan, iter_frames, probe, write_clips
-from tasks.params import PoseParams
-from tasks.schema import concat_write, read_table, write_table
+from tasks.params import PoseParams, Params
+from tasks.schema import read_table, write_table
 
 ARM = "pose_overlay"
 N_LANDMARKS = 33  # BlazePose topology
@@ -75,12 +77,6 @@ def _pose_model(params: PoseParams, *, static: bool):
                                   smooth_landmarks=False, enable_segmentation=False,
                                   min_detection_confidence=params.min_detection_confidence,
                                   min_tracking_confidence=params.min_tracking_confidence)
-
-
-def landmark_names() -> list[str]:
-    mp = import_mediapipe()
-
-    return [lm.name.lower() for lm in mp.solutions.pose.PoseLandmark]
 
 
 def limb_connections() -> list[tuple[int, int]]:
@@ -113,7 +109,7 @@ def _as_array(result, *, roi: tuple[float, float, float, float] | None, size: tu
 class _PatientPose:
     """Runs the tracker frame by frame and keeps only poses that belong to the patient."""
 
-    def __init__(self, params: PoseParams, face: np.ndarray, others: list[list[fc.Box]]) -> None:
+    def __init__(self, params: PoseParams, face: np.ndarray, others: list[list[ft.Box]]) -> None:
         self.params, self.face = params, face  # face: (n, 3) cx, cy, side in 2 fps pixels, NaN off track
         self.others = others  # per frame: face boxes that are not the patient's
         self.tracker = _pose_model(params, static=False)
@@ -185,22 +181,22 @@ class _PatientPose:
 
 
 def patient_face(data_dir: Path, rid: str, pts: list[float], *, fps: float, size: tuple[int, int],
-                 hold_s: float, smooth_s: float) -> tuple[np.ndarray, list[list[fc.Box]]]:
+                 hold_s: float, smooth_s: float) -> tuple[np.ndarray, list[list[ft.Box]]]:
     """Patient face (n, 3: centre and size, NaN off the track) and the other faces per 2 fps frame.
 
     Both come from deidentify's box log through face_crop's tracker.
     """
-    boxes = read_table("face_boxes", data_dir / "02_deidentify" / "boxes" / f"{rid}.parquet")
-    src_w, src_h = fc._source_size(data_dir, rid)
-    obs = fc.observations(boxes, pts, fps=fps, scale=(size[0] / src_w, size[1] / src_h))
+    boxes = read_table("face_boxes", layout.path(data_dir, "deidentify", "boxes", f"{rid}.parquet"))
+    src_w, src_h = ft.source_size(data_dir, rid)
+    obs = ft.observations(boxes, pts, fps=fps, scale=(size[0] / src_w, size[1] / src_h))
     hold = max(0, round(hold_s * fps))
-    det = fc.patient_track(fc.build_tracks(obs, hold=hold))
-    track, _, _ = fc.fill_and_smooth(det, len(pts), hold=hold, smooth=max(1, round(smooth_s * fps)))
+    det = ft.patient_track(ft.build_tracks(obs, hold=hold))
+    track, _, _ = ft.fill_and_smooth(det, len(pts), hold=hold, smooth=max(1, round(smooth_s * fps)))
     others = [[b for b in boxes if det.get(k) is not b] for k, boxes in enumerate(obs)]
     return track, others
 
 
-def detect_patient(video: Path, face: np.ndarray, others: list[list[fc.Box]], params: PoseParams, *, fps: float
+def detect_patient(video: Path, face: np.ndarray, others: list[list[ft.Box]], params: PoseParams, *, fps: float
                    ) -> tuple[dict[int, np.ndarray], dict]:
     """Patient landmarks per frame position (33 x 7 arrays) and counts (rejected, backfilled)."""
     runner = _PatientPose(params, face, others)
@@ -252,9 +248,9 @@ def pose_recording(recording_id: str, data_dir: Path, out_dir: Path, params: Pos
     """
     rid = recording_id
     data_dir, out_dir = Path(data_dir), Path(out_dir)
-    video = data_dir / "03_downsample" / "videos" / f"{rid}.mp4"
-    frames = read_table("frames", data_dir / "03_downsample" / "frames" / f"{rid}.parquet")
-    windows = read_table("windows", data_dir / "04_window" / "windows" / f"{rid}.parquet").to_pylist()
+    video = layout.path(data_dir, "downsample", "videos", f"{rid}.mp4")
+    frames = read_table("frames", layout.path(data_dir, "downsample", "frames", f"{rid}.parquet"))
+    windows = read_table("windows", layout.path(data_dir, "window", "windows", f"{rid}.parquet")).to_pylist()
     info = probe(video)
     fps = info.fps or 2.0
     pts = frames.column("pts_s").to_pylist()
@@ -278,13 +274,13 @@ def pose_recording(recording_id: str, data_dir: Path, out_dir: Path, params: Pos
     for w in windows:
         ks = [pos[f] for f in range(w["frame_start"], w["frame_end"]) if f in pos]
         ok = any(k in found for k in ks)
-        path = out_dir / "overlays" / fc.clip_name(rid, w["window_index"])
+        path = out_dir / "overlays" / layout.window_name(rid, w["window_index"], ".mp4")
         if ok:
             plans.append((min(ks), max(ks), path))
         else:
             path.unlink(missing_ok=True)
         arms.append(dict(recording_id=rid, window_index=w["window_index"], arm=ARM,
-                         path=fc.rel(path, data_dir) if ok else None, status="ok" if ok else "no_pose"))
+                         path=layout.relative(path, data_dir) if ok else None, status="ok" if ok else "no_pose"))
     _write_overlays(video, plans, found, fps=fps)
     write_table("arms", arms, out_dir / "arms" / f"{rid}.parquet")
     return dict(recording_id=rid, n_windows=len(windows), n_no_pose=sum(a["status"] == "no_pose" for a in arms),
@@ -300,8 +296,13 @@ def _write_overlays(video: Path, plans: list[tuple[int, int, Path]], found: dict
                 fps=fps, crf=OVERLAY_CRF)
 
 
-def collect(out_dir: Path, recording_ids: list[str]) -> pa.Table:
-    """Concatenate per-recording arms tables into ``arms.parquet``."""
-    out_dir = Path(out_dir)
-    return concat_write("arms", [out_dir / "arms" / f"{rid}.parquet" for rid in sorted(recording_ids)],
-                        out_dir / "arms.parquet")
+def run(recording_id: str, data_dir: Path, out_dir: Path, params: Params) -> dict:
+    return pose_recording(recording_id, data_dir, out_dir, params.pose)
+
+
+WINDOWS = rel("window", "windows", "{rid}.parquet")
+STAGE = Stage(
+    "pose", "recording", run, "the patient's pose (BlazePose) and a skeleton overlay clip per window",
+    after="window", inputs=(rel("deidentify", "boxes", "{rid}.parquet"), rel("downsample", "videos", "{rid}.mp4"),
+                            rel("downsample", "frames", "{rid}.parquet"), WINDOWS),
+    tables=(Table("arms", "arms"),))

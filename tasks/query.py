@@ -54,16 +54,19 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 
+from tasks.answers import NO_MODEL, RANDOM_BANNER, RANDOM_TAG, SCORED
 from tasks.atomic import atomic_write_text
 from tasks.catalog import (Catalog, Feature, batched_version, load_catalog, prompt_version, render_batched,
                            render_prompt, render_transcript)
+from tasks.contract import Stage, Table
 from tasks.errors import ConfigError, SemioflowError
+from tasks import layout
+from tasks.layout import rel
 from tasks.local_models import Media, Reply
 from tasks.media import iter_frames, output_size
-from tasks.params import EndpointParams, QueryParams
-from tasks.schema import concat_write, read_table, write_table
+from tasks.params import EndpointParams, Params, QueryParams, to_dict
+from tasks.schema import read_table, write_table
 
 log = logging.getLogger(__name__)
 
@@ -72,17 +75,14 @@ AUDIO_ARMS = ("audio_raw", "audio_denoised", "audio_transcript")
 ARMS = VIDEO_ARMS + AUDIO_ARMS
 ARM_GROUPS = {"raw": ("facial", "limb_body"), "face_crop": ("facial",), "pose_overlay": ("limb_body",),
               "audio_raw": ("audio",), "audio_denoised": ("audio",), "audio_transcript": ("audio",)}
-# arm -> (stage folder, arm name in that stage's arms table)
-ARM_SOURCES = {"face_crop": ("05_face_crop", "face_crop"), "pose_overlay": ("06_pose", "pose_overlay"),
-               "audio_raw": ("07_audio", "audio_raw"), "audio_denoised": ("07_audio", "audio_denoised"),
-               "audio_transcript": ("07_audio", "audio_denoised")}
-TRANSCRIPT_SOURCE = ("08_transcript", "transcript")
-SCORED = ("yes", "no")  # the only statuses that count as an answer
+# arm -> (stage, arm name in that stage's arms table)
+ARM_SOURCES = {"face_crop": ("face_crop", "face_crop"), "pose_overlay": ("pose", "pose_overlay"),
+               "audio_raw": ("audio", "audio_raw"), "audio_denoised": ("audio", "audio_denoised"),
+               "audio_transcript": ("audio", "audio_denoised")}
+TRANSCRIPT_SOURCE = ("transcript", "transcript")
 SINGLE_PREFIX = '{"present": "'  # local backends continue this, so the first token is yes/no
 JUSTIFICATION_PREFIX = '", "justification": "'  # forced after a constrained yes/no
 CUT_MARK = " [cut at max_tokens]"  # ends a constrained answer's justification that hit the token cap
-RANDOM_TAG = "+random-weights"  # appended to the model id of a random-weight smoke model
-RANDOM_BANNER = "RANDOM-WEIGHT SMOKE MODEL: these answers are not clinical results"
 BACKOFF_CAP_S = 30.0  # longest wait between retries (also caps Retry-After)
 ANSWER_SCHEMA = {"type": "object", "properties": {"present": {"type": "string", "enum": ["yes", "no"]},
                                                    "justification": {"type": "string"}},
@@ -189,8 +189,8 @@ def _clip_frames(path: Path, params: QueryParams) -> list[bytes]:
     return [jpeg(f.rgb, params) for f in iter_frames(path)]
 
 
-def _arms_table(data_dir: Path, folder: str, rid: str) -> dict[tuple[int, str], dict]:
-    p = data_dir / folder / "arms" / f"{rid}.parquet"
+def _arms_table(data_dir: Path, stage: str, rid: str) -> dict[tuple[int, str], dict]:
+    p = layout.path(data_dir, stage, "arms", f"{rid}.parquet")
     if not p.is_file():
         return {}
     return {(r["window_index"], r["arm"]): r for r in read_table("arms", p).to_pylist()}
@@ -206,7 +206,7 @@ def window_media(rid: str, data_dir: Path, windows: list[dict], params: QueryPar
     out: dict[tuple[int, str], Media | str] = {}
     durations = {w["window_index"]: w["t_end_s"] - w["t_start_s"] for w in windows}
     if "raw" in arms:
-        video = data_dir / "03_downsample" / "videos" / f"{rid}.mp4"
+        video = layout.path(data_dir, "downsample", "videos", f"{rid}.mp4")
         if not video.is_file():
             out.update({(wi, "raw"): "no 2 fps video (run downsample)" for wi in durations})
         else:
@@ -225,7 +225,7 @@ def window_media(rid: str, data_dir: Path, windows: list[dict], params: QueryPar
         for wi, dur in durations.items():
             row = tables[folder].get((wi, source_arm))
             if row is None:
-                out[(wi, arm)] = f"no {source_arm} output (run {folder[3:]})"
+                out[(wi, arm)] = f"no {source_arm} output (run {folder})"
                 continue
             if row["status"] != "ok" or not row["path"]:
                 out[(wi, arm)] = f"{source_arm}: {row['status']}"
@@ -715,7 +715,7 @@ def query_recording(rid: str, data_dir: Path, out_dir: Path, params: QueryParams
     catalog = load_catalog()
     backends = backends if backends is not None else {
         "vision": make_backend(params.vision, params), "audio": make_backend(params.audio, params)}
-    windows = read_table("windows", data_dir / "04_window" / "windows" / f"{rid}.parquet").to_pylist()
+    windows = read_table("windows", layout.path(data_dir, "window", "windows", f"{rid}.parquet")).to_pylist()
     arms = tuple(a for a in params.arms if arm_features(a, catalog, params.features))
     live = tuple(a for a in arms if backends["vision" if a in VIDEO_ARMS else "audio"] is not None)
     media = window_media(rid, data_dir, windows, params, live, catalog)
@@ -732,7 +732,7 @@ def query_recording(rid: str, data_dir: Path, out_dir: Path, params: QueryParams
             for w in windows:
                 for a in mine:
                     rows += _skipped(rid, w["window_index"], a, f"query.{kind}.backend is none", params, catalog,
-                                     "none", "none")
+                                     NO_MODEL, NO_MODEL)
             continue
         run = _Run(backend, backend.gen_params(), cache)
         work = []
@@ -765,18 +765,46 @@ def query_recording(rid: str, data_dir: Path, out_dir: Path, params: QueryParams
             "random_weights": any(b is not None and b.random_weights for b in backends.values())}
 
 
-def collect(out_dir: Path, recording_ids: list[str]) -> pa.Table:
-    """``answers.parquet`` from the per-recording tables, plus ``query.json`` (models, counts, random flag)."""
-    out_dir = Path(out_dir)
-    table = concat_write("answers", [out_dir / "answers" / f"{rid}.parquet" for rid in sorted(recording_ids)],
-                         out_dir / "answers.parquet")
+def write_summary(out_dir: Path, recording_ids: list[str]) -> None:
+    """``query.json`` from ``answers.parquet``: models, counts per status, the random-weights flag and banner."""
+    table = read_table("answers", Path(out_dir) / "answers.parquet")
     models = sorted(set(table.column("model_id").to_pylist())) if table.num_rows else []
     statuses: dict[str, int] = {}
     for s in table.column("status").to_pylist() if table.num_rows else []:
         statuses[s] = statuses.get(s, 0) + 1
     random = any(m.endswith(RANDOM_TAG) for m in models)
-    atomic_write_text(out_dir / "query.json", json.dumps(
+    atomic_write_text(Path(out_dir) / "query.json", json.dumps(
         {"models": models, "random_weights": random, "banner": RANDOM_BANNER if random else "",
          "recordings": len(recording_ids), "answers": table.num_rows, "statuses": statuses}, indent=2,
         sort_keys=True))
-    return table
+
+
+_BACKENDS: dict[str, dict] = {}  # loaded models, per process (a worker or the flow process), for one query config
+
+
+def backends_for(params: QueryParams) -> dict:
+    """{"vision": ..., "audio": ...} for ``params``, loaded once per process and reused across recordings."""
+    key = json.dumps(to_dict(params), sort_keys=True)
+    if key not in _BACKENDS:
+        _BACKENDS.clear()
+        _BACKENDS[key] = {"vision": make_backend(params.vision, params), "audio": make_backend(params.audio, params)}
+    return _BACKENDS[key]
+
+
+def run(recording_id: str, data_dir: Path, out_dir: Path, params: Params) -> dict:
+    return query_recording(recording_id, data_dir, out_dir, params.query, backends=backends_for(params.query))
+
+
+def _local(params: Params) -> bool:
+    return "local" in (params.query.vision.backend, params.query.audio.backend)
+
+
+WINDOWS = rel("window", "windows", "{rid}.parquet")
+STAGE = Stage(
+    "query", "recording", run, "yes/no questions for the 20 features to a multimodal model, per window and arm",
+    after="window",
+    inputs=(rel("downsample", "videos", "{rid}.mp4"), rel("downsample", "frames", "{rid}.parquet"), WINDOWS)
+    + tuple(rel(stage, "done", "{rid}.json") for stage in ("face_crop", "pose", "audio", "transcript")),
+    tables=(Table("answers", "answers"),), finish=write_summary,
+    identity=lambda p: model_fingerprint(p.query), preflight=lambda p: preflight(p.query), in_process=_local,
+    note="the response cache lives here too: persist keeps it across reruns")

@@ -5,10 +5,10 @@ a model with a single signature inference``, ``INFO: Created TensorFlow Lite XNN
 delegate``) straight to file descriptor 2 while a model starts and first runs, where
 Python's logging cannot filter them, and protobuf warns ``SymbolDatabase.GetPrototype()
 is deprecated`` once per process.  ``native_stderr_captured()`` sends fd 2 to a
-temporary file for a block of work (``flows.stages`` wraps every stage run in it) and
+temporary file for a block of work (``tasks.cache.run_job`` wraps every stage run in it) and
 replays what it caught when the block raises, so a real error is never hidden;
 with ``SEMIOFLOW_DEBUG=1`` (``semioflow --debug``) it captures nothing.
-``import_mediapipe()`` is the one place mediapipe is imported.
+``tasks.detectors.import_mediapipe()`` is the one place mediapipe is imported.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import tempfile
 import warnings
 from collections.abc import Iterator
 
-from tasks.errors import ModelNotFoundError
 
 DEBUG_ENV = "SEMIOFLOW_DEBUG"  # "1": show everything third-party code prints
 # Native loggers read these when they start; set before mediapipe is imported (worker processes too).
@@ -63,15 +62,3 @@ def native_stderr_captured() -> Iterator[None]:
                 caught.seek(0)
                 sys.stderr.write(caught.read().decode(errors="replace"))
                 sys.stderr.flush()
-
-
-def import_mediapipe():
-    """The ``mediapipe`` module, with its loggers quietened; a clear error when it is missing."""
-    quiet_environment()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # protobuf/mediapipe import-time noise
-            import mediapipe as mp
-    except ImportError as exc:  # pragma: no cover - part of the locked install
-        raise ModelNotFoundError(f"mediapipe is not installed ({exc}); run `make install`") from None
-    return mp

@@ -35,32 +35,25 @@ from pathlib import Path
 
 import jinja2
 
+from tasks.answers import RANDOM_BANNER, RANDOM_TAG, SCORED, UNSCORED
+from tasks.contract import Stage
+from tasks.layout import ANSWERS, EVIDENCE, LABELS, PREDICTIONS, WINDOWS, rel
 from tasks.atomic import atomic_write_text
 from tasks.catalog import load_catalog
 from tasks.media import iter_frames
 from tasks.params import Params, ReportParams
-from tasks.query import RANDOM_BANNER, RANDOM_TAG, SCORED
 from tasks.schema import read_table
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates" / "report"
-ANSWERS = "09_query/answers.parquet"
-QUERY_JSON = "09_query/query.json"
-PREDICTIONS = "10_aggregate/predictions.parquet"
-EVIDENCE = "10_aggregate/evidence.parquet"
-WINDOWS = "04_window/windows.parquet"
-VIDEOS = "03_downsample/videos"
-TRANSCRIPT = "08_transcript/transcript_segments.parquet"
-LABELS = "11_folds/labels.parquet"
-METRICS = "13_evaluate/metrics.parquet"
-FAITHFULNESS = "17_review/faithfulness.parquet"
-ID_MAP = "01_ingest/private/id_map.parquet"
-INPUTS: tuple[str, ...] = (ANSWERS, QUERY_JSON, PREDICTIONS, EVIDENCE, WINDOWS, VIDEOS)
-OPTIONAL: tuple[str, ...] = (TRANSCRIPT, LABELS, METRICS, FAITHFULNESS)  # sections say "not run yet" without them
-PARAMS: tuple[str, ...] = ("report", "review")
+QUERY_JSON = rel("query", "query.json")
+VIDEOS = rel("downsample", "videos")
+TRANSCRIPT = rel("transcript", "transcript_segments.parquet")
+METRICS = rel("evaluate", "metrics.parquet")
+FAITHFULNESS = rel("review", "faithfulness.parquet")
+ID_MAP = rel("ingest", "private", "id_map.parquet")
 OUTPUT = "report.html"
 
 ARM_ORDER = ("raw", "face_crop", "pose_overlay", "audio_raw", "audio_denoised", "audio_transcript")
-UNSCORED = ("unparsed", "refused", "truncated")
 METRIC_COLUMNS = (("accuracy", "Acc"), ("precision", "Prec"), ("recall", "Rec"), ("f1", "F1"))
 SCORES = (1, 2, 3, 4, 5)  # the faithfulness Likert scale
 SECONDS_PER_MINUTE = 60
@@ -85,15 +78,6 @@ class _Inputs:
     labels: list[dict] | None
     metrics: list[dict] | None
     faithfulness: list[dict] | None
-
-
-def external_inputs(params: ReportParams) -> tuple[Path, ...]:
-    """Files outside the data dir the report reads: the planted-events table when set (phantom cohorts).
-
-    The private id map (``01_ingest/private``) is read too but, like every
-    private file, is tracked by neither DVC nor git.
-    """
-    return (Path(params.events),) if params.events else ()
 
 
 def _table(data_dir: Path, rel: str, name: str) -> list[dict] | None:
@@ -378,3 +362,11 @@ def run(data_dir: Path, out_dir: Path, params: Params) -> dict:
     return {"recordings": len(ctx["recordings"]), "random_weights": ctx["banner"]["random"],
             "metrics": ctx["metrics"] is not None, "faithfulness": ctx["faithfulness"] is not None,
             "bytes": path.stat().st_size}
+
+
+STAGE = Stage(
+    "report", "cohort", run, "one self-contained HTML report: answers, predictions, metrics, evidence frames",
+    inputs=(ANSWERS, QUERY_JSON, PREDICTIONS, EVIDENCE, WINDOWS, VIDEOS),
+    # sections say "not run yet" without these; the planted-events table only exists for phantom cohorts
+    optional=(TRANSCRIPT, LABELS, METRICS, FAITHFULNESS, "report.events"), external=("report.events",),
+    params=("report", "review"), assets=("tasks/templates/report",))

@@ -52,11 +52,12 @@ from statistics import median
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from tasks.answers import NO_MODEL, RANDOM_TAG
+from tasks.layout import ANSWERS, EVIDENCE, LABELS, PREDICTIONS, WINDOWS, folder, rel
 from tasks.atomic import atomic_write_text
 from tasks.catalog import load_catalog
 from tasks.errors import ConfigError, SemioflowError
 from tasks.params import Params, ReviewParams
-from tasks.query import RANDOM_TAG
 from tasks.schema import read_table, write_table
 
 STUDY_FAITHFULNESS = "faithfulness"
@@ -74,26 +75,18 @@ MIN_PASSWORD_CHARS = 8
 OVERALL = "overall"  # mean_likert over the four scales together
 ALL = "all"  # key of a statistic over every feature / variant
 
-OUT_DIR = "17_review"
-DEFAULT_DB = "17_review/review.sqlite"
-LABELS = "11_folds/labels.parquet"
-PREDICTIONS = "10_aggregate/predictions.parquet"
-EVIDENCE = "10_aggregate/evidence.parquet"
-ANSWERS = "09_query/answers.parquet"
-WINDOWS = "04_window/windows.parquet"
-VIDEO_DIR = "02_deidentify/videos"  # full-rate de-identified video with audio: what Study 1 reviewers watch
+OUT_DIR = folder("review")
+DEFAULT_DB = rel("review", "review.sqlite")
+VIDEO_DIR = rel("deidentify", "videos")  # full-rate de-identified video with audio: what Study 1 reviewers watch
 # De-identified layers only: raw inbox files and the private id map are never under these.
-MEDIA_DIRS = ("02_deidentify/videos", "03_downsample/videos", "14_kinematics/videos")
+MEDIA_DIRS = (VIDEO_DIR, rel("downsample", "videos"), rel("kinematics", "videos"))
 MEDIA_SUFFIXES = (".mp4",)
-NO_MODEL = "none"  # answers recorded while an arm had no backend (tasks.aggregate.NO_MODEL)
 TN_TP = ("tn", "tp")
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _CASE_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 _SQLITE_BUSY_MS = 10_000  # writers wait this long for a concurrent writer instead of failing
 
-INPUTS = (LABELS, PREDICTIONS, EVIDENCE, ANSWERS, WINDOWS)
-PARAMS = ("base", "review")
 
 metadata = sa.MetaData()
 REVIEWERS = sa.Table(
@@ -384,8 +377,8 @@ def comparison_cases(data_dir: Path, params: Params) -> list[dict]:
     """
     data_dir = Path(data_dir)
     rows: list[dict] = []
-    for rel in params.review.rationales:
-        rows += _read(data_dir, rel, "rationales") or []
+    for source in params.review.rationales:
+        rows += _read(data_dir, source, "rationales") or []
     by_case: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
         by_case[r["case_id"]].append(r)

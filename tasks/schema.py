@@ -34,6 +34,14 @@ PTS_S = "pts_s"
 WINDOW_INDEX = "window_index"
 
 UTC_TS = pa.timestamp("us", tz="UTC")
+# Gait track columns.  Joint angles in degrees per frame (definitions in tasks/kinematics.py); spatiotemporal
+# parameters per clip: cadence in steps/min, step and stride times in s, swing % of the stride, double support %
+# of the time both feet are on the ground.
+GAIT_ANGLES = ("pelvis_tilt_deg", "pelvis_list_deg", "trunk_flex_deg", "trunk_lean_deg") + tuple(
+    f"{s}_{j}_deg" for j in ("hip_flex", "knee_flex", "ankle_dorsi", "shoulder_flex", "elbow_flex")
+    for s in ("left", "right"))
+GAIT_SPATIOTEMPORAL = ("cadence_spm", "step_time_left_s", "step_time_right_s", "stride_time_left_s",
+                       "stride_time_right_s", "swing_left_pct", "swing_right_pct", "double_support_pct")
 BOX = [
     pa.field("x0", pa.float32(), nullable=False),
     pa.field("y0", pa.float32(), nullable=False),
@@ -325,25 +333,14 @@ TABLES: dict[str, pa.Schema] = {
         _f("n_frames", pa.int64()),
         _f("pose_frames", pa.int64()),
         _f("n_events", pa.int64()),
-        _f("cadence_spm", pa.float64(), nullable=True),  # steps/min
-        _f("step_time_left_s", pa.float64(), nullable=True),
-        _f("step_time_right_s", pa.float64(), nullable=True),
-        _f("stride_time_left_s", pa.float64(), nullable=True),
-        _f("stride_time_right_s", pa.float64(), nullable=True),
-        _f("swing_left_pct", pa.float64(), nullable=True),  # % of the stride
-        _f("swing_right_pct", pa.float64(), nullable=True),
-        _f("double_support_pct", pa.float64(), nullable=True),  # % of the time both feet are on the ground
+        *[_f(c, pa.float64(), nullable=True) for c in GAIT_SPATIOTEMPORAL],
         doc="Per gait clip: processing outcome and spatiotemporal parameters from detected events.",
     ),
     "gait_angles": _schema(
         _f(RECORDING_ID, pa.string()),
         _f(FRAME_INDEX, pa.int64()),
         _f(PTS_S, pa.float64()),
-        *[_f(c, pa.float64(), nullable=True) for c in (
-            "pelvis_tilt_deg", "pelvis_list_deg", "trunk_flex_deg", "trunk_lean_deg",
-            "left_hip_flex_deg", "right_hip_flex_deg", "left_knee_flex_deg", "right_knee_flex_deg",
-            "left_ankle_dorsi_deg", "right_ankle_dorsi_deg", "left_shoulder_flex_deg", "right_shoulder_flex_deg",
-            "left_elbow_flex_deg", "right_elbow_flex_deg")],
+        *[_f(c, pa.float64(), nullable=True) for c in GAIT_ANGLES],
         doc="Per-frame clinical joint angles (degrees) of a gait clip; see tasks/kinematics.py for definitions.",
     ),
     "gait_detected_events": _schema(

@@ -58,18 +58,18 @@ import pyarrow.compute as pc
 import torch
 from torch import nn
 
+from tasks import layout
+from tasks.contract import Stage
+from tasks.layout import rel
 from tasks.atomic import atomic_path, atomic_write_text
 from tasks.catalog import load_catalog
 from tasks.errors import ConfigError, SemioflowError
-from tasks.ingest import sha256_file
+from tasks.identity import sha256_file
 from tasks.media import iter_frames
 from tasks.params import BaselineParams, Params, TrainParams, to_dict
 from tasks.schema import read_table, write_table
-from tasks.video_models import (R2Plus1DConfig, RandomInitWarning, VideoClassifier, VivitCfg, r2plus1d, resolve_device,
-                                 vivit)
+from tasks.video_models import (build_model, RandomInitWarning, VideoClassifier, resolve_device)
 
-INPUTS = ("11_folds/labels.parquet", "11_folds/folds.parquet", "04_window/windows.parquet",
-          "03_downsample/frames.parquet", "03_downsample/videos")
 RULE = "f1max_threshold"
 MULTILABEL = "multilabel"  # job name of the one-model-for-all-features mode
 POS_WEIGHT_RANGE = (0.1, 10.0)  # clamp of the n_negative / n_positive loss weight per output
@@ -116,19 +116,6 @@ def f1_threshold(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
 def device_of(params: TrainParams) -> torch.device:
     """``train.device`` resolved: ``auto`` is CUDA when present, else CPU."""
     return resolve_device(params.device, "train.device")
-
-
-def build_model(arm: str, bp: BaselineParams, n_outputs: int) -> VideoClassifier:
-    """The arm's model for ``n_outputs`` labels (``RandomInitWarning`` without pretrained weights)."""
-    if arm == "r2plus1d":
-        cfg = R2Plus1DConfig.preset(bp.size, frames=bp.frames, image_size=bp.image_size, n_outputs=n_outputs,
-                                    pretrained=bp.pretrained)
-        return r2plus1d(cfg)
-    if arm == "vivit":
-        cfg = VivitCfg.preset(bp.size, frames=bp.frames, image_size=bp.image_size, n_outputs=n_outputs,
-                              pretrained=bp.pretrained)
-        return vivit(cfg)
-    raise ConfigError(f"unknown baseline arm {arm!r} (r2plus1d | vivit)")
 
 
 def _gather(clips: list[np.ndarray], index: np.ndarray, rows: np.ndarray) -> torch.Tensor:
@@ -253,7 +240,7 @@ def build_clips(video: Path, frame_index: list[int], windows: list[dict], *, fra
 def recording_clips(data_dir: Path, out_dir: Path, rid: str, frame_index: list[int], windows: list[dict], *,
                     frames: int, size: int) -> tuple[np.ndarray, str]:
     """(clips, digest) of one recording, reusing the cache when its source digest still matches."""
-    video = data_dir / "03_downsample" / "videos" / f"{rid}.mp4"
+    video = layout.path(data_dir, "downsample", "videos", f"{rid}.mp4")
     digest = hashlib.sha256(json.dumps([sha256_file(video), frame_index, windows, frames, size],
                                        sort_keys=True, default=str).encode()).hexdigest()
     folder = out_dir / "clips" / f"{frames}x{size}"
@@ -429,10 +416,10 @@ def video_features(params: TrainParams) -> tuple[str, ...]:
 def load_cohort(data_dir: Path, features: tuple[str, ...]) -> tuple[Cohort, dict[str, list[dict]],
                                                                    dict[str, list[int]], int]:
     """(cohort, windows rows per recording, frame_index per recording, recordings without windows)."""
-    labels_t = read_table("recording_labels", data_dir / INPUTS[0]).to_pylist()
-    folds_t = read_table("folds", data_dir / INPUTS[1]).to_pylist()
-    windows_t = read_table("windows", data_dir / INPUTS[2])
-    frames_t = read_table("frames", data_dir / INPUTS[3])
+    labels_t = read_table("recording_labels", layout.path(data_dir, "folds", "labels.parquet")).to_pylist()
+    folds_t = read_table("folds", layout.path(data_dir, "folds", "folds.parquet")).to_pylist()
+    windows_t = read_table("windows", layout.path(data_dir, "window", "windows.parquet"))
+    frames_t = read_table("frames", layout.path(data_dir, "downsample", "frames.parquet"))
     fold = {r["recording_id"]: int(r["fold"]) for r in folds_t}
     labels: dict[str, dict[str, bool]] = defaultdict(dict)
     for r in labels_t:
@@ -495,3 +482,8 @@ def run(data_dir: Path, out_dir: Path, params: Params) -> dict:
                "random_init_arms": random_init, "cuda": device.type == "cuda"}
     atomic_write_text(out_dir / "train.json", json.dumps(summary, indent=2, sort_keys=True))
     return summary
+
+
+STAGE = Stage("train", "cohort", run, "per-fold video baselines (R(2+1)D, ViViT) with F1-max thresholds",
+              inputs=(rel("folds", "labels.parquet"), rel("folds", "folds.parquet"), rel("window", "windows.parquet"),
+                      rel("downsample", "frames.parquet"), rel("downsample", "videos")))

@@ -40,18 +40,19 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 
+from tasks.contract import Stage, Table
+from tasks.layout import rel
 from tasks.atomic import atomic_write_text
-from tasks.audio import read_wav, resample, window_name
+from tasks.dsp import read_wav, resample
+from tasks import layout
+from tasks.layout import window_name
 from tasks.errors import ModelNotFoundError
 from tasks.model_cache import is_complete, materialize, model_cache_dir
-from tasks.params import TranscriptParams
-from tasks.schema import concat_write, read_table, write_table
+from tasks.params import TranscriptParams, Params
+from tasks.schema import read_table, write_table
 
 WHISPER_SAMPLE_RATE = 16_000  # Hz, what every Whisper model expects
-WINDOWS_DIR = "04_window/windows"
-AUDIO_DIR = "07_audio"
 ARM = "transcript"
 LOGPROB_THRESHOLD = -1.0  # whisper's own rule: no_speech only counts when decoding was also poor
 CPU_THREADS = 2  # CTranslate2 intra-op threads per process (base.workers processes run side by side)
@@ -217,7 +218,7 @@ def window_text(segments: list[Segment], t0: float, t1: float, params: Transcrip
 
 def _audio_state(data_dir: Path, recording_id: str, params: TranscriptParams) -> tuple[str, Path | None]:
     """(status, wav path) from the audio stage's outputs."""
-    q_path = data_dir / AUDIO_DIR / "quality" / f"{recording_id}.parquet"
+    q_path = layout.path(data_dir, "audio", "quality", f"{recording_id}.parquet")
     if q_path.is_file():
         q = read_table("audio_quality", q_path).to_pylist()[0]
         if not q["has_audio"]:
@@ -225,7 +226,7 @@ def _audio_state(data_dir: Path, recording_id: str, params: TranscriptParams) ->
         if q["silent"]:
             return "silent", None
     for kind in (params.audio_source, "raw"):
-        wav = data_dir / AUDIO_DIR / "audio" / f"{recording_id}_{kind}.wav"
+        wav = layout.path(data_dir, "audio", "audio", f"{recording_id}_{kind}.wav")
         if wav.is_file():
             return "ok", wav
     return "no_audio", None
@@ -239,7 +240,7 @@ def transcript_recording(recording_id: str, data_dir: Path, out_dir: Path, param
     gets arm ``transcript`` with status ``no_audio``/``silent`` and no file.
     """
     data_dir, out_dir = Path(data_dir), Path(out_dir)
-    windows = read_table("windows", data_dir / WINDOWS_DIR / f"{recording_id}.parquet").to_pylist()
+    windows = read_table("windows", layout.path(data_dir, "window", "windows", f"{recording_id}.parquet")).to_pylist()
     status, wav = _audio_state(data_dir, recording_id, params)
     flags = [] if status == "ok" else [status]
     segments: list[Segment] = []
@@ -266,10 +267,13 @@ def transcript_recording(recording_id: str, data_dir: Path, out_dir: Path, param
                 n_windows_with_text=n_text, model_id=mid)
 
 
-def collect(out_dir: Path, recording_ids: list[str]) -> pa.Table:
-    """Concatenate per-recording tables: ``arms.parquet`` (returned) and ``transcript_segments.parquet``."""
-    out_dir = Path(out_dir)
-    ids = sorted(recording_ids)
-    concat_write("transcript_segments", [out_dir / "segments" / f"{rid}.parquet" for rid in ids],
-                 out_dir / "transcript_segments.parquet")
-    return concat_write("arms", [out_dir / "arms" / f"{rid}.parquet" for rid in ids], out_dir / "arms.parquet")
+def run(recording_id: str, data_dir: Path, out_dir: Path, params: Params) -> dict:
+    return transcript_recording(recording_id, data_dir, out_dir, params.transcript)
+
+
+WINDOWS = rel("window", "windows", "{rid}.parquet")
+STAGE = Stage(
+    "transcript", "recording", run, "Whisper transcript of the denoised audio, one text per window",
+    after="audio", inputs=(rel("audio", "quality", "{rid}.parquet"), rel("audio", "audio", "{rid}_raw.wav"),
+                           rel("audio", "audio", "{rid}_denoised.wav"), WINDOWS),
+    tables=(Table("transcript_segments", "segments"), Table("arms", "arms")))

@@ -36,6 +36,7 @@ from torch import nn
 from torchvision.models.video.resnet import BasicBlock, Conv2Plus1D
 
 from tasks.errors import ConfigError, ModelNotFoundError, SemioflowError
+from tasks.params import BaselineParams
 
 Size = Literal["tiny", "full"]
 
@@ -325,3 +326,16 @@ def resolve_device(spec: str, key: str) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"{key} asks for CUDA but torch sees no GPU (use auto or cpu)")
     return dev
+
+
+def build_model(arm: str, bp: BaselineParams, n_outputs: int) -> VideoClassifier:
+    """The arm's model for ``n_outputs`` labels (``RandomInitWarning`` without pretrained weights)."""
+    if arm == "r2plus1d":
+        cfg = R2Plus1DConfig.preset(bp.size, frames=bp.frames, image_size=bp.image_size, n_outputs=n_outputs,
+                                    pretrained=bp.pretrained)
+        return r2plus1d(cfg)
+    if arm == "vivit":
+        cfg = VivitCfg.preset(bp.size, frames=bp.frames, image_size=bp.image_size, n_outputs=n_outputs,
+                              pretrained=bp.pretrained)
+        return vivit(cfg)
+    raise ConfigError(f"unknown baseline arm {arm!r} (r2plus1d | vivit)")

@@ -18,8 +18,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tasks.params import WindowParams
-from tasks.schema import concat_write, read_table, write_table
+from tasks import layout
+from tasks.contract import Stage, Table
+from tasks.layout import rel
+from tasks.params import WindowParams, Params
+from tasks.schema import read_table, write_table
 
 EPS_S = 1e-6  # seconds; absorbs float error when a window ends exactly at the end
 
@@ -73,13 +76,6 @@ def window_one(recording_id: str, frames_path: Path, duration_s: float, out_dir:
     return rows
 
 
-def collect(out_dir: Path, recording_ids: list[str]) -> pa.Table:
-    """Concatenate per-recording windows tables into ``windows.parquet``."""
-    out_dir = Path(out_dir)
-    return concat_write("windows", [out_dir / "windows" / f"{rid}.parquet" for rid in sorted(recording_ids)],
-                        out_dir / "windows.parquet")
-
-
 def window_stage(frames_path: Path, durations: dict[str, float], out_path: Path, params: WindowParams) -> pa.Table:
     """Window every recording of a stage-level frames table in one go (no per-recording files).
 
@@ -93,3 +89,18 @@ def window_stage(frames_path: Path, durations: dict[str, float], out_path: Path,
                                      durations[rid], params))
     write_table("windows", rows, out_path)
     return read_table("windows", out_path)
+
+
+def run(recording_id: str, data_dir: Path, out_dir: Path, params: Params) -> dict:
+    """One recording's frames table -> its windows table (duration from its de-identify result)."""
+    result = read_table("deidentified", layout.path(data_dir, "deidentify", "results", f"{recording_id}.parquet"))
+    rows = window_one(recording_id, layout.path(data_dir, "downsample", "frames", f"{recording_id}.parquet"),
+                      result.column("duration_s")[0].as_py(), out_dir, params.window)
+    return {"recording_id": recording_id, "n_windows": len(rows)}
+
+
+STAGE = Stage(
+    "window", "recording", run, "30 s analysis windows with 5 s overlap over each recording's 2 fps frames",
+    after="deidentify", inputs=(rel("downsample", "frames", "{rid}.parquet"),
+                                rel("deidentify", "results", "{rid}.parquet")),
+    tables=(Table("windows", "windows"),))

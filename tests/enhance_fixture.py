@@ -14,8 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks import deidentify, downsample, window
-from tasks.ingest import ingest, source_path
+from tasks import deidentify, downsample, face_blur, window
+from tasks.identity import source_path
+from tasks.ingest import ingest
 from tasks.params import DeidentifyParams, DownsampleParams, IngestParams, SeizureSynthParams, WindowParams
 from tasks.schema import read_table
 from tasks.synth import seizure as sz
@@ -46,16 +47,16 @@ def build(tmp: Path) -> Enhanced:
     rid = m["recording_id"]
     src = source_path(data / "01_ingest", rid)
     deid = data / "02_deidentify"
-    row = deidentify.deidentify_recording(deidentify.RecordingInput(rid, src, m["duration_s"]), deid,
+    row = face_blur.deidentify_recording(face_blur.RecordingInput(rid, src, m["duration_s"]), deid,
                                           DeidentifyParams())
     assert row["status"] == "ok", row
-    deidentify.collect(deid, [rid])
+    deidentify.STAGE.collect(deid, [rid])
     ds = data / "03_downsample"
     downsample.downsample_recording(rid, deid / "videos" / f"{rid}.mp4", ds, DownsampleParams())
-    downsample.collect(ds, [rid])
+    downsample.STAGE.collect(ds, [rid])
     win = data / "04_window"
     window.window_one(rid, ds / "frames" / f"{rid}.parquet", m["duration_s"], win, WindowParams())
-    window.collect(win, [rid])
+    window.STAGE.collect(win, [rid])
     return Enhanced(cohort=cohort, data_dir=data, recording_id=rid, source_name=src.name)
 
 

@@ -17,6 +17,7 @@ from unittest import mock
 
 from tasks import kinematics
 from tasks.params import GaitSynthParams, KinematicsParams, Params
+from tasks.identity import ID_KEY_ENV
 from tasks.synth.gait import generate_cohort
 
 SEED = 11
@@ -25,7 +26,6 @@ DURATION_S = 3.2
 SYNTH = GaitSynthParams(subjects_per_class=SUBJECTS, clips_per_subject=1, width=320, height=240, fps=25.0,
                         duration_s=DURATION_S)
 KEY = b"0" * 64
-ID_KEY_ENV = "SEMIOFLOW_ID_KEY_FILE"
 
 
 @dataclass(frozen=True)

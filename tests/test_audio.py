@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tasks import audio
+from tasks import audio, dsp
 from tasks.media import VideoWriter, read_audio
 from tasks.params import AudioParams, WindowParams
 from tasks.schema import read_table, write_table
@@ -107,8 +107,8 @@ def test_audio_recording_writes_windows_arms_and_quality(tmp_path):
     assert res["has_audio"] and not res["silent"] and res["flags"] == [] and res["n_windows"] == 2
     assert res["snr_after_db"] > res["snr_before_db"] + 6.0
 
-    raw, sr = audio.read_wav(out / "audio" / "r1_raw.wav")
-    den, _ = audio.read_wav(out / "audio" / "r1_denoised.wav")
+    raw, sr = dsp.read_wav(out / "audio" / "r1_raw.wav")
+    den, _ = dsp.read_wav(out / "audio" / "r1_denoised.wav")
     assert sr == SR and abs(raw.size / SR - duration) < 0.1 and den.size == raw.size
     # The vocalization survives the AAC round trip and the denoiser; the noise outside it drops.
     ev = slice(int(GROAN[0] * SR), int(sum(GROAN) * SR))
@@ -124,14 +124,14 @@ def test_audio_recording_writes_windows_arms_and_quality(tmp_path):
     for a in arms:
         assert a["status"] == "ok" and (tmp_path / a["path"]).is_file()
         assert a["path"] == f"07_audio/windows/r1_w{a['window_index']:03d}_{a['arm'].removeprefix('audio_')}.wav"
-    w1, _ = audio.read_wav(out / "windows" / "r1_w001_denoised.wav")
+    w1, _ = dsp.read_wav(out / "windows" / "r1_w001_denoised.wav")
     assert w1.size == 30 * SR  # the tail window ends at the recording's end: 10..40 s
     q = read_table("audio_quality", out / "quality" / "r1.parquet").to_pylist()[0]
     assert q["has_audio"] and q["method"] == "spectral_gate" and q["rms_dbfs"] < 0
 
     make_recording(tmp_path, "r2", None, 10.0)
     audio.audio_recording("r2", tmp_path, out, AudioParams())
-    table = audio.collect(out, ["r2", "r1"])
+    table = audio.STAGE.collect(out, ["r2", "r1"])
     assert table.num_rows == 4 + 2
     assert read_table("audio_quality", out / "audio_quality.parquet").num_rows == 2
 
@@ -164,7 +164,7 @@ def test_silent_audio_is_flagged_and_not_denoised(tmp_path):
 def test_wav_round_trip_and_window_slice(tmp_path):
     x = (0.5 * np.sin(np.linspace(0, 100, SR))).astype(np.float32)
     p = audio.write_wav(tmp_path / "a.wav", x, SR)
-    y, sr = audio.read_wav(p)
+    y, sr = dsp.read_wav(p)
     assert sr == SR and np.max(np.abs(x - y)) < 1e-4
-    s = audio.window_slice(y, SR, 0.5, 1.5)
+    s = dsp.window_slice(y, SR, 0.5, 1.5)
     assert s.size == SR and np.all(s[SR // 2 + 1:] == 0)

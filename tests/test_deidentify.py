@@ -18,9 +18,11 @@ import cv2
 import numpy as np
 import pytest
 
-from tasks.deidentify import RecordingInput, collect, deidentify_recording
+from tasks.deidentify import STAGE
+from tasks.face_blur import RecordingInput, deidentify_recording
 from tasks.detectors import FaceBox, iou, make_detector
-from tasks.ingest import classify, sha256_file
+from tasks.identity import sha256_file
+from tasks.ingest import classify
 from tasks.media import VideoWriter, all_metadata, iter_frames, probe
 from tasks.params import DeidentifyParams, SeizureSynthParams
 from tasks.schema import read_table
@@ -244,7 +246,7 @@ def test_partly_decodable_file_is_quarantined_corrupt(run):
 
 def test_collect_writes_the_quarantine_table(run):
     out, rows, _ = run
-    all_rows, quarantine = collect(out, list(rows))
+    STAGE.collect(out, list(rows))
     table = {r["recording_id"]: r for r in read_table("quarantine", out / "quarantine.parquet").to_pylist()}
     assert {rid: r["reason"] for rid, r in table.items()} == {"NOBLUR": "audit_failed", "CORRUPT": "corrupt"}
     assert all(r["stage"] == "deidentify" and len(r["detail"]) > 10 for r in table.values())
@@ -253,7 +255,7 @@ def test_collect_writes_the_quarantine_table(run):
           if r["status"] == "ok"}
     assert ok == set(rows) - set(table)
     assert {p.stem for p in (out / "videos").glob("*.mp4")} == ok  # only passing recordings get a video
-    assert len(all_rows) == len(rows) and len(quarantine) == 2
+    assert len(read_table("deidentified", out / "deidentified.parquet")) == len(rows) and len(table) == 2
 
 
 @pytest.mark.parametrize("rotation, size, pix_fmt", [(90, (96, 64), "yuv420p"), (0, (65, 49), "yuv444p")])

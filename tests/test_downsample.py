@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks.downsample import collect, downsample_recording
+from tasks.downsample import STAGE, downsample_recording
 from tasks.media import MediaError, VideoWriter, iter_frames
 from tasks.params import DownsampleParams
 from tasks.schema import read_table
@@ -96,7 +96,7 @@ def test_collect_concatenates(phantom, tmp_path):
     params = DownsampleParams()
     a = downsample_recording("A", phantom, tmp_path, params)
     b = downsample_recording("B", phantom, tmp_path, params)
-    table = collect(tmp_path, ["B", "A"])
+    table = STAGE.collect(tmp_path, ["B", "A"])
     assert table.num_rows == a.num_rows + b.num_rows
     assert table.column("recording_id").to_pylist() == ["A"] * a.num_rows + ["B"] * b.num_rows
     assert read_table("frames", tmp_path / "frames.parquet").num_rows == table.num_rows

@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow.compute as pc
 import pytest
 
-from tasks.face_crop import collect, face_crop_recording
+from tasks.face_crop import STAGE, face_crop_recording
 from tasks.media import iter_frames
 from tasks.params import FaceCropParams
 from tasks.schema import read_table, write_table
@@ -37,7 +37,7 @@ def data(tmp_path_factory):
 def run(data):
     out = data.data_dir / "05_face_crop"
     summary = face_crop_recording(data.recording_id, data.data_dir, out, PARAMS)
-    return out, summary, collect(out, [data.recording_id])
+    return out, summary, STAGE.collect(out, [data.recording_id])
 
 
 def _src_frame(pts_s: float, src_fps: float) -> int:
@@ -138,7 +138,7 @@ def test_window_without_a_face_is_flagged(data, tmp_path):
     dd = _variant(data, tmp_path, lambda t: t >= first_end)  # no face box at all during window 0
     out = dd / "05_face_crop"
     summary = face_crop_recording(data.recording_id, dd, out, PARAMS)
-    arms = {r["window_index"]: r for r in collect(out, [data.recording_id]).to_pylist()}
+    arms = {r["window_index"]: r for r in STAGE.collect(out, [data.recording_id]).to_pylist()}
     assert arms[0]["status"] == "no_face" and arms[0]["path"] is None
     assert not (out / "clips" / f"{data.recording_id}_w000.mp4").exists()
     assert arms[1]["status"] == "ok" and (dd / arms[1]["path"]).is_file()

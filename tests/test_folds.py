@@ -11,7 +11,7 @@ import pytest
 from tasks import folds
 from tasks.catalog import load_catalog
 from tasks.errors import SemioflowError
-from tasks.ingest import ID_MAP
+from tasks.identity import ID_MAP, patient_pseudonym
 from tasks.params import FoldsParams, Params
 from tasks.schema import read_table, write_table
 
@@ -153,7 +153,7 @@ def test_stage_moves_labels_onto_pseudonyms_without_leakage(tmp_path, site_key):
     assert {(r["recording_id"], r["feature_id"]): r["label"] for r in label_rows} == \
         {k: v[0] for k, v in truth.items()}
     # patient ids are HMAC pseudonyms of the annotation table's ids; raw ids appear nowhere
-    expected = {rid: folds.patient_pseudonym(raw, site_key) for (rid, _), (_, raw) in truth.items()}
+    expected = {rid: patient_pseudonym(raw, site_key) for (rid, _), (_, raw) in truth.items()}
     assert {r["recording_id"]: r["patient_id"] for r in fold_rows} == expected
     assert all(p.startswith("P") and len(p) == 11 and int(p[1:], 16) >= 0 for p in expected.values())
     text = json.dumps(summary) + (data / "11_folds" / folds.SUMMARY).read_text()

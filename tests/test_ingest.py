@@ -13,7 +13,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from tasks.ingest import ID_MAP, MANIFEST, QUARANTINE, ingest, load_id_key, recording_id, sha256_file
+from tasks.identity import ID_MAP, load_id_key, recording_id, sha256_file
+from tasks.ingest import MANIFEST, QUARANTINE, ingest
 from tasks.media import VideoWriter, iter_frames
 from tasks.params import IngestParams
 from tasks.schema import read_table

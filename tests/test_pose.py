@@ -17,7 +17,7 @@ import pytest
 from tasks import window
 from tasks.media import VideoWriter, iter_frames
 from tasks.params import PoseParams, WindowParams
-from tasks.pose import N_LANDMARKS, collect, pose_recording
+from tasks.pose import N_LANDMARKS, STAGE, pose_recording
 from tasks.schema import read_table, write_table
 from tests.enhance_fixture import enhanced_data
 
@@ -37,7 +37,7 @@ def data(tmp_path_factory):
 def run(data):
     out = data.data_dir / "06_pose"
     summary = pose_recording(data.recording_id, data.data_dir, out, PARAMS)
-    return out, summary, collect(out, [data.recording_id])
+    return out, summary, STAGE.collect(out, [data.recording_id])
 
 
 def _truth(data):

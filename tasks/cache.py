@@ -1,0 +1,287 @@
+"""The one cache: keys from contents, params and code; markers that say a run's files are complete.
+
+A key is a SHA-256 over a stage run's inputs (file contents, never paths or
+times), the params sections it reads and a hash of its code (its module and
+every ``tasks`` module it imports, transitively).
+
+Prefect's cache and DVC's must not fight: DVC deletes a stage's outputs
+before it runs it, after which a Prefect cache hit would write nothing.  So
+every run leaves a marker (``done/<id>.json``, ``done/_cohort.json`` for a
+cohort stage: the key, the SHA-256 of each output file, the small result).
+``run_marked`` returns the marker's result without recomputing when the key
+matches and every file is intact, else runs the work and writes a new marker
+last.  Prefect-free: ``flows/`` wraps these in tasks.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import re
+import warnings
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from tasks import layout
+from tasks.atomic import atomic_write_text, remove_stale_partials
+from tasks.contract import Stage
+from tasks.identity import sha256_file
+from tasks.params import Params, build, to_dict
+from tasks.quiet import native_stderr_captured
+from tasks.schema import read_table
+
+TASKS_DIR = Path(__file__).resolve().parent
+# Knob definitions and error types do not change what a stage computes (the
+# knob *values* are in the key): editing them must not rerun every stage.
+NOT_CODE = ("params.py", "errors.py")
+COHORT_MARKER = "_cohort"
+
+
+# ---- code ---------------------------------------------------------------------------------
+
+
+def _tasks_imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    mods = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "tasks":
+            mods.add(node.module)
+            mods.update(f"{node.module}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.Import):
+            mods.update(a.name for a in node.names if a.name.split(".")[0] == "tasks")
+    return mods
+
+
+def _module_file(mod: str, root: Path = TASKS_DIR) -> Path | None:
+    rel = Path(*mod.split(".")[1:])
+    if not rel.parts:
+        return root / "__init__.py"
+    for cand in (root / rel.with_suffix(".py"), root / rel / "__init__.py"):
+        if cand.is_file():
+            return cand
+    return None
+
+
+def module_files(module: str, root: Path = TASKS_DIR) -> list[Path]:
+    """Source files of ``module`` and every ``tasks`` module it imports, transitively (sorted)."""
+    seen: set[Path] = set()
+    todo = [module]
+    while todo:
+        f = _module_file(todo.pop(), root)
+        if f is None or f in seen:
+            continue
+        seen.add(f)
+        todo.extend(_tasks_imports(f))
+    return sorted(f for f in seen if f.name not in NOT_CODE or f.parent != root)
+
+
+@lru_cache(maxsize=None)
+def code_hash(module: str, root: Path = TASKS_DIR) -> str:
+    """SHA-256 over the sources of ``module_files(module)``: editing any helper changes it."""
+    h = hashlib.sha256()
+    for f in module_files(module, root):
+        h.update(f.relative_to(root).as_posix().encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def cache_key(stage: str, input_hash: str, params: dict, *extra: str) -> str:
+    """Key of one run of ``stage``."""
+    blob = json.dumps({"stage": stage, "input": input_hash, "params": params, "code": code_hash(f"tasks.{stage}"),
+                       "extra": list(extra)}, sort_keys=True)
+    return f"{stage}-" + hashlib.sha256(blob.encode()).hexdigest()
+
+
+# ---- markers ------------------------------------------------------------------------------
+
+
+def _marker_path(out_dir: Path, marker: str) -> Path:
+    return out_dir / "done" / f"{marker}.json"
+
+
+def marker_key(out_dir: Path, marker: str) -> str | None:
+    """The cache key recorded for ``marker`` (whatever the state of its files)."""
+    try:
+        return json.loads(_marker_path(out_dir, marker).read_text()).get("key")
+    except (OSError, ValueError):
+        return None
+
+
+def marker_result(out_dir: Path, marker: str, key: str) -> dict | None:
+    """The stored result if the marker matches ``key`` and every output file is intact."""
+    p = _marker_path(out_dir, marker)
+    if not p.is_file():
+        return None
+    try:
+        m = json.loads(p.read_text())
+    except ValueError:
+        return None
+    if m.get("key") != key:
+        return None
+    for rel, digest in m.get("files", {}).items():
+        f = out_dir / rel
+        if not f.is_file() or sha256_file(f) != digest:
+            return None
+    return m.get("result")
+
+
+def write_marker(out_dir: Path, marker: str, key: str, files: list[Path], result: dict) -> None:
+    entries = {f.relative_to(out_dir).as_posix(): sha256_file(f) for f in files if f.is_file()}
+    atomic_write_text(_marker_path(out_dir, marker), json.dumps({"key": key, "files": entries, "result": result},
+                                                               sort_keys=True))
+
+
+def marker_ids(out_dir: Path) -> list[str]:
+    """Recordings with a marker in ``out_dir`` (they came through the stage)."""
+    return [p.stem for p in (out_dir / "done").glob("*.json") if p.stem != COHORT_MARKER]
+
+
+def outputs(out_dir: Path, marker: str) -> list[Path]:
+    """Files a run wrote (a recording's: names carry its id; a cohort run's: all), markers excluded."""
+    pattern = "*" if marker == COHORT_MARKER else f"*{marker}*"
+    return sorted(p for p in out_dir.rglob(pattern)
+                  if p.is_file() and p.parent.name != "done" and not p.name.startswith("."))
+
+
+# ---- planning -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Job:
+    """One run of a stage (a recording's, or the cohort's) with its cache key."""
+
+    marker: str  # the recording id, or COHORT_MARKER
+    cache_key: str
+
+
+def durations(data_dir: Path) -> dict[str, float]:
+    """Recordings that passed de-identification -> their duration in seconds."""
+    rows = read_table("deidentified", layout.path(data_dir, "deidentify", "deidentified.parquet")).to_pylist()
+    return {r["recording_id"]: r["duration_s"] for r in rows if r["status"] == "ok"}
+
+
+def _manifest(data_dir: Path) -> list[dict]:
+    return read_table("manifest", layout.path(data_dir, "ingest", "manifest.parquet")).to_pylist()
+
+
+def recordings_after(stage: str, data_dir: Path) -> list[str]:
+    """Recordings that came through ``stage`` successfully."""
+    if stage == "ingest":
+        return [r["recording_id"] for r in _manifest(data_dir)]
+    if stage == "deidentify":
+        return sorted(durations(data_dir))
+    return sorted(marker_ids(layout.stage_dir(data_dir, stage)))
+
+
+def _hash_files(h, roots: list[tuple[str, Path]]) -> None:
+    for label, root in roots:
+        files = sorted(p for p in root.rglob("*") if p.is_file() and "done" not in p.relative_to(root).parts) \
+            if root.is_dir() else [root]
+        for f in files:
+            h.update(f.relative_to(root).as_posix().encode() if f != root else label.encode())
+            h.update(sha256_file(f).encode() if f.is_file() else b"<absent>")
+
+
+def recording_jobs(stage: Stage, data_dir: Path, params: Params) -> list[Job]:
+    """One job per recording the stage must cover (those that came through ``stage.after``).
+
+    A stage fed straight from the source is keyed by each recording's content
+    hash; the others by the contents of their declared ``{rid}`` inputs and
+    the recording's duration.
+    """
+    section = {k: to_dict(params)[k] for k in stage.sections}
+    identity = stage.identity(params) if stage.identity else ""
+    rids = recordings_after(stage.after, data_dir)
+    if stage.after == "ingest":
+        sha = {r["recording_id"]: r["content_sha256"] for r in _manifest(data_dir)}
+        return [Job(rid, cache_key(stage.name, sha[rid], section, repr(None), identity)) for rid in rids]
+    dur = durations(data_dir)
+    jobs = []
+    for rid in rids:
+        h = hashlib.sha256()
+        for pattern in stage.inputs:
+            f = data_dir / pattern.format(rid=rid)
+            h.update(pattern.encode())
+            h.update(sha256_file(f).encode() if f.is_file() else b"<absent>")
+        jobs.append(Job(rid, cache_key(stage.name, h.hexdigest(), section, repr(dur.get(rid)), identity)))
+    return jobs
+
+
+def cohort_job(stage: Stage, data_dir: Path, params: Params) -> Job:
+    """The cohort run's job: its data-dir inputs' and external inputs' contents + params sections + code.
+
+    External paths are read as given (relative to the working directory), as the stage reads them.
+    """
+    h = hashlib.sha256()
+    inside = tuple(dict.fromkeys(stage.inputs + tuple(o for o in stage.optional if o not in stage.external)))
+    # an absent optional input hashes as such
+    _hash_files(h, [(Path(rel).name, data_dir / rel) for rel in inside]
+                + [(p.name, p) for p in stage.external_paths(params)])
+    sections = {k: to_dict(params)[k] for k in stage.sections}
+    return Job(COHORT_MARKER, cache_key(stage.name, h.hexdigest(), sections))
+
+
+def prepare(data_dir: Path, stage: str) -> Path:
+    """Create the stage folder and remove temp files left by killed writers."""
+    out = layout.stage_dir(data_dir, stage)
+    out.mkdir(parents=True, exist_ok=True)
+    remove_stale_partials(out)
+    return out
+
+
+# ---- running ------------------------------------------------------------------------------
+
+
+class RunFailed(RuntimeError):
+    """A stage run raised; the message carries no file path."""
+
+
+_PATHLIKE = re.compile(r"(?:[A-Za-z]:)?[/\\][^\s'\"]+")
+
+
+def scrub_paths(text: str) -> str:
+    """Replace anything that looks like a file path with ``<path>``."""
+    return _PATHLIKE.sub("<path>", text)
+
+
+def run_job(stage: Stage, data_dir: Path, job: Job, params: dict) -> dict:
+    """The job's marker result if its files are intact, else the stage's ``run`` then a new marker.
+
+    ``params`` is the plain-dict form (what crosses process boundaries).
+    """
+    out = layout.stage_dir(data_dir, stage.name)
+    done = marker_result(out, job.marker, job.cache_key)
+    if done is not None:
+        return done
+    failure = f"{stage.name} failed" + ("" if job.marker == COHORT_MARKER else f" for {job.marker}")
+    try:
+        # mediapipe/TFLite graph threads write absl lines to fd 2 while models start and first run;
+        # they are kept out of the console and shown only if the work fails (or with --debug)
+        with native_stderr_captured(), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("default")
+            p = build(Params, params, prefix="")
+            result = stage.run(data_dir, out, p) if job.marker == COHORT_MARKER else \
+                stage.run(job.marker, data_dir, out, p)
+    except Exception as exc:  # noqa: BLE001 - re-raised without paths so the Prefect log/UI never shows one
+        raise RunFailed(f"{failure}: {type(exc).__name__}: {scrub_paths(str(exc))}") from None
+    notes = own_warnings(caught)
+    if notes:  # the run summary prints them once, as notes (a stage's own warnings are expected advice)
+        result = {**result, "notes": notes}
+    write_marker(out, job.marker, job.cache_key, outputs(out, job.marker), result)
+    return result
+
+
+def own_warnings(caught: list[warnings.WarningMessage]) -> list[str]:
+    """Messages of warnings the project's own code raised (``tasks.*`` categories); others are re-issued."""
+    notes: list[str] = []
+    for w in caught:
+        if w.category.__module__.startswith("tasks."):
+            text = scrub_paths(" ".join(str(w.message).split()))
+            if text not in notes:
+                notes.append(text)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return notes
+
