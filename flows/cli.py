@@ -403,7 +403,8 @@ def models_tiny(obj: CliContext, vision_arch: str, seed: int, force: bool) -> No
     Real architectures with tiny random weights: every answer they give is
     noise, and every output of a run with them says so.  For demos and tests only.
     """
-    from tasks.local_models import TINY_MARKER, build_tiny
+    from tasks.local_models import TINY_MARKER
+    from tasks.tiny_models import build_tiny
     from tasks.model_cache import is_complete, materialize
 
     p = obj.params()

@@ -33,7 +33,6 @@ tile, M=32 queries, 3 decoder layers, 4 heads; tests use a tiny random InternVL
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -209,18 +208,3 @@ class VLMEncoder:
 
     def n_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
-def load_vlm(folder: str | Path, *, device: str) -> VLMEncoder:
-    """Load the frozen InternVL from a local folder (``local_files_only``); a missing folder is a
-    ``ModelNotFoundError`` that says how to supply one."""
-    from tasks.local_models import load_local
-
-    path = Path(folder)
-    if not path.is_dir():
-        raise ModelNotFoundError(
-            f"no InternVL folder at {path} (gait.vlm): put a Hugging Face InternVL checkpoint there (e.g. "
-            "`hf download OpenGVLab/InternVL3-2B-hf --local-dir models/internvl` on a machine with internet), or "
-            "for a smoke run build a random-weight one with `python -c \"from tasks.local_models import "
-            "build_tiny; build_tiny('internvl', 'models/internvl')\"`. Nothing is downloaded.")
-    return VLMEncoder(load_local(path, device=device))

@@ -53,7 +53,7 @@ import numpy as np
 
 from tasks import layout
 from tasks.contract import Stage, Table
-from tasks.layout import rel
+from tasks import face_track as ft
 from tasks.face_track import build_tracks, fill_and_smooth, observations, patient_track, source_size
 from tasks.media import ClipPlan, probe, write_clips
 from tasks.params import FaceCropParams, Params
@@ -163,9 +163,6 @@ def run(recording_id: str, data_dir: Path, out_dir: Path, params: Params) -> dic
     return face_crop_recording(recording_id, data_dir, out_dir, params.face_crop)
 
 
-WINDOWS = rel("window", "windows", "{rid}.parquet")
 STAGE = Stage(
     "face_crop", "recording", run, "the patient's face, tracked and cropped, one clip per window",
-    after="window", inputs=(rel("deidentify", "boxes", "{rid}.parquet"), rel("downsample", "videos", "{rid}.mp4"),
-                            rel("downsample", "frames", "{rid}.parquet"), WINDOWS),
-    tables=(Table("arms", "arms"),))
+    after="window", inputs=ft.TRACK_INPUTS, tables=(Table("arms", "arms"),))

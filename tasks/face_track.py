@@ -15,8 +15,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tasks import layout
+from tasks.layout import rel
 from tasks.schema import read_table
 
+# What a per-recording stage that tracks the patient over the 2 fps windows reads (face_crop, pose).
+TRACK_INPUTS = (rel("deidentify", "boxes", "{rid}.parquet"), rel("downsample", "videos", "{rid}.mp4"),
+                rel("downsample", "frames", "{rid}.parquet"), rel("window", "windows", "{rid}.parquet"))
 MAX_OBS_LAG_S = 0.25  # seconds; a box observed later than this after the kept frame is not its box
 LINK_IOU = 0.2  # boxes of consecutive observations with this overlap belong to one track
 LINK_CENTRE = 0.6  # ...or centres closer than this many box sizes

@@ -64,14 +64,16 @@ from torch import nn
 from tasks import biogait, layout
 from tasks.contract import SKIPPED, Stage, skip
 from tasks.atomic import atomic_path, atomic_write_text
-from tasks.errors import CatalogError, SemioflowError
+from tasks.errors import CatalogError, ModelNotFoundError, SemioflowError
 from tasks.identity import sha256_file
 from tasks.media import iter_frames
 from tasks.params import GaitParams, Params, to_dict
 from tasks.schema import GAIT_ANGLES as ANGLES
 from tasks.schema import GAIT_SPATIOTEMPORAL as SPATIOTEMPORAL
 from tasks.schema import read_table, write_table
-from tasks.video_models import build_model, resolve_device
+from tasks.devices import resolve_device
+from tasks.local_models import load_local
+from tasks.video_models import build_model
 
 PROMPTS_YAML = Path(__file__).resolve().parent / "prompts" / "gait.yaml"
 TRAIN, TEST = "train", "test"
@@ -509,7 +511,7 @@ def load_clips(kin_dir: Path, gp: GaitParams) -> list[Clip]:
 
 
 @dataclass(frozen=True)
-class Cohort:
+class GaitSplit:
     """The split clips of one run and what every model needs to know about them."""
 
     train: list[Clip]
@@ -524,7 +526,7 @@ class Cohort:
         return torch.stack([getattr(c, attr) for c in rows])
 
 
-def fit_variants(co: Cohort, gp: GaitParams, d_model: int, *, seed: int, device: torch.device,
+def fit_variants(co: GaitSplit, gp: GaitParams, d_model: int, *, seed: int, device: torch.device,
                  out_dir: Path) -> dict[str, np.ndarray]:
     """BioGait and its ablations (``VARIANTS``) trained on the training clips; test probabilities per model.
 
@@ -542,7 +544,7 @@ def fit_variants(co: Cohort, gp: GaitParams, d_model: int, *, seed: int, device:
     return probs
 
 
-def kinematics_probs(co: Cohort) -> np.ndarray:
+def kinematics_probs(co: GaitSplit) -> np.ndarray:
     """Test probabilities of the kinematics-only logistic regression (fit on the training clips)."""
     model = fit_kinematics_logreg(np.stack([kinematic_features(c) for c in co.train]), co.y_train)
     probs = np.zeros((len(co.test), len(co.classes)))
@@ -550,7 +552,7 @@ def kinematics_probs(co: Cohort) -> np.ndarray:
     return probs
 
 
-def video_probs(co: Cohort, gp: GaitParams, kin_dir: Path, *, seed: int, device: torch.device) -> np.ndarray:
+def video_probs(co: GaitSplit, gp: GaitParams, kin_dir: Path, *, seed: int, device: torch.device) -> np.ndarray:
     """Test probabilities of the video baseline fine-tuned on the training clips."""
     bp = gp.baseline
 
@@ -563,7 +565,7 @@ def video_probs(co: Cohort, gp: GaitParams, kin_dir: Path, *, seed: int, device:
     return _video_probs(model, clips(co.test), device, bp.batch_size)
 
 
-def explain(co: Cohort, picked: dict[str, list[str]], vlm: biogait.VLMEncoder, gp: GaitParams, kin_dir: Path,
+def explain(co: GaitSplit, picked: dict[str, list[str]], vlm: biogait.VLMEncoder, gp: GaitParams, kin_dir: Path,
             prompts: GaitPrompts) -> tuple[np.ndarray | None, list[dict]]:
     """Zero-shot probabilities of the test clips (None when off) and the ``gait_rationales`` rows.
 
@@ -593,6 +595,19 @@ def explain(co: Cohort, picked: dict[str, list[str]], vlm: biogait.VLMEncoder, g
     return (np.stack(zero_shot) if zero_shot else None), rationales
 
 
+def load_vlm(folder: str | Path, *, device: str) -> biogait.VLMEncoder:
+    """Load the frozen InternVL from a local folder (``local_files_only``); a missing folder is a
+    ``ModelNotFoundError`` that says how to supply one."""
+    path = Path(folder)
+    if not path.is_dir():
+        raise ModelNotFoundError(
+            f"no InternVL folder at {path} (gait.vlm): put a Hugging Face InternVL checkpoint there (e.g. "
+            "`hf download OpenGVLab/InternVL3-2B-hf --local-dir models/internvl` on a machine with internet), or "
+            "for a smoke run build a random-weight one with `python -c \"from tasks.tiny_models import "
+            "build_tiny; build_tiny('internvl', 'models/internvl')\"`. Nothing is downloaded.")
+    return biogait.VLMEncoder(load_local(path, device=device))
+
+
 def run(data_dir: Path, out_dir: Path, params: Params) -> dict:
     """The gait stage (see module doc).  Returns counts and test metrics only (no ids, no names)."""
     data_dir, out_dir = Path(data_dir), Path(out_dir)
@@ -610,13 +625,13 @@ def run(data_dir: Path, out_dir: Path, params: Params) -> dict:
     split = subject_split([c.__dict__ for c in clips], gp.train_fraction, seed=seed)
     write_table("gait_split", [dict(recording_id=c.recording_id, subject_id=c.subject_id, split=split[c.recording_id])
                                for c in clips], out_dir / "split.parquet")
-    co = Cohort(train=[c for c in clips if split[c.recording_id] == TRAIN],
+    co = GaitSplit(train=[c for c in clips if split[c.recording_id] == TRAIN],
                 test=[c for c in clips if split[c.recording_id] == TEST], classes=prompts.class_ids)
     if not co.train or not co.test:
         raise SemioflowError(f"gait needs clips on both sides of the split (train {len(co.train)}, test "
                              f"{len(co.test)}); label more subjects")
     device = device_of(gp)
-    vlm = biogait.load_vlm(gp.vlm, device=str(device))
+    vlm = load_vlm(gp.vlm, device=str(device))
     computed = encode_clips(clips, vlm, kin_dir, out_dir, prompts=prompts, gp=gp, model_id=vlm.local.model_id)
 
     probs = fit_variants(co, gp, vlm.d_model, seed=seed, device=device, out_dir=out_dir)

@@ -49,7 +49,6 @@ import numpy as np
 from tasks import face_track as ft
 from tasks import layout
 from tasks.contract import Stage, Table
-from tasks.layout import rel
 from tasks.detectors import import_mediapipe, landmark_names
 from tasks.media import ClipPlan, iter_frames, probe, write_clips
 from tasks.params import PoseParams, Params
@@ -300,9 +299,6 @@ def run(recording_id: str, data_dir: Path, out_dir: Path, params: Params) -> dic
     return pose_recording(recording_id, data_dir, out_dir, params.pose)
 
 
-WINDOWS = rel("window", "windows", "{rid}.parquet")
 STAGE = Stage(
     "pose", "recording", run, "the patient's pose (BlazePose) and a skeleton overlay clip per window",
-    after="window", inputs=(rel("deidentify", "boxes", "{rid}.parquet"), rel("downsample", "videos", "{rid}.mp4"),
-                            rel("downsample", "frames", "{rid}.parquet"), WINDOWS),
-    tables=(Table("arms", "arms"),))
+    after="window", inputs=ft.TRACK_INPUTS, tables=(Table("arms", "arms"),))

@@ -68,7 +68,8 @@ from tasks.identity import sha256_file
 from tasks.media import iter_frames
 from tasks.params import BaselineParams, Params, TrainParams, to_dict
 from tasks.schema import read_table, write_table
-from tasks.video_models import (build_model, RandomInitWarning, VideoClassifier, resolve_device)
+from tasks.devices import resolve_device
+from tasks.video_models import RandomInitWarning, VideoClassifier, build_model
 
 RULE = "f1max_threshold"
 MULTILABEL = "multilabel"  # job name of the one-model-for-all-features mode
@@ -256,7 +257,7 @@ def recording_clips(data_dir: Path, out_dir: Path, rid: str, frame_index: list[i
 
 
 @dataclass(frozen=True)
-class Cohort:
+class FoldData:
     """Everything a job needs: the labelled recordings with windows, their folds and clips (per arm)."""
 
     rids: tuple[str, ...]  # recordings in folds that have windows, sorted
@@ -276,7 +277,7 @@ def _code_digest() -> str:
     return h.hexdigest()
 
 
-def run_job(arm: str, fold: int, features: tuple[str, ...], cohort: Cohort, clips: dict[str, np.ndarray],
+def run_job(arm: str, fold: int, features: tuple[str, ...], cohort: FoldData, clips: dict[str, np.ndarray],
             digests: dict[str, str], *, params: Params, out_dir: Path, device: torch.device) -> dict:
     """Train one model (arm x held-out fold x feature set), score every window, pick thresholds.
 
@@ -312,7 +313,7 @@ def run_job(arm: str, fold: int, features: tuple[str, ...], cohort: Cohort, clip
 
 
 def _train_and_score(arm: str, fold: int, features: tuple[str, ...], name: str, train_rids: list[str],
-                     test_rids: list[str], cohort: Cohort, clips: dict[str, np.ndarray], *, params: Params,
+                     test_rids: list[str], cohort: FoldData, clips: dict[str, np.ndarray], *, params: Params,
                      out_dir: Path, device: torch.device) -> tuple[list[dict], dict]:
     t0 = time.perf_counter()
     tp = params.train
@@ -372,7 +373,7 @@ def _train_and_score(arm: str, fold: int, features: tuple[str, ...], name: str, 
     return rows, meta
 
 
-def _decide(arm: str, fold: int, features: tuple[str, ...], rows: list[dict], cohort: Cohort,
+def _decide(arm: str, fold: int, features: tuple[str, ...], rows: list[dict], cohort: FoldData,
             model_id: str) -> dict:
     """Thresholds from the training recordings' max scores; predictions for the held-out ones."""
     per: dict[tuple[str, str], list[tuple[int, float]]] = defaultdict(list)
@@ -413,7 +414,7 @@ def video_features(params: TrainParams) -> tuple[str, ...]:
     return tuple(f for f in video if f in params.features)
 
 
-def load_cohort(data_dir: Path, features: tuple[str, ...]) -> tuple[Cohort, dict[str, list[dict]],
+def load_cohort(data_dir: Path, features: tuple[str, ...]) -> tuple[FoldData, dict[str, list[dict]],
                                                                    dict[str, list[int]], int]:
     """(cohort, windows rows per recording, frame_index per recording, recordings without windows)."""
     labels_t = read_table("recording_labels", layout.path(data_dir, "folds", "labels.parquet")).to_pylist()
@@ -436,7 +437,7 @@ def load_cohort(data_dir: Path, features: tuple[str, ...]) -> tuple[Cohort, dict
     rids = tuple(sorted(r for r in fold if win_rows.get(r) and labels.get(r)))
     for r in rids:
         win_rows[r].sort(key=lambda w: w["window_index"])
-    cohort = Cohort(rids=rids, fold={r: fold[r] for r in rids}, labels={r: labels[r] for r in rids},
+    cohort = FoldData(rids=rids, fold={r: fold[r] for r in rids}, labels={r: labels[r] for r in rids},
                     windows={r: [w["window_index"] for w in win_rows[r]] for r in rids})
     return cohort, {r: win_rows[r] for r in rids}, {r: frame_index[r] for r in rids}, \
         sum(1 for r in fold if not win_rows.get(r))

@@ -312,22 +312,6 @@ def n_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def resolve_device(spec: str, key: str) -> torch.device:
-    """A params device string resolved: ``auto`` is CUDA when present, else CPU.
-
-    ``key`` names the params key in errors (``train.device``, ``gait.device``).
-    """
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(spec)
-    except RuntimeError:
-        raise ConfigError(f"{key}: {spec!r} is not a torch device (auto | cpu | cuda[:N])") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"{key} asks for CUDA but torch sees no GPU (use auto or cpu)")
-    return dev
-
-
 def build_model(arm: str, bp: BaselineParams, n_outputs: int) -> VideoClassifier:
     """The arm's model for ``n_outputs`` labels (``RandomInitWarning`` without pretrained weights)."""
     if arm == "r2plus1d":

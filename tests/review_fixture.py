@@ -22,7 +22,7 @@ import numpy as np
 from tasks.aggregate import aggregate
 from tasks.media import VideoWriter
 from tasks.params import AggregateParams, WindowParams
-from tasks.query import RANDOM_BANNER, RANDOM_TAG
+from tasks.answers import RANDOM_BANNER, RANDOM_TAG
 from tasks.schema import write_table
 from tasks.window import window_bounds
 

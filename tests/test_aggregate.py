@@ -9,7 +9,7 @@ import pytest
 from tasks.aggregate import aggregate, run
 from tasks.errors import SemioflowError
 from tasks.params import AggregateParams, Params
-from tasks.query import RANDOM_TAG
+from tasks.answers import RANDOM_TAG
 from tasks.schema import read_table, write_table
 
 

@@ -23,7 +23,8 @@ import torch
 
 from tasks import biogait, gait, kinematics
 from tasks.errors import ModelNotFoundError
-from tasks.local_models import TINY_MARKER, build_tiny
+from tasks.local_models import TINY_MARKER
+from tasks.tiny_models import build_tiny
 from tasks.params import BaselineParams, GaitParams, GaitSynthParams
 from tasks.schema import read_table
 from tasks.synth.gait import GAIT_CLASSES, generate_cohort
@@ -260,7 +261,7 @@ def test_class_weights_and_what_trains():
 def test_the_frozen_vlm_reads_the_biomechanics(tiny_vlm):
     """Text first, then V: the pooled visual states depend on the biomechanical text."""
     assert (tiny_vlm / TINY_MARKER).is_file() and (tiny_vlm / "config.json").is_file()
-    enc = biogait.load_vlm(tiny_vlm, device="cpu")
+    enc = gait.load_vlm(tiny_vlm, device="cpu")
     assert enc.local.random_weights and all(not p.requires_grad for p in enc.model.parameters())
     frames = np.random.default_rng(0).integers(0, 255, (6, 60, 80, 3), dtype=np.uint8)
     v = enc.frame_features(frames)

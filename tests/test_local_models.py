@@ -15,13 +15,8 @@ import torch
 from PIL import Image
 
 from tasks.errors import ConfigError, ModelNotFoundError
-from tasks.local_models import (
-    Media,
-    Reply,
-    build_tiny,
-    decode_wav,
-    load_local,
-)
+from tasks.local_models import Media, Reply, decode_wav, load_local
+from tasks.tiny_models import build_tiny
 
 VIDEO_ARCHES = ["qwen2_5_vl", "internvl", "qwen3_vl"]
 PREFIX = '{"present": "'

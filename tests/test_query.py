@@ -25,8 +25,10 @@ import pytest
 from tasks import audio, face_crop
 from tasks.catalog import load_catalog
 from tasks.params import AudioParams, EndpointParams, FaceCropParams, QueryParams
-from tasks.query import (CUT_MARK, EndpointError, OpenAIBackend, parse_answer, query_recording, questions_for,
-                         window_media)
+from tasks.query import query_recording, window_media
+from tasks.query.openai import EndpointError, OpenAIBackend
+from tasks.query.parse import CUT_MARK, parse_answer
+from tasks.query.questions import questions_for
 from tasks.schema import read_table
 from tests.enhance_fixture import enhanced_data
 from tests.fake_openai import FakeOpenAI, Response, chat, user_text

@@ -1,7 +1,7 @@
 """query against real model code: `transformers serve` over HTTP, and models loaded in-process.
 
 No weights of a real VLM exist here, so every model is a tiny random-weight
-model of the real architecture (``tasks.local_models.build_tiny``), saved to
+model of the real architecture (``tasks.tiny_models.build_tiny``), saved to
 a folder and loaded through the same code a real checkpoint takes.  Their
 answers are noise: these tests check the plumbing (requests, counts, the
 cache, P(yes), the random-weights label), never the answers' content.
@@ -19,9 +19,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tasks.local_models import build_tiny
+from tasks.tiny_models import build_tiny
 from tasks.params import EndpointParams, QueryParams
-from tasks.query import CUT_MARK, RANDOM_TAG, query_recording
+from tasks.answers import RANDOM_TAG
+from tasks.query import query_recording
+from tasks.query.parse import CUT_MARK
 from tasks.schema import read_table
 from tests.test_query import data  # noqa: F401 - the shared phantom data dir fixture
 

@@ -18,7 +18,7 @@ import pytest
 from flows.cli import main
 from tasks import report
 from tasks.params import Params, ReportParams
-from tasks.query import RANDOM_BANNER
+from tasks.answers import RANDOM_BANNER
 from tasks.schema import write_table
 from tests import review_fixture as fx
 

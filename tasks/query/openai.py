@@ -1,0 +1,194 @@
+"""The OpenAI-compatible HTTP backend (vLLM, SGLang, hosted APIs): retries, structured output, logprobs."""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+import math
+import os
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from tasks.answers import RANDOM_TAG
+from tasks.errors import ConfigError, SemioflowError
+from tasks.local_models import Media, Reply
+from tasks.media import output_size
+from tasks.params import EndpointParams, QueryParams
+from tasks.query.parse import ANSWER_SCHEMA
+from tasks.query.questions import Question
+
+
+log = logging.getLogger(__name__)
+BACKOFF_CAP_S = 30.0  # longest wait between retries (also caps Retry-After)
+
+
+class EndpointError(SemioflowError):
+    """The model endpoint failed for good (after retries); finished answers stay cached."""
+
+
+
+# ---- backends ----------------------------------------------------------------------------
+
+
+class OpenAIBackend:
+    """Any OpenAI-compatible chat-completions server (vLLM, SGLang, LMDeploy, Ollama, transformers serve)."""
+
+    name = "openai"
+
+    def __init__(self, ep: EndpointParams, params: QueryParams):
+        if not ep.model:
+            raise ConfigError("query: the openai backend needs a model name (query.vision.model / query.audio.model)")
+        self.ep, self.params = ep, params
+        self.url = ep.base_url.rstrip("/") + "/chat/completions"
+        self.random_weights = (Path(ep.model) / "semioflow_tiny.json").is_file()
+        self.model_id = f"openai:{ep.model}" + (RANDOM_TAG if self.random_weights else "")
+        self.structured = ep.structured_output
+        self.logprobs = ep.logprobs
+        self.requests = 0  # HTTP attempts made (what a cached rerun must keep at zero)
+        self._lock = threading.Lock()
+        self._client = None
+
+    def gen_params(self) -> dict:
+        """Generation settings that change an answer (part of the cache key; configured, not negotiated)."""
+        return {"max_tokens": self.params.max_tokens, "temperature": self.params.temperature,
+                "structured": self.ep.structured_output, "media_format": self.ep.media_format}
+
+    def media_parts(self, media: Media) -> list[dict]:
+        """Content parts of the media, built once per window x arm and reused by every question."""
+        parts: list[dict] = []
+        if media.kind == "video" and self.ep.media_format == "video":
+            parts.append({"type": "video_url", "video_url": {"url": "data:video/mp4;base64,"
+                                                             + base64.b64encode(frames_mp4(media)).decode()}})
+        elif media.kind == "video":
+            parts.extend({"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,"
+                                                            + base64.b64encode(img).decode()}}
+                         for img in media.images)
+        else:
+            parts.append({"type": "input_audio", "input_audio": {"data": base64.b64encode(media.wav).decode(),
+                                                                 "format": "wav"}})
+        if media.text:
+            parts.append({"type": "text", "text": media.text})
+        return parts
+
+    def body(self, q: Question, media_parts: list[dict]) -> dict:
+        """The chat-completions request body (media parts first, then the question)."""
+        body = {"model": self.ep.model, "max_tokens": self.params.max_tokens,
+                "temperature": self.params.temperature,
+                "messages": [{"role": "system", "content": q.system},
+                             {"role": "user", "content": media_parts + [{"type": "text", "text": q.prompt}]}]}
+        if self.structured:
+            schema = ANSWER_SCHEMA if not q.batched else {
+                "type": "object", "properties": {f.id: ANSWER_SCHEMA for f in q.features},
+                "required": [f.id for f in q.features], "additionalProperties": False}
+            body["response_format"] = {"type": "json_schema",
+                                       "json_schema": {"name": "semiology_answer", "schema": schema, "strict": True}}
+        if self.logprobs and not q.batched:
+            body["logprobs"], body["top_logprobs"] = True, 5
+        return body
+
+    def ask(self, q: Question, media_parts: list[dict]) -> Reply:
+        """POST one question, retrying timeouts, 429 and 5xx with bounded backoff."""
+        import httpx
+
+        if self._client is None:
+            key = os.environ.get(self.ep.api_key_env, "")
+            headers = {"Authorization": f"Bearer {key}"} if key else {}
+            self._client = httpx.Client(timeout=self.ep.timeout_s, headers=headers)
+        last = ""
+        attempt = 0
+        while attempt <= self.ep.retries:
+            with self._lock:
+                self.requests += 1
+            wait_s = min(BACKOFF_CAP_S, self.ep.backoff_s * 2 ** attempt)
+            try:
+                body = self.body(q, media_parts)
+                r = self._client.post(self.url, json=body)
+            except httpx.TimeoutException:
+                last = f"timed out after {self.ep.timeout_s:g} s"
+            except httpx.TransportError as exc:
+                last = f"cannot reach the endpoint ({type(exc).__name__})"
+            else:
+                if r.status_code == 200:
+                    return self._reply(r.json(), q)
+                last = f"HTTP {r.status_code}: {r.text[:300]}"
+                if r.status_code in (400, 422) and self._drop_optional(body):
+                    continue  # same attempt again without the refused option
+                if r.status_code != 429 and r.status_code < 500:
+                    raise EndpointError(f"{self.ep.base_url} refused the request: {last}")
+                retry_after = r.headers.get("retry-after", "")
+                if retry_after.replace(".", "", 1).isdigit():
+                    wait_s = min(BACKOFF_CAP_S, float(retry_after))
+            attempt += 1
+            if attempt <= self.ep.retries:
+                time.sleep(wait_s)
+        raise EndpointError(f"{self.ep.base_url} failed {self.ep.retries + 1} times, last: {last}. "
+                            "Finished answers are cached; rerun to resume.")
+
+    def _drop_optional(self, sent: dict) -> bool:
+        """After a 400/422: drop structured output, else logprobs, if ``sent`` carried them (True = ask again).
+
+        Requests in flight may fail for an option another thread already dropped: they just ask again.
+        """
+        with self._lock:
+            if "response_format" in sent:
+                if self.structured:
+                    self.structured = False
+                    log.warning("query: the server refused JSON-schema output; asking without it (%s)",
+                                self.ep.model)
+                return True
+            if "logprobs" in sent:
+                if self.logprobs:
+                    self.logprobs = False
+                    log.warning("query: the server refused logprobs; P(yes) will be empty (%s)", self.ep.model)
+                return True
+        return False
+
+    def _reply(self, data: dict, q: Question) -> Reply:
+        choice = (data.get("choices") or [{}])[0]
+        content = (choice.get("message") or {}).get("content") or ""
+        if isinstance(content, list):
+            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+        yes_prob = None if q.batched else yes_prob_from_logprobs((choice.get("logprobs") or {}).get("content"))
+        return Reply(text=content, finish_reason=choice.get("finish_reason") or "stop", yes_prob=yes_prob)
+
+
+def yes_prob_from_logprobs(tokens: list[dict] | None) -> float | None:
+    """P(yes)/(P(yes)+P(no)) at the first answer token that reads yes or no (top logprobs summed over variants)."""
+    for tok in tokens or []:
+        word = str(tok.get("token", "")).strip().strip('"').lower()
+        if not (word.startswith("yes") or word.startswith("no")):
+            continue
+        p = {"yes": 0.0, "no": 0.0}
+        for alt in tok.get("top_logprobs") or [tok]:
+            w = str(alt.get("token", "")).strip().strip('"').lower()
+            for k in p:
+                if w == k:
+                    p[k] += math.exp(alt.get("logprob", -math.inf))
+        total = p["yes"] + p["no"]
+        return p["yes"] / total if total > 0 else None
+    return None
+
+
+def frames_mp4(media: Media) -> bytes:
+    """The frames as one H.264 MP4 (for servers that take a video part)."""
+    import tempfile
+
+    from PIL import Image
+
+    from tasks.media import VideoWriter
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "window.mp4"
+        first = np.asarray(Image.open(io.BytesIO(media.images[0])).convert("RGB"))
+        w, h = output_size(first.shape[1], first.shape[0], min(first.shape[:2]) // 2 * 2)
+        with VideoWriter(path, width=w, height=h, fps=media.fps or 1.0) as vw:
+            for img in media.images:
+                rgb = np.asarray(Image.open(io.BytesIO(img)).convert("RGB").resize((w, h)))
+                vw.write(rgb)
+        return path.read_bytes()
+
+

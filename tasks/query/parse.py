@@ -1,0 +1,115 @@
+"""Replies -> answers: yes/no, justification and a status that is never scored for anything else."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+
+from tasks.answers import SCORED
+
+
+SINGLE_PREFIX = '{"present": "'  # local backends continue this, so the first token is yes/no
+JUSTIFICATION_PREFIX = '", "justification": "'  # forced after a constrained yes/no
+CUT_MARK = " [cut at max_tokens]"  # ends a constrained answer's justification that hit the token cap
+ANSWER_SCHEMA = {"type": "object", "properties": {"present": {"type": "string", "enum": ["yes", "no"]},
+                                                   "justification": {"type": "string"}},
+                 "required": ["present", "justification"], "additionalProperties": False}
+_REFUSAL = re.compile(r"\b(i'?m sorry|i am sorry|i can(?:no|')t|i am (?:not able|unable)|i'm (?:not able|unable)|"
+                      r"cannot (?:help|assist|provide|comply)|as an ai)\b", re.IGNORECASE)
+_YES_NO = re.compile(r"^\W*(yes|no)\b[\s.,:;!-]*(.*)$", re.IGNORECASE | re.DOTALL)
+
+
+# ---- answers ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Parsed:
+    status: str  # yes | no | unparsed | refused | truncated
+    present: bool | None
+    justification: str | None
+
+
+def _json_object(text: str) -> dict | None:
+    s = text.strip()
+    s = re.sub(r"^```(?:json)?\s*|\s*```$", "", s)
+    start, end = s.find("{"), s.rfind("}")
+    if start < 0 or end <= start:
+        return None
+    try:
+        obj = json.loads(s[start:end + 1])
+    except ValueError:
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _present(value) -> bool | None:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("yes", "no", "true", "false"):
+        return value.strip().lower() in ("yes", "true")
+    return None
+
+
+def _one(obj) -> Parsed | None:
+    if not isinstance(obj, dict):
+        return None
+    present = _present(obj.get("present"))
+    if present is None:
+        return None
+    just = obj.get("justification")
+    return Parsed("yes" if present else "no", present, _printable(str(just)) if just is not None else None)
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ufffd]")  # not text: HTML, Parquet viewers choke on them
+
+
+def _printable(text: str) -> str:
+    """A justification as shown: control characters and replacement marks dropped (raw_text keeps all)."""
+    return _CONTROL.sub("", text).strip()
+
+
+def _constrained(text: str, finish_reason: str | None, answer: str) -> Parsed:
+    """A constrained yes/no: the word is known; the justification is whatever follows it (maybe cut)."""
+    obj = _json_object(text)
+    if obj is not None and isinstance(obj.get("justification"), str):
+        just = _printable(obj["justification"])
+    else:
+        just = text.split(JUSTIFICATION_PREFIX, 1)[1] if JUSTIFICATION_PREFIX in text else ""
+        just = _printable(re.sub(r'"\s*}?\s*$', "", just))
+    if _REFUSAL.search(just):  # forced to pick a word, the model refused in its own words: not an answer
+        return Parsed("refused", None, None)
+    if finish_reason == "length":
+        just = (just + CUT_MARK).strip()
+    return Parsed(answer, answer == "yes", just or None)
+
+
+def parse_answer(text: str, finish_reason: str | None, feature_ids: tuple[str, ...], *, batched: bool,
+                 answer: str | None = None) -> dict[str, Parsed]:
+    """Per feature id: the parsed answer, or why the text is not one (never scored then).
+
+    Single mode accepts the JSON object, or plain text starting with yes/no.
+    Batched mode needs one JSON object keyed by feature id; a missing key is unparsed.
+    ``answer`` ("yes" | "no"): chosen by constrained decoding (single mode); it stands even when the
+    justification after it was cut, unless that justification is a refusal.
+    """
+    if answer in SCORED and not batched:
+        return {feature_ids[0]: _constrained(text or "", finish_reason, answer)}
+    if finish_reason == "length":
+        return {fid: Parsed("truncated", None, None) for fid in feature_ids}
+    obj = _json_object(text or "")
+    if batched:
+        got = {fid: _one(obj.get(fid)) if obj else None for fid in feature_ids}
+    else:
+        one = _one(obj)
+        if one is None and obj is None:
+            m = _YES_NO.match(text or "")
+            if m:
+                yes = m.group(1).lower() == "yes"
+                one = Parsed("yes" if yes else "no", yes, m.group(2).strip() or None)
+        got = {feature_ids[0]: one}
+    fallback = "refused" if _REFUSAL.search(text or "") else "unparsed"
+    return {fid: p if p is not None else Parsed(fallback, None, None) for fid, p in got.items()}
+
+
