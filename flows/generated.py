@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tasks import layout, registry
-from tasks.cache import TASKS_DIR, module_files
+from tasks.codehash import TASKS_DIR, module_files
 from tasks.contract import Stage
 
 REPO = TASKS_DIR.parent

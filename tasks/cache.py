@@ -1,8 +1,8 @@
 """The one cache: keys from contents, params and code; markers that say a run's files are complete.
 
 A key is a SHA-256 over a stage run's inputs (file contents, never paths or
-times), the params sections it reads and a hash of its code (its module and
-every ``tasks`` module it imports, transitively).
+times), the params sections it reads and a hash of its code
+(``tasks.codehash``: its module and every ``tasks`` module it imports).
 
 Prefect's cache and DVC's must not fight: DVC deletes a stage's outputs
 before it runs it, after which a Prefect cache hit would write nothing.  So
@@ -15,76 +15,23 @@ last.  Prefect-free: ``flows/`` wraps these in tasks.
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import json
 import re
 import warnings
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 from tasks import layout
 from tasks.atomic import atomic_write_text, remove_stale_partials
+from tasks.codehash import code_hash
 from tasks.contract import Stage
 from tasks.identity import sha256_file
 from tasks.params import Params, build, to_dict
 from tasks.quiet import native_stderr_captured
 from tasks.schema import read_table
 
-TASKS_DIR = Path(__file__).resolve().parent
-# Knob definitions and error types do not change what a stage computes (the
-# knob *values* are in the key): editing them must not rerun every stage.
-NOT_CODE = ("params.py", "errors.py")
 COHORT_MARKER = "_cohort"
-
-
-# ---- code ---------------------------------------------------------------------------------
-
-
-def _tasks_imports(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    mods = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "tasks":
-            mods.add(node.module)
-            mods.update(f"{node.module}.{a.name}" for a in node.names)
-        elif isinstance(node, ast.Import):
-            mods.update(a.name for a in node.names if a.name.split(".")[0] == "tasks")
-    return mods
-
-
-def _module_file(mod: str, root: Path = TASKS_DIR) -> Path | None:
-    rel = Path(*mod.split(".")[1:])
-    if not rel.parts:
-        return root / "__init__.py"
-    for cand in (root / rel.with_suffix(".py"), root / rel / "__init__.py"):
-        if cand.is_file():
-            return cand
-    return None
-
-
-def module_files(module: str, root: Path = TASKS_DIR) -> list[Path]:
-    """Source files of ``module`` and every ``tasks`` module it imports, transitively (sorted)."""
-    seen: set[Path] = set()
-    todo = [module]
-    while todo:
-        f = _module_file(todo.pop(), root)
-        if f is None or f in seen:
-            continue
-        seen.add(f)
-        todo.extend(_tasks_imports(f))
-    return sorted(f for f in seen if f.name not in NOT_CODE or f.parent != root)
-
-
-@lru_cache(maxsize=None)
-def code_hash(module: str, root: Path = TASKS_DIR) -> str:
-    """SHA-256 over the sources of ``module_files(module)``: editing any helper changes it."""
-    h = hashlib.sha256()
-    for f in module_files(module, root):
-        h.update(f.relative_to(root).as_posix().encode())
-        h.update(f.read_bytes())
-    return h.hexdigest()
 
 
 def cache_key(stage: str, input_hash: str, params: dict, *extra: str) -> str:

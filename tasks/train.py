@@ -68,6 +68,7 @@ from tasks.identity import sha256_file
 from tasks.media import iter_frames
 from tasks.params import BaselineParams, Params, TrainParams, to_dict
 from tasks.schema import read_table, write_table
+from tasks.codehash import code_hash
 from tasks.devices import resolve_device
 from tasks.video_models import RandomInitWarning, VideoClassifier, build_model
 
@@ -75,7 +76,6 @@ RULE = "f1max_threshold"
 MULTILABEL = "multilabel"  # job name of the one-model-for-all-features mode
 POS_WEIGHT_RANGE = (0.1, 10.0)  # clamp of the n_negative / n_positive loss weight per output
 SCORE_BATCH_FACTOR = 2  # scoring needs no gradients: batches this many times larger than training
-CODE_FILES = (Path(__file__), Path(__file__).with_name("video_models.py"))
 
 
 # ---- thresholds ------------------------------------------------------------------
@@ -270,13 +270,6 @@ def _job_seed(base_seed: int, *keys: object) -> int:
     return int.from_bytes(hashlib.sha256(json.dumps([base_seed, *keys]).encode()).digest()[:4], "little")
 
 
-def _code_digest() -> str:
-    h = hashlib.sha256()
-    for p in CODE_FILES:
-        h.update(p.read_bytes())
-    return h.hexdigest()
-
-
 def run_job(arm: str, fold: int, features: tuple[str, ...], cohort: FoldData, clips: dict[str, np.ndarray],
             digests: dict[str, str], *, params: Params, out_dir: Path, device: torch.device) -> dict:
     """Train one model (arm x held-out fold x feature set), score every window, pick thresholds.
@@ -292,7 +285,7 @@ def run_job(arm: str, fold: int, features: tuple[str, ...], cohort: FoldData, cl
     key = hashlib.sha256(json.dumps({
         "arm": arm, "fold": fold, "features": features, "mode": tp.mode, "baseline": to_dict(bp),
         "weight_decay": tp.weight_decay, "flip": tp.flip, "objective": tp.objective, "seed": params.base.seed,
-        "code": _code_digest(),
+        "code": code_hash("tasks.train"),
         "train": [[r, [cohort.labels[r].get(f) for f in features]] for r in train_rids], "test": test_rids,
         "digests": [digests[r] for r in train_rids + test_rids],
     }, sort_keys=True).encode()).hexdigest()

@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from tasks import registry
-from tasks.cache import code_hash
+from tasks.codehash import code_hash
 from tasks.atomic import is_partial
 from tasks.params import SeizureSynthParams
 from tasks.schema import read_table

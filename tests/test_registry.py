@@ -12,7 +12,7 @@ import yaml
 
 from flows import generated
 from tasks import layout, registry
-from tasks.cache import module_files
+from tasks.codehash import module_files
 from tasks.contract import Stage
 
 REPO = Path(__file__).resolve().parents[1]
