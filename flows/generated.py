@@ -54,7 +54,7 @@ def _data_deps(stage: Stage) -> list[str]:
     """Data-dir inputs as DVC paths: a per-recording pattern's folder; nothing under an app's folder."""
     apps = tuple(layout.folder(a) + "/" for a in layout.APPS)
     deps = []
-    for rel in stage.inputs + stage.optional:
+    for rel in stage.data_inputs:
         if "{rid}" in rel:
             rel = rel.rsplit("/", 1)[0]
         if not rel.startswith(apps):
@@ -109,8 +109,8 @@ def stage_table() -> str:
     for stage in registry.pipeline_stages():
         kind = {"source": "source", "recording": f"per recording (after {stage.after})",
                 "cohort": "cohort"}[stage.kind]
-        reads = sorted({layout.STAGES[int(rel[:2])] for rel in stage.inputs + stage.optional if rel[:2].isdigit()
-                        and int(rel[:2]) < len(layout.STAGES)} - {stage.name})
+        reads = sorted({layout.STAGES[int(rel[:2])] for rel in stage.data_inputs
+                        if int(rel[:2]) < len(layout.STAGES)} - {stage.name})
         reads += [f"`${{{k}}}`" for k in stage.external]
         rows.append(f"| {stage.name} | {kind} | {', '.join(f'`{s}`' for s in stage.sections)} | {', '.join(reads)} "
                     f"| `data/{layout.folder(stage.name)}/` | {stage.summary} |")

@@ -162,9 +162,8 @@ def cohort_job(stage: Stage, data_dir: Path, params: Params) -> Job:
     External paths are read as given (relative to the working directory), as the stage reads them.
     """
     h = hashlib.sha256()
-    inside = tuple(dict.fromkeys(stage.inputs + tuple(o for o in stage.optional if o not in stage.external)))
     # an absent optional input hashes as such
-    _hash_files(h, [(Path(rel).name, data_dir / rel) for rel in inside]
+    _hash_files(h, [(Path(rel).name, data_dir / rel) for rel in stage.data_inputs]
                 + [(p.name, p) for p in stage.external_paths(params)])
     sections = {k: to_dict(params)[k] for k in stage.sections}
     return Job(COHORT_MARKER, cache_key(stage.name, h.hexdigest(), sections))

@@ -103,6 +103,11 @@ class Stage:
             raise ValueError(f"stage {self.name!r}: external inputs are 'section.key' params keys: {unknown}")
 
     @property
+    def data_inputs(self) -> tuple[str, ...]:
+        """Every data-dir input, required then optional (the optional ``external`` keys left out)."""
+        return tuple(dict.fromkeys(self.inputs + tuple(o for o in self.optional if o not in self.external)))
+
+    @property
     def sections(self) -> tuple[str, ...]:
         """The params sections that go into the stage's cache key."""
         return self.params or (self.name,)
