@@ -297,12 +297,15 @@ def test_sigkill_during_the_stage_leaves_no_partial_cache_entry(data, tmp_path):
         proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(d), rid, str(tmp_path), srv.url],
                                 cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE)
+        def complete() -> list[Path]:  # a temp file being written (".<name>.partial-….json") is no entry
+            return [p for p in (tmp_path / "cache").rglob("*.json") if not p.name.startswith(".")]
+
         deadline = time.monotonic() + 120
-        while len(list((tmp_path / "cache").rglob("*.json"))) < 6 and time.monotonic() < deadline:
+        while len(complete()) < 6 and time.monotonic() < deadline:
             time.sleep(0.02)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-        entries = [p for p in (tmp_path / "cache").rglob("*.json") if not p.name.startswith(".")]
+        entries = complete()
         assert 6 <= len(entries) < 36, "killed mid-run"
         for p in entries:
             e = json.loads(p.read_text())  # complete, or it would not parse
