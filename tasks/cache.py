@@ -131,6 +131,12 @@ def _hash_files(h, roots: list[tuple[str, Path]]) -> None:
             h.update(sha256_file(f).encode() if f.is_file() else b"<absent>")
 
 
+def _sections(stage: Stage, params: Params) -> dict[str, dict]:
+    """The params sections in a stage's key, as plain dicts."""
+    values = to_dict(params)
+    return {k: values[k] for k in stage.sections}
+
+
 def recording_jobs(stage: Stage, data_dir: Path, params: Params) -> list[Job]:
     """One job per recording the stage must cover (those that came through ``stage.after``).
 
@@ -138,7 +144,7 @@ def recording_jobs(stage: Stage, data_dir: Path, params: Params) -> list[Job]:
     hash; the others by the contents of their declared ``{rid}`` inputs and
     the recording's duration.
     """
-    section = {k: to_dict(params)[k] for k in stage.sections}
+    section = _sections(stage, params)
     identity = stage.identity(params) if stage.identity else ""
     rids = recordings_after(stage.after, data_dir)
     if stage.after == "ingest":
@@ -165,8 +171,7 @@ def cohort_job(stage: Stage, data_dir: Path, params: Params) -> Job:
     # an absent optional input hashes as such
     _hash_files(h, [(Path(rel).name, data_dir / rel) for rel in stage.data_inputs]
                 + [(p.name, p) for p in stage.external_paths(params)])
-    sections = {k: to_dict(params)[k] for k in stage.sections}
-    return Job(COHORT_MARKER, cache_key(stage.name, h.hexdigest(), sections))
+    return Job(COHORT_MARKER, cache_key(stage.name, h.hexdigest(), _sections(stage, params)))
 
 
 def prepare(data_dir: Path, stage: str) -> Path:

@@ -86,6 +86,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from tasks import face_blur
+from tasks.codehash import code_hash
 from tasks.contract import SKIPPED, Stage, skip
 from tasks.atomic import atomic_write_text
 from tasks.detectors import FaceBox, import_mediapipe, landmark_names
@@ -744,17 +745,10 @@ def _write_landmarks(rid: str, pose: PoseSeries, path: Path) -> None:
 # ---- the stage ------------------------------------------------------------------------------------
 
 
-def _code_digest() -> str:
-    h = hashlib.sha256()
-    for f in (Path(__file__), Path(face_blur.__file__)):
-        h.update(f.read_bytes())
-    return h.hexdigest()[:16]
-
-
 def _clip_key(sha: str, params: Params) -> str:
     knobs = json.dumps({"deidentify": to_dict(params.deidentify), "kinematics": to_dict(params.kinematics)},
                        sort_keys=True)
-    return hashlib.sha256(f"{sha}|{knobs}|{_code_digest()}".encode()).hexdigest()
+    return hashlib.sha256(f"{sha}|{knobs}|{code_hash('tasks.kinematics')}".encode()).hexdigest()
 
 
 def _done(out_dir: Path, rid: str, key: str) -> bool:
