@@ -17,14 +17,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import re
 import warnings
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks import layout
+from tasks import layout, registry
 from tasks.atomic import atomic_write_text, remove_stale_partials
 from tasks.codehash import code_hash
+from tasks.cohorts import members
 from tasks.contract import Stage
 from tasks.identity import sha256_file
 from tasks.params import Params, build, to_dict
@@ -113,13 +116,15 @@ def _manifest(data_dir: Path) -> list[dict]:
     return read_table("manifest", layout.path(data_dir, "ingest", "manifest.parquet")).to_pylist()
 
 
-def recordings_after(stage: str, data_dir: Path) -> list[str]:
-    """Recordings that came through ``stage`` successfully."""
+def recordings_after(stage: str, data_dir: Path, cohort: str | None = None) -> list[str]:
+    """Recordings (of ``cohort``; None: every cohort) that came through ``stage`` successfully."""
     if stage == "ingest":
-        return [r["recording_id"] for r in _manifest(data_dir)]
-    if stage == "deidentify":
-        return sorted(durations(data_dir))
-    return sorted(marker_ids(layout.stage_dir(data_dir, stage)))
+        rids = [r["recording_id"] for r in _manifest(data_dir)]
+    elif stage == "deidentify":
+        rids = sorted(durations(data_dir))
+    else:
+        rids = sorted(marker_ids(layout.stage_dir(data_dir, stage)))
+    return rids if cohort is None else members(data_dir, cohort, rids)
 
 
 def _hash_files(h, roots: list[tuple[str, Path]]) -> None:
@@ -146,7 +151,7 @@ def recording_jobs(stage: Stage, data_dir: Path, params: Params) -> list[Job]:
     """
     section = _sections(stage, params)
     identity = stage.identity(params) if stage.identity else ""
-    rids = recordings_after(stage.after, data_dir)
+    rids = recordings_after(stage.after, data_dir, stage.cohort)
     if stage.after == "ingest":
         sha = {r["recording_id"]: r["content_sha256"] for r in _manifest(data_dir)}
         return [Job(rid, cache_key(stage.name, sha[rid], section, repr(None), identity)) for rid in rids]
@@ -222,6 +227,37 @@ def run_job(stage: Stage, data_dir: Path, job: Job, params: dict) -> dict:
         result = {**result, "notes": notes}
     write_marker(out, job.marker, job.cache_key, outputs(out, job.marker), result)
     return result
+
+
+def run_local(stage: Stage, data_dir: Path, params: Params, *, workers: int = 1) -> list[dict]:
+    """Every job of ``stage`` without Prefect, then its stage tables; returns the jobs' results.
+
+    The same jobs, keys and markers as the flow (``flows/pipeline.py``), run
+    here in turn or on ``workers`` spawned processes: for tests, benchmarks
+    and debugging.  Failures raise (``RunFailed``) instead of letting the
+    sibling recordings finish.
+    """
+    data_dir = Path(data_dir)
+    out = prepare(data_dir, stage.name)
+    if stage.kind == "source":
+        return [stage.run(data_dir, out, params, None)]
+    pdict = to_dict(params)
+    if stage.kind == "cohort":
+        return [run_job(stage, data_dir, cohort_job(stage, data_dir, params), pdict)]
+    jobs = recording_jobs(stage, data_dir, params)
+    if workers > 1 and len(jobs) > 1:
+        # spawn: forking a process that already runs torch/mediapipe threads can abort the child
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            results = list(pool.map(_run_named, [(stage.name, data_dir, job, pdict) for job in jobs]))
+    else:
+        results = [run_job(stage, data_dir, job, pdict) for job in jobs]
+    stage.collect(out, [job.marker for job in jobs])
+    return results
+
+
+def _run_named(args: tuple[str, Path, Job, dict]) -> dict:
+    name, data_dir, job, pdict = args
+    return run_job(registry.stage(name), data_dir, job, pdict)
 
 
 def own_warnings(caught: list[warnings.WarningMessage]) -> list[str]:

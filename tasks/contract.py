@@ -4,7 +4,8 @@ A stage is one of three kinds:
 
 * ``source`` (ingest): reads the inbox named in params, always runs;
   ``run(data_dir, out_dir, params, inbox) -> dict``.
-* ``recording``: one run per recording that came through ``after``;
+* ``recording``: one run per recording of its ``cohort`` (``tasks.schema.COHORTS``;
+  None: every cohort) that came through ``after``;
   ``run(recording_id, data_dir, out_dir, params) -> dict``.  Its per-recording
   files carry the id in their names; ``tables`` gathers them into stage tables.
 * ``cohort``: one run over the whole cohort; ``run(data_dir, out_dir, params) -> dict``.
@@ -36,7 +37,7 @@ import pyarrow as pa
 from tasks import layout
 from tasks.atomic import atomic_write_text
 from tasks.params import Params, to_dict
-from tasks.schema import concat_write
+from tasks.schema import COHORTS, SEIZURE, concat_write
 
 Kind = Literal["source", "recording", "cohort"]
 KINDS = ("source", "recording", "cohort")
@@ -78,6 +79,7 @@ class Stage:
     external: tuple[str, ...] = ()
     params: tuple[str, ...] = ()
     after: str = ""  # recording stages: recordings that came through this stage
+    cohort: str | None = SEIZURE  # recording stages: the cohort whose recordings they run on (None: every cohort)
     tables: tuple[Table, ...] = ()
     # recording stages: extra stage-level outputs written after the tables (e.g. quarantine rows)
     finish: Callable[[Path, list[str]], None] | None = None
@@ -98,6 +100,8 @@ class Stage:
             raise ValueError(f"stage {self.name!r}: kind {self.kind!r} is not one of {KINDS}")
         if (self.kind == "recording") != bool(self.after):
             raise ValueError(f"stage {self.name!r}: 'after' is for recording stages, and they need it")
+        if self.cohort is not None and self.cohort not in COHORTS:
+            raise ValueError(f"stage {self.name!r}: cohort {self.cohort!r} is not one of {COHORTS}")
         unknown = [k for k in self.external if k.count(".") != 1]
         if unknown:
             raise ValueError(f"stage {self.name!r}: external inputs are 'section.key' params keys: {unknown}")

@@ -1,7 +1,8 @@
 """deidentify: every recording's faces blurred, metadata stripped, the result audited (fail-closed).
 
-Per recording: ``tasks.face_blur.deidentify_recording`` on the original file
-(found through ingest's private id map).  Outputs in ``data/02_deidentify/``:
+Per recording of every cohort: ``tasks.face_blur.deidentify_recording`` on
+the original file (found through ingest's private id map), with the gait
+cohort's own gap fill (``deidentify.gait_gap_fill_s``).  Outputs in ``data/02_deidentify/``:
 ``videos/<id>.mp4`` (only for recordings that passed), ``boxes/<id>.parquet``
 (table ``face_boxes``), ``results/<id>.parquet`` (one ``deidentified`` row),
 and, for the stage, ``deidentified.parquet`` and ``quarantine.parquet`` (one
@@ -10,6 +11,7 @@ row per recording that failed the audit or could not be decoded).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from pathlib import Path
 
@@ -18,16 +20,19 @@ from tasks.contract import Stage, Table
 from tasks.face_blur import RecordingInput, deidentify_recording
 from tasks.identity import source_path
 from tasks.params import Params
-from tasks.schema import read_table, write_table
+from tasks.schema import GAIT, read_table, write_table
 
 
 def run(recording_id: str, data_dir: Path, out_dir: Path, params: Params) -> dict:
     """De-identify one ingested recording; returns its ``deidentified`` row."""
     ingest_dir = layout.stage_dir(data_dir, "ingest")
     manifest = read_table("manifest", ingest_dir / "manifest.parquet").to_pylist()
-    duration = next(r["duration_s"] for r in manifest if r["recording_id"] == recording_id)
-    return deidentify_recording(RecordingInput(recording_id, source_path(ingest_dir, recording_id), duration), out_dir,
-                                params.deidentify)
+    row = next(r for r in manifest if r["recording_id"] == recording_id)
+    dp = params.deidentify
+    if row["cohort"] == GAIT:
+        dp = dataclasses.replace(dp, gap_fill_s=dp.gait_gap_fill_s)
+    return deidentify_recording(RecordingInput(recording_id, source_path(ingest_dir, recording_id),
+                                               row["duration_s"]), out_dir, dp)
 
 
 def quarantine(out_dir: Path, recording_ids: list[str]) -> None:
@@ -41,5 +46,5 @@ def quarantine(out_dir: Path, recording_ids: list[str]) -> None:
 
 STAGE = Stage(
     "deidentify", "recording", run, "faces blurred on every frame, metadata stripped, an independent audit",
-    after="ingest", inputs=(layout.rel("ingest", "manifest.parquet"),),
+    after="ingest", cohort=None, inputs=(layout.rel("ingest", "manifest.parquet"),),
     tables=(Table("deidentified", "results"),), finish=quarantine)

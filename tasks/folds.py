@@ -13,7 +13,7 @@ Inputs:
 * ``data_dir/01_ingest/private/id_map.parquet`` (PRIVATE: recording_id ->
   source_path; only the file name is used and it is never logged) and
   ``data_dir/02_deidentify/deidentified.parquet`` (only ``status == "ok"``
-  recordings count).
+  recordings of the seizure cohort, per ``01_ingest/manifest.parquet``, count).
 
 Outputs (``out_dir`` = ``data_dir/11_folds``):
 
@@ -45,9 +45,10 @@ from tasks.layout import rel
 from tasks.atomic import atomic_write_text
 from tasks.catalog import load_catalog
 from tasks.errors import SemioflowError
-from tasks.identity import load_id_key, patient_pseudonym
+from tasks.cohorts import cohort_of
+from tasks.identity import load_id_key, patient_pseudonym, source_names
 from tasks.params import Params
-from tasks.schema import read_table, write_table
+from tasks.schema import SEIZURE, read_table, write_table
 
 LABELS = "labels.parquet"
 FOLDS = "folds.parquet"
@@ -122,13 +123,11 @@ def run(data_dir: Path, out_dir: Path, params: Params) -> dict:
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     fp = params.folds
     catalog = load_catalog()
-    deid = read_table("deidentified", layout.path(data_dir, "deidentify", "deidentified.parquet")).to_pylist()
-    ok = {r["recording_id"] for r in deid if r["status"] == "ok"}
-    id_map = read_table("id_map", layout.path(data_dir, "ingest", "private", "id_map.parquet")).to_pylist()
-    name_of = {r["recording_id"]: Path(r["source_path"]).name for r in id_map if r["recording_id"] in ok}
-    if len(set(name_of.values())) < len(name_of):
-        raise SemioflowError(f"{len(name_of) - len(set(name_of.values()))} de-identified recordings share a file "
-                             "name with another; annotations are keyed by file name, so rename them apart")
+    # the gait cohort has its own labels (the gait stage)
+    seizure = {rid for rid, cohort in cohort_of(data_dir).items() if cohort == SEIZURE}
+    deid = [r for r in read_table("deidentified", layout.path(data_dir, "deidentify", "deidentified.parquet")).to_pylist()
+            if r["recording_id"] in seizure]
+    name_of = source_names(layout.stage_dir(data_dir, "ingest"), {r["recording_id"] for r in deid if r["status"] == "ok"})
     labels = _read_any(Path(fp.labels), ("source_name", "feature_id", "label"), "labels")
     patient_of_name = {r["source_name"]: r["patient_id"]
                        for r in _read_any(Path(fp.recordings), ("source_name", "patient_id"), "recordings")}
@@ -172,7 +171,7 @@ def run(data_dir: Path, out_dir: Path, params: Params) -> dict:
         per_fold.append({"recordings": len(rids), "patients": sum(v == k for v in fold_of.values()),
                          "positives": {f: sum(rid_labels[r].get(f, False) for r in rids) for f in catalog.ids}})
     summary = {"recordings": len(rid_patient), "patients": len(counts), "unlabelled": unlabelled,
-               "no_patient": no_patient, "not_deidentified": len(deid) - len(ok), "n_folds": fp.n_folds,
+               "no_patient": no_patient, "not_deidentified": len(deid) - len(name_of), "n_folds": fp.n_folds,
                "label_rows": sum(len(v) for v in rid_labels.values()),
                "fold_recordings": [f["recordings"] for f in per_fold]}
     atomic_write_text(out_dir / SUMMARY, json.dumps({**summary, "folds": per_fold}, indent=2, sort_keys=True))
@@ -180,5 +179,6 @@ def run(data_dir: Path, out_dir: Path, params: Params) -> dict:
 
 
 STAGE = Stage("folds", "cohort", run, "recording labels (consensus of annotators) and patient-stratified folds",
-              inputs=(rel("ingest", "private", "id_map.parquet"), rel("deidentify", "deidentified.parquet")),
+              inputs=(rel("ingest", "private", "id_map.parquet"), rel("ingest", "manifest.parquet"),
+                      rel("deidentify", "deidentified.parquet")),
               external=("folds.labels", "folds.recordings"))

@@ -36,9 +36,13 @@ Steps (``run``):
 7. **Results**: accuracy, macro F1 (over the classes present in the test
    split) and per-class F1 per model, ``results.parquet`` + ``results.md``.
 
-Inputs (``data_dir``): ``14_kinematics/labels.parquet``, ``kinematics.parquet``,
-``angles/``, ``videos/``.  Outputs (``out_dir`` = ``data_dir/15_gait``):
-``split.parquet`` (``gait_split``), ``predictions.parquet``
+Inputs: ``gait.labels`` (params: the user's table with ``source_name,
+subject_id, gait_class``, keyed by file name like ``folds.labels``), the
+private id map of ``01_ingest`` (only file names are used, never logged),
+``14_kinematics/kinematics.parquet``, ``angles/``, ``videos/``.  Outputs
+(``out_dir`` = ``data_dir/15_gait``): ``labels.parquet`` (``gait_labels``:
+recording id, subject pseudonym ``P`` + HMAC as ``folds``, class; clips
+without a label row are left out and counted), ``split.parquet`` (``gait_split``), ``predictions.parquet``
 (``gait_predictions``, test clips only), ``results.parquet`` (``gait_results``),
 ``results.md``, ``rationales.parquet`` (``gait_rationales``), ``review_rationales.parquet``
 (``rationales``: the same texts as Study 2 cases of the review app), ``features/<id>.pt``,
@@ -57,6 +61,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pyarrow.parquet as pq
 import torch
 import yaml
 from torch import nn
@@ -65,7 +70,7 @@ from tasks import biogait, layout
 from tasks.contract import SKIPPED, Stage, skip
 from tasks.atomic import atomic_path, atomic_write_text
 from tasks.errors import CatalogError, ModelNotFoundError, SemioflowError
-from tasks.identity import sha256_file
+from tasks.identity import load_id_key, patient_pseudonym, sha256_file, source_names
 from tasks.media import iter_frames
 from tasks.params import GaitParams, Params, to_dict
 from tasks.schema import GAIT_ANGLES as ANGLES
@@ -494,9 +499,34 @@ def results_markdown(rows: list[dict], classes: tuple[str, ...]) -> str:
 # ---- the stage -----------------------------------------------------------------------------------
 
 
-def load_clips(kin_dir: Path, gp: GaitParams) -> list[Clip]:
-    """The labelled clips kinematics processed (status ok), with their measurements and sampled frames."""
-    labels = {r["recording_id"]: r for r in read_table("gait_labels", kin_dir / "labels.parquet").to_pylist()}
+LABEL_COLUMNS = ("source_name", "subject_id", "gait_class")
+
+
+def pseudonymous_labels(data_dir: Path, labels_path: Path, recording_ids: list[str]) -> list[dict]:
+    """``gait_labels`` rows (recording id, subject pseudonym, class) of the ``recording_ids`` that have a label.
+
+    ``labels_path``: the user's table keyed by file name (``LABEL_COLUMNS``,
+    extra columns ignored); it meets the ids through ingest's private id map.
+    """
+    if not labels_path.is_file():
+        raise SemioflowError(f"no gait label table at {labels_path} (set gait.labels)")
+    table = pq.read_table(labels_path)
+    missing = [c for c in LABEL_COLUMNS if c not in table.column_names]
+    if missing:
+        raise SemioflowError(f"gait label table lacks column(s) {', '.join(missing)} (gait.labels)")
+    label_of = {r["source_name"]: r for r in table.select(list(LABEL_COLUMNS)).to_pylist()}
+    key = load_id_key()
+    rows = [dict(recording_id=rid, subject_id=patient_pseudonym(str(label_of[name]["subject_id"]), key),
+                 gait_class=str(label_of[name]["gait_class"]))
+            for rid, name in source_names(layout.stage_dir(data_dir, "ingest"), recording_ids).items()
+            if name in label_of]
+    return sorted(rows, key=lambda r: r["recording_id"])
+
+
+def load_clips(kin_dir: Path, labels: list[dict], gp: GaitParams) -> list[Clip]:
+    """The labelled clips (``gait_labels`` rows) kinematics processed (status ok), with their measurements and
+    sampled frames."""
+    labels = {r["recording_id"]: r for r in labels}
     kin = {r["recording_id"]: r for r in read_table("gait_kinematics", kin_dir / "kinematics.parquet").to_pylist()}
     clips = []
     for rid in sorted(labels):
@@ -614,11 +644,17 @@ def run(data_dir: Path, out_dir: Path, params: Params) -> dict:
     gp = params.gait
     seed = params.base.seed
     kin_dir = layout.stage_dir(data_dir, "kinematics")
-    if (kin_dir / SKIPPED).is_file() and not (kin_dir / "labels.parquet").is_file():
-        return skip(out_dir, "kinematics had no gait clips")
-    (out_dir / SKIPPED).unlink(missing_ok=True)
+    kin_table = kin_dir / "kinematics.parquet"
+    processed = read_table("gait_kinematics", kin_table).column("recording_id").to_pylist() \
+        if kin_table.is_file() else []
+    if not processed:
+        # a site without a gait study: the nightly run goes on, and says so in every run's summary
+        return skip(out_dir, "no gait clips (ingest.gait_inbox)")
+    (out_dir / SKIPPED).unlink(missing_ok=True)  # clips arrived since a skipped run
+    labels = pseudonymous_labels(data_dir, Path(gp.labels), processed)
+    write_table("gait_labels", labels, out_dir / "labels.parquet")
     prompts = load_prompts()
-    clips = load_clips(kin_dir, gp)
+    clips = load_clips(kin_dir, labels, gp)
     unknown = sorted({c.gait_class for c in clips} - set(prompts.class_ids))
     if unknown:
         raise SemioflowError(f"gait labels hold classes not in tasks/prompts/gait.yaml: {', '.join(unknown)}")
@@ -662,7 +698,7 @@ def run(data_dir: Path, out_dir: Path, params: Params) -> dict:
                                     context=prompts.instruction_text()) for r in rationales],
                 out_dir / "review_rationales.parquet")
     score = {(r["model"], r["metric"]): r["value"] for r in results if r["gait_class"] is None}
-    summary = {"clips": len(clips), "train": len(co.train), "test": len(co.test),
+    summary = {"clips": len(clips), "unlabelled": len(processed) - len(labels), "train": len(co.train), "test": len(co.test),
                "train_subjects": len({c.subject_id for c in co.train}),
                "test_subjects": len({c.subject_id for c in co.test}),
                "features_computed": computed, "models": len(probs),
@@ -684,5 +720,6 @@ def _fps(c: Clip) -> float:
 
 STAGE = Stage(
     "gait", "cohort", run, "8-class gait classification (BioGait-VLM) on the kinematics and de-identified clips",
-    inputs=tuple(layout.rel("kinematics", f) for f in ("labels.parquet", "kinematics.parquet", "angles", "videos")),
-    params=("base", "gait"))
+    inputs=(layout.rel("ingest", "private", "id_map.parquet"),)
+    + tuple(layout.rel("kinematics", f) for f in ("kinematics.parquet", "angles", "videos")),
+    external=("gait.labels",), params=("base", "gait"))

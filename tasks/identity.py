@@ -22,7 +22,7 @@ from tasks.atomic import atomic_path, atomic_write_bytes
 from tasks.errors import SemioflowError
 from tasks.schema import read_table, validate
 
-ID_MAP = Path("private") / "id_map.parquet"  # inside a stage folder (ingest's; the gait track's)
+ID_MAP = Path("private") / "id_map.parquet"  # inside ingest's stage folder
 ID_KEY_ENV = "SEMIOFLOW_ID_KEY_FILE"
 DEFAULT_ID_KEY = Path(".semioflow") / "id_key"
 ID_HEX_DIGITS = 10
@@ -82,6 +82,22 @@ def write_private(name: str, rows: list[dict], path: Path) -> None:
     table = validate(name, rows)
     with atomic_path(path, mode=0o600) as tmp:
         pq.write_table(table, tmp, compression="zstd")
+
+
+def source_names(ingest_dir: Path, recording_ids: set[str] | list[str]) -> dict[str, str]:
+    """Recording id -> its original file name, for ``recording_ids`` (reads the private id map).
+
+    Annotation tables are keyed by file name; this is how they meet the
+    pseudonymous ids.  Raises when two of them share a name (a label could
+    not tell them apart).  Never log the names.
+    """
+    wanted = set(recording_ids)
+    names = {r["recording_id"]: Path(r["source_path"]).name
+             for r in read_table("id_map", Path(ingest_dir) / ID_MAP).to_pylist() if r["recording_id"] in wanted}
+    if len(set(names.values())) < len(names):
+        raise SemioflowError(f"{len(names) - len(set(names.values()))} recordings share a file name with another; "
+                             "annotations are keyed by file name, so rename them apart")
+    return names
 
 
 def source_path(ingest_dir: Path, rid: str) -> Path:

@@ -1,9 +1,14 @@
-"""ingest: scan an inbox, probe each new recording, assign pseudonymous ids.
+"""ingest: scan the inboxes, probe each new recording, assign pseudonymous ids and a cohort.
+
+Two inboxes, one per cohort (``tasks.schema.COHORTS``): ``ingest.inbox``
+(seizure recordings) and ``ingest.gait_inbox`` (gait clips).  Every
+recording of either goes the same way (manifest, de-identification); the
+manifest's ``cohort`` says which track's stages see it afterwards.
 
 Outputs (in ``out_dir``, normally ``data/01_ingest/``):
 
 * ``manifest.parquet`` (table ``manifest``): one row per accepted recording,
-  pseudonymous ``recording_id`` only, no file names.
+  pseudonymous ``recording_id`` and its ``cohort``, no file names.
 * ``quarantine.parquet`` (table ``quarantine``): files that cannot be used,
   with a reason code and a clear detail (no file names in it either).
 * ``private/id_map.parquet`` (table ``id_map``, mode 0600 in a 0700 folder):
@@ -25,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from tasks.atomic import is_partial
 from tasks.errors import SemioflowError
@@ -32,7 +38,7 @@ from tasks.media import MediaError, ProbeInfo, ProbeTimeout, probe_with_timeout
 from tasks.params import IngestParams, Params
 from tasks.contract import Out, Stage
 from tasks.identity import ID_MAP, load_id_key, recording_id, sha256_file, write_private
-from tasks.schema import read_table, write_table
+from tasks.schema import COHORTS, GAIT, SEIZURE, read_table, write_table
 
 MANIFEST = "manifest.parquet"
 QUARANTINE = "quarantine.parquet"
@@ -132,16 +138,27 @@ def _read_or_empty(name: str, path: Path) -> pa.Table:
     return read_table(name, path) if path.exists() else empty_table(name)
 
 
-def ingest(inbox: Path, out_dir: Path, params: IngestParams, *, id_key: bytes, now: float | None = None) -> IngestReport:
-    """Add new recordings from ``inbox`` to the manifest (see module doc).
+def _manifest_rows(path: Path) -> list[dict]:
+    """The manifest so far; one written before cohorts existed holds seizure recordings only."""
+    if path.exists() and "cohort" not in pq.read_schema(path).names:
+        return [{**r, "cohort": SEIZURE} for r in pq.read_table(path).to_pylist()]
+    return _read_or_empty("manifest", path).to_pylist()
+
+
+def ingest(inbox: Path, out_dir: Path, params: IngestParams, *, id_key: bytes, now: float | None = None,
+           cohort: str = SEIZURE) -> IngestReport:
+    """Add new recordings from ``inbox`` to the manifest as recordings of ``cohort`` (see module doc).
 
     Never modifies or moves the raw files.  Bad files get a quarantine row
-    and the rest of the batch continues.
+    and the rest of the batch continues.  A file whose content is already
+    known (in either cohort) adds nothing.
     """
+    if cohort not in COHORTS:
+        raise SemioflowError(f"unknown cohort {cohort!r} (cohorts: {', '.join(COHORTS)})")
     inbox, out_dir = Path(inbox), Path(out_dir)
     ready, pending = scan_inbox(inbox, params, now=now)
     id_map = _read_or_empty("id_map", out_dir / ID_MAP).to_pylist()
-    manifest = _read_or_empty("manifest", out_dir / MANIFEST).to_pylist()
+    manifest = _manifest_rows(out_dir / MANIFEST)
     quarantine = _read_or_empty("quarantine", out_dir / QUARANTINE).to_pylist()
     by_stat = {(r["source_path"], r["size_bytes"], r["mtime_ns"]) for r in id_map}
     by_hash = {r["content_sha256"] for r in id_map}
@@ -169,7 +186,7 @@ def ingest(inbox: Path, out_dir: Path, params: IngestParams, *, id_key: bytes, n
                                    decoded_coverage=coverage, quarantined_at=ts))
             quarantined.append((rid, reason))
             continue
-        manifest.append(_manifest_row(rid, digest, st.st_size, info, flags, ts))
+        manifest.append(_manifest_row(rid, cohort, digest, st.st_size, info, flags, ts))
         accepted.append(rid)
         flags_by_id[rid] = tuple(flags)
     # The private map is written first: a crash after it re-derives the same ids.
@@ -194,9 +211,9 @@ def _assess(path: Path, size: int, params: IngestParams) -> tuple[str | None, st
     return reason, _scrub(detail, path), flags, info
 
 
-def _manifest_row(rid: str, digest: str, size: int, info: ProbeInfo, flags: list[str], ts) -> dict:
+def _manifest_row(rid: str, cohort: str, digest: str, size: int, info: ProbeInfo, flags: list[str], ts) -> dict:
     return dict(
-        recording_id=rid, content_sha256=digest, size_bytes=size, container=info.container,
+        recording_id=rid, cohort=cohort, content_sha256=digest, size_bytes=size, container=info.container,
         video_codec=info.video_codec, width=info.width, height=info.height, fps=info.fps,
         duration_s=info.duration_s, n_frames=info.n_frames, rotation_deg=info.rotation_deg, vfr=info.vfr,
         has_audio=info.has_audio, audio_codec=info.audio_codec, sample_rate=info.sample_rate, flags=flags,
@@ -205,13 +222,37 @@ def _manifest_row(rid: str, digest: str, size: int, info: ProbeInfo, flags: list
 
 
 def run(data_dir: Path, out_dir: Path, params: Params, inbox: str | None = None) -> dict:
-    """Scan ``inbox`` (default ``ingest.inbox``) into the manifest; counts and a summary line only."""
-    report = ingest(Path(inbox or params.ingest.inbox), out_dir, params.ingest, id_key=load_id_key())
-    return {"accepted": len(report.accepted), "quarantined": [r for _, r in report.quarantined],
-            "known": report.known, "pending": report.pending, "line": report.describe()}
+    """Scan the seizure inbox (``inbox``, default ``ingest.inbox``) and the gait inbox into the manifest.
+
+    Returns counts and a summary line only.  An unset inbox is not scanned; an
+    absent gait folder is a note (a site without a gait study), an absent
+    seizure folder an error.
+    """
+    ip, key = params.ingest, load_id_key()
+    seizure = inbox if inbox is not None else ip.inbox
+    if not seizure and not ip.gait_inbox:
+        raise SemioflowError("no inbox to scan: set ingest.inbox (seizure recordings) or ingest.gait_inbox")
+    reports, notes = {}, []
+    if seizure:
+        reports[SEIZURE] = ingest(Path(seizure), out_dir, ip, id_key=key)
+    if ip.gait_inbox and Path(ip.gait_inbox).is_dir():
+        reports[GAIT] = ingest(Path(ip.gait_inbox), out_dir, ip, id_key=key, cohort=GAIT)
+    elif ip.gait_inbox:
+        notes.append("no gait clip folder at ingest.gait_inbox (`semioflow synth gait` makes a phantom one)")
+    for name, table in (("manifest", MANIFEST), ("quarantine", QUARANTINE)):
+        if not (Path(out_dir) / table).exists():  # nothing scanned: later stages read an empty cohort
+            write_table(name, [], Path(out_dir) / table)
+    line = "; ".join([r.describe() if c == SEIZURE else r.describe().replace("ingest:", "ingest gait:", 1)
+                      for c, r in reports.items()] + notes)
+    return {"accepted": sum(len(r.accepted) for r in reports.values()),
+            "quarantined": [q for r in reports.values() for _, q in r.quarantined],
+            "known": sum(r.known for r in reports.values()), "pending": sum(r.pending for r in reports.values()),
+            "line": line}
 
 
 STAGE = Stage(
     "ingest", "source", run, "new inbox files probed, pseudonymised (keyed HMAC ids) or quarantined with a reason",
-    external=("ingest.inbox",),
-    outs=(Out(MANIFEST), Out(QUARANTINE)), note="the private id map (private/) is deliberately not tracked")
+    external=("ingest.inbox", "ingest.gait_inbox"),
+    outs=(Out(MANIFEST), Out(QUARANTINE)),
+    note="the private id map (private/) is deliberately not tracked; a DVC setup without a gait study points "
+         "ingest.gait_inbox at an empty folder (DVC needs a path)")

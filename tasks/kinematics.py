@@ -1,24 +1,27 @@
-"""kinematics: de-identified gait clips -> mediapipe pose -> joint angles, gait events, spatiotemporal parameters.
+"""kinematics: de-identified gait clips -> mediapipe pose, head blur, joint angles, gait events, spatiotemporal parameters.
 
-Per clip (``kinematics_clip``), in this order:
+A per-recording stage over the gait cohort: gait clips come in through
+``ingest.gait_inbox`` and go through ``deidentify`` like every recording, so
+nothing here reads raw pixels.  Per clip (``kinematics_clip``), in this order:
 
-1. **De-identify first.**  The raw clip goes through ``tasks.deidentify``
-   (face detectors, Gaussian blur, independent audit; a failed audit
-   quarantines the clip).  Nothing is extracted from raw pixels.  The
-   blur's gap fill is ``kinematics.gap_fill_s`` (0.2 s), not the seizure
-   track's 0.5 s: a face seen at t is blurred from t - gap to t + gap, and
-   for a walker those boxes smear into a blob a few heads wide that hides
-   where the head is, and BlazePose, which anchors on the head, then loses the
-   pose or straightens the legs (figures: README "The gait track").  The pose-driven head blur (3.) and the audit
-   still cover the output.
+1. **De-identified first** (the ``deidentify`` stage: face detectors,
+   Gaussian blur, independent audit; a clip that fails it is quarantined
+   there and never reaches this stage).  Its gap fill for this cohort is
+   ``deidentify.gait_gap_fill_s`` (0.2 s), not the seizure track's 0.5 s: a
+   face seen at t is blurred from t - gap to t + gap, and for a walker those
+   boxes smear into a blob a few heads wide that hides where the head is, and
+   BlazePose, which anchors on the head, then loses the pose or straightens
+   the legs (figures: README "The gait track").  The pose-driven head blur
+   (3.) still covers the output.
 2. **Pose.**  mediapipe pose (BlazePose, ``model_complexity`` 1) tracks the
    walker on every frame of the de-identified clip: 33 landmarks in image
    coordinates and in world metres (hip-centred).
 3. **Head blur.**  The head region of every pose (face landmarks 0-10, a box
    of ``HEAD_BOX_TORSO`` torso lengths) is blurred as well, on top of the
    face detectors' boxes: small profile faces in a side view are the ones
-   face detectors miss.  This is the clip every later stage reads
-   (``videos/<id>.mp4``).
+   face detectors miss.  Frames without a pose take the nearest pose's box
+   within ``kinematics.head_hold_s``.  This is the clip every later stage
+   reads (``videos/<id>.mp4``).
 4. **Gait events** (heel strike, toe-off) and **legs.**  In a side view a
    monocular pose model cannot tell the near leg from the far one: on the
    phantom mediapipe swaps them on a quarter of the frames, in bursts that recur at
@@ -50,51 +53,39 @@ README "The gait track").  ``world`` computes them from the world landmarks proj
 on the walk's plane.  Frontal angles (pelvic list, trunk lean) always use the
 world landmarks (the image has no depth).
 
-Identifiers: clips get the pipeline's pseudonymous id (``R`` + HMAC of the
-file's content under the site key, as ``tasks.ingest``), subjects ``P`` + HMAC
-(as ``tasks.folds``).  Every table here carries only these ids; the one map
-back to files is ``private/id_map.parquet`` (0600).
+Identifiers: clips carry the pipeline's pseudonymous ids (ingest); nothing
+here reads the private id map.  Subject ids and classes come in at the
+``gait`` stage (``gait.labels``).
 
-Inputs (params ``kinematics.videos``, ``kinematics.labels``): a folder of gait
-clips and a table with ``source_name, subject_id, gait_class`` (the phantom's
-``gait_clips.parquet``; extra columns ignored).
+Inputs (``data_dir``, per clip): ``02_deidentify/videos/<id>.mp4`` and
+``02_deidentify/results/<id>.parquet`` (its frame rate).
 
 Outputs (``out_dir`` = ``data/14_kinematics``):
 
-* ``videos/<id>.mp4``: the de-identified clip (faces and heads blurred);
-* ``deidentify/boxes/<id>.parquet`` (``face_boxes``), ``deidentify/results/<id>.parquet``;
+* ``videos/<id>.mp4``: the clip with every head blurred as well;
 * ``landmarks/<id>.parquet`` (``pose_landmarks``, mediapipe's own labels);
 * ``angles/<id>.parquet`` (``gait_angles``: one row per frame with a pose);
 * ``events/<id>.parquet`` (``gait_detected_events``);
-* ``results/<id>.parquet`` (``gait_kinematics``: status + spatiotemporal row);
-* stage tables ``kinematics.parquet`` (``gait_kinematics``), ``events.parquet``,
-  ``labels.parquet`` (``gait_labels``: id, subject pseudonym, class) and
-  ``kinematics.json`` (counts).
+* ``results/<id>.parquet`` (``gait_kinematics``: status ok | no_pose + spatiotemporal row);
+* stage tables ``kinematics.parquet`` (``gait_kinematics``) and ``events.parquet``.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
-import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 
-from tasks import face_blur
-from tasks.codehash import code_hash
-from tasks.contract import SKIPPED, Stage, skip
-from tasks.atomic import atomic_write_text
+from tasks import face_blur, layout
+from tasks.atomic import atomic_path
+from tasks.contract import Stage, Table
 from tasks.detectors import FaceBox, import_mediapipe, landmark_names
 from tasks.errors import SemioflowError
 from tasks.media import MediaError, VideoWriter, iter_frames, probe
-from tasks.params import KinematicsParams, Params, PoseParams, to_dict
-from tasks.identity import ID_MAP, load_id_key, patient_pseudonym, recording_id, sha256_file, write_private
-from tasks.schema import GAIT_ANGLES, GAIT_SPATIOTEMPORAL, read_table, write_table
+from tasks.params import KinematicsParams, Params, PoseParams
+from tasks.schema import GAIT, GAIT_ANGLES, GAIT_SPATIOTEMPORAL, read_table, write_table
 
 
 N_LANDMARKS = 33
@@ -646,52 +637,29 @@ def _double_support(hs: dict[str, np.ndarray], to: dict[str, np.ndarray]) -> flo
 # ---- one clip -------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ClipInput:
-    """One gait clip to process: pseudonymous id, raw file (private; never logged)."""
-
-    recording_id: str
-    source: Path
-    duration_s: float
-
-
 def _status_row(rid: str, status: str, reason: str | None, *, fps: float = 0.0, n_frames: int = 0,
                 pose_frames: int = 0, n_events: int = 0, st: dict | None = None) -> dict:
     return dict(recording_id=rid, status=status, reason=reason, fps=fps, n_frames=n_frames, pose_frames=pose_frames,
                 n_events=n_events, **(st or dict.fromkeys(SPATIOTEMPORAL)))
 
 
-def kinematics_clip(clip: ClipInput, out_dir: Path, params: Params) -> dict:
-    """De-identify, pose, head-blur, angles, events and spatiotemporal parameters of one clip.
+def kinematics_clip(rid: str, deidentified: Path, fps: float, out_dir: Path, kp: KinematicsParams) -> dict:
+    """Pose, head blur, angles, events and spatiotemporal parameters of one de-identified clip.
 
-    Writes the per-clip files listed in the module doc and returns the
-    clip's ``gait_kinematics`` row (status ok | quarantined | no_pose).
+    ``deidentified``: the clip as de-identification wrote it (read only);
+    ``fps``: its frame rate.  Writes the per-clip files listed in the module
+    doc and returns the clip's ``gait_kinematics`` row (status ok | no_pose).
     """
     out_dir = Path(out_dir)
-    rid = clip.recording_id
-    kp = params.kinematics
-    deid_dir = out_dir / "deidentify"
-    deid = dataclasses.replace(params.deidentify, gap_fill_s=kp.gap_fill_s)
-    row = face_blur.deidentify_recording(face_blur.RecordingInput(rid, clip.source, clip.duration_s), deid_dir,
-                                          deid)
+    fps = fps or probe(deidentified).fps
+    pose = track_pose(deidentified, kp)
     final = out_dir / "videos" / f"{rid}.mp4"
-    if row["status"] != "ok":
-        final.unlink(missing_ok=True)
-        result = _status_row(rid, "quarantined", row["reason"])
-        write_table("gait_kinematics", [result], out_dir / "results" / f"{rid}.parquet")
-        return result
-    blurred = deid_dir / "videos" / f"{rid}.mp4"
-    fps = float(row["fps"]) or probe(blurred).fps
-    pose = track_pose(blurred, kp)
+    final.parent.mkdir(parents=True, exist_ok=True)
     if kp.head_blur:
-        # The output clip holds head boxes for the full deidentify.gap_fill_s: no pose model reads it, so
-        # the shorter kinematics.gap_fill_s (kept short for the pose) buys nothing here.
-        blur_heads(blurred, final, head_boxes(pose, hold_frames=max(1, round(params.deidentify.gap_fill_s * fps))),
-                   fps=fps)
-        blurred.unlink(missing_ok=True)
+        blur_heads(deidentified, final, head_boxes(pose, hold_frames=max(1, round(kp.head_hold_s * fps))), fps=fps)
     else:
-        final.parent.mkdir(parents=True, exist_ok=True)
-        blurred.replace(final)
+        with atomic_path(final) as tmp:
+            shutil.copyfile(deidentified, tmp)
     _write_landmarks(rid, pose, out_dir / "landmarks" / f"{rid}.parquet")
     found = pose.found
     if found.sum() < 2:
@@ -745,96 +713,17 @@ def _write_landmarks(rid: str, pose: PoseSeries, path: Path) -> None:
 # ---- the stage ------------------------------------------------------------------------------------
 
 
-def _clip_key(sha: str, params: Params) -> str:
-    knobs = json.dumps({"deidentify": to_dict(params.deidentify), "kinematics": to_dict(params.kinematics)},
-                       sort_keys=True)
-    return hashlib.sha256(f"{sha}|{knobs}|{code_hash('tasks.kinematics')}".encode()).hexdigest()
-
-
-def _done(out_dir: Path, rid: str, key: str) -> bool:
-    marker = out_dir / "done" / f"{rid}.json"
-    if not marker.is_file() or not (out_dir / "results" / f"{rid}.parquet").is_file():
-        return False
-    return json.loads(marker.read_text()).get("key") == key
-
-
-def _one(job: tuple[ClipInput, Path, Params, str]) -> dict:
-    clip, out_dir, params, key = job
-    row = kinematics_clip(clip, out_dir, params)
-    atomic_write_text(out_dir / "done" / f"{clip.recording_id}.json", json.dumps({"key": key}))
-    return row
-
-
-def run(data_dir: Path, out_dir: Path, params: Params) -> dict:
-    """The kinematics stage over every clip of ``kinematics.videos`` (see module doc); counts only.
-
-    Clips already processed with the same content, params and code are
-    reused.  Clips without a row in ``kinematics.labels`` are processed but
-    get no label.  Raises ``SemioflowError`` when the folder or table is missing.
-    """
-
-    out_dir = Path(out_dir)
-    kp = params.kinematics
-    videos, labels_path = Path(kp.videos), Path(kp.labels)
-    if not videos.is_dir():
-        # a site without a gait study: the nightly run goes on, and says so in every run's summary
-        return skip(out_dir, f"no gait clip folder at {videos} (set kinematics.videos; `semioflow synth gait` "
-                             "makes a phantom one)")
-    (out_dir / SKIPPED).unlink(missing_ok=True)  # clips arrived since a skipped run
-    if not labels_path.is_file():
-        raise SemioflowError(f"no gait label table at {labels_path} (set kinematics.labels)")
-    table = pq.read_table(labels_path)
-    missing = [c for c in ("source_name", "subject_id", "gait_class") if c not in table.column_names]
-    if missing:
-        raise SemioflowError(f"gait label table lacks column(s) {', '.join(missing)}")
-    label_of = {r["source_name"]: r for r in table.select(["source_name", "subject_id", "gait_class"]).to_pylist()}
-    key = load_id_key()
-    files = sorted(p for p in videos.iterdir() if p.suffix.lower() in (".mp4", ".mov", ".mkv", ".avi"))
-    jobs, ids, id_rows, label_rows = [], [], [], []
-    for f in files:
-        sha = sha256_file(f)
-        rid = recording_id(sha, key)
-        ids.append(rid)
-        id_rows.append(dict(recording_id=rid, source_path=str(f.resolve()), content_sha256=sha,
-                            size_bytes=f.stat().st_size, mtime_ns=f.stat().st_mtime_ns, status="accepted",
-                            ingested_at=_now()))
-        if f.name in label_of:
-            lab = label_of[f.name]
-            label_rows.append(dict(recording_id=rid, subject_id=patient_pseudonym(str(lab["subject_id"]), key),
-                                   gait_class=str(lab["gait_class"])))
-        ck = _clip_key(sha, params)
-        if not _done(out_dir, rid, ck):
-            jobs.append((ClipInput(rid, f, probe(f).duration_s), out_dir, params, ck))
-    write_private("id_map", id_rows, out_dir / ID_MAP)
-    if params.base.workers > 1 and len(jobs) > 1:
-        # spawn: forking a process that already runs torch/mediapipe threads can abort the child
-        spawn = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=params.base.workers, mp_context=spawn) as pool:
-            list(pool.map(_one, jobs))
-    else:
-        for job in jobs:
-            _one(job)
-    rows = [read_table("gait_kinematics", out_dir / "results" / f"{rid}.parquet").to_pylist()[0] for rid in ids]
-    write_table("gait_kinematics", rows, out_dir / "kinematics.parquet")
-    write_table("gait_labels", sorted(label_rows, key=lambda r: r["recording_id"]), out_dir / "labels.parquet")
-    ev = [read_table("gait_detected_events", out_dir / "events" / f"{r['recording_id']}.parquet")
-          for r in rows if r["status"] != "quarantined"]
-    write_table("gait_detected_events", [e for t in ev for e in t.to_pylist()], out_dir / "events.parquet")
-    summary = {"clips": len(rows), "processed": len(jobs), "reused": len(rows) - len(jobs),
-               "ok": sum(r["status"] == "ok" for r in rows),
-               "quarantined": sum(r["status"] == "quarantined" for r in rows),
-               "no_pose": sum(r["status"] == "no_pose" for r in rows), "labelled": len(label_rows),
-               "events": sum(r["n_events"] for r in rows)}
-    atomic_write_text(out_dir / "kinematics.json", json.dumps(summary, indent=2, sort_keys=True))
-    return summary
-
-
-def _now():
-    import datetime as dt
-
-    return dt.datetime.now(dt.timezone.utc)
+def run(recording_id: str, data_dir: Path, out_dir: Path, params: Params) -> dict:
+    """The kinematics of one de-identified gait clip (see module doc); returns its ``gait_kinematics`` row."""
+    deid = layout.stage_dir(data_dir, "deidentify")
+    row = read_table("deidentified", deid / "results" / f"{recording_id}.parquet").to_pylist()[0]
+    return kinematics_clip(recording_id, deid / "videos" / f"{recording_id}.mp4", float(row["fps"] or 0.0), out_dir,
+                           params.kinematics)
 
 
 STAGE = Stage(
-    "kinematics", "cohort", run, "gait clips de-identified, pose-tracked; joint angles, gait events, cadence",
-    external=("kinematics.videos", "kinematics.labels"), params=("base", "deidentify", "kinematics"))
+    "kinematics", "recording", run, "de-identified gait clips pose-tracked, heads blurred; joint angles, gait events, "
+    "cadence", after="deidentify", cohort=GAIT,
+    inputs=(layout.rel("deidentify", "videos", "{rid}.mp4"), layout.rel("deidentify", "results", "{rid}.parquet")),
+    tables=(Table("gait_kinematics", "results", "kinematics.parquet"),
+            Table("gait_detected_events", "events", "events.parquet")))

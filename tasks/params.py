@@ -68,7 +68,10 @@ class SynthParams:
 
 @dataclass(frozen=True)
 class IngestParams:
-    inbox: str = "data/" + rel("synth", "seizure", "videos")
+    inbox: str = "data/" + rel("synth", "seizure", "videos")  # seizure recordings ("" = none)
+    # gait clips filmed from the side: recordings of the gait cohort ("" = no gait study; an absent folder
+    # is noted, not an error, so a site without one runs every night unchanged)
+    gait_inbox: str = "data/" + rel("synth", "gait", "videos")
     extensions: tuple[str, ...] = (".mp4", ".mov", ".mkv", ".avi")
     settle_s: float = 10.0  # a file modified more recently is still being written
     probe_timeout_s: float = 60.0
@@ -83,6 +86,9 @@ class DeidentifyParams:
     threshold: float = 0.3  # low: recall over precision
     box_dilation: float = 0.3  # fraction of the box size added on every side
     gap_fill_s: float = 0.5  # a face seen at t is also blurred this long before and after t
+    # the gait cohort's gap fill: a walking head moves ~0.25 m in 0.2 s, and boxes unioned over +-0.5 s smear
+    # the blur ~3 heads wide, where the pose model loses the walker (README "The gait track")
+    gait_gap_fill_s: float = 0.2
     # A second detector on a cadence catches what the first misses (mediapipe misses profile
     # faces); gap fill carries its boxes to the frames in between.  "none" turns it off.
     second_detector: Literal["none", "mediapipe", "centerface"] = "centerface"
@@ -98,6 +104,10 @@ class DeidentifyParams:
     audit_threshold: float = 0.5
     audit_short_side: int = 480  # pixels; CenterFace cost grows with the frame area
     audit_max_residual_frac: float = 0.0  # share of audited frames allowed to show a face
+
+    def __post_init__(self) -> None:
+        if min(self.gap_fill_s, self.gait_gap_fill_s) < 0:
+            raise ConfigError("deidentify.gap_fill_s and deidentify.gait_gap_fill_s must be >= 0 seconds")
 
 
 @dataclass(frozen=True)
@@ -316,28 +326,27 @@ class EvaluateParams:
 
 @dataclass(frozen=True)
 class KinematicsParams:
-    """Gait clips -> de-identified clip, mediapipe pose, joint angles, gait events (tasks/kinematics.py)."""
+    """De-identified gait clips -> mediapipe pose, head blur, joint angles, gait events (tasks/kinematics.py)."""
 
-    videos: str = "data/" + rel("synth", "gait", "videos")  # folder of gait clips filmed from the side
-    labels: str = "data/" + rel("synth", "gait", "gait_clips.parquet")  # table with source_name, subject_id, gait_class
     sagittal_source: Literal["image", "world"] = "image"  # landmarks the sagittal angles come from
     min_detection_confidence: float = 0.5
     min_tracking_confidence: float = 0.5
     head_blur: bool = True  # also blur the head box of every pose (small profile faces escape face detectors)
-    gap_fill_s: float = 0.2  # s; replaces deidentify.gap_fill_s for gait clips (a walking head moves ~0.25 m in 0.2 s)
+    head_hold_s: float = 0.5  # s; a frame without a pose takes the nearest pose's head box this far away
 
     def __post_init__(self) -> None:
         for name in ("min_detection_confidence", "min_tracking_confidence"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"kinematics.{name} must be in [0, 1]")
-        if self.gap_fill_s < 0:
-            raise ConfigError("kinematics.gap_fill_s must be >= 0 seconds")
+        if self.head_hold_s < 0:
+            raise ConfigError("kinematics.head_hold_s must be >= 0 seconds")
 
 
 @dataclass(frozen=True)
 class GaitParams:
     """BioGait-VLM gait classification, ablations and baselines (tasks/gait.py, tasks/biogait.py)."""
 
+    labels: str = "data/" + rel("synth", "gait", "gait_clips.parquet")  # source_name, subject_id, gait_class
     vlm: str = "models/internvl"  # local InternVL folder (Hugging Face layout); nothing downloads
     device: str = "auto"  # auto (CUDA when present) | cpu | cuda[:N]
     train_fraction: float = 0.8  # subjects in the training split (the rest test)
@@ -469,6 +478,11 @@ def _set_dotted(raw: dict, dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+# Keys that moved, so an older params.yaml fails saying where they went.
+MOVED = {"kinematics.videos": "ingest.gait_inbox (gait clips are ingested as the gait cohort)",
+         "kinematics.labels": "gait.labels", "kinematics.gap_fill_s": "deidentify.gait_gap_fill_s"}
+
+
 def build(cls: type, raw: Any, *, prefix: str, require_all: bool = False) -> Any:
     """Build dataclass ``cls`` from mapping ``raw`` strictly (see module doc)."""
     where = prefix or "params"
@@ -480,7 +494,9 @@ def build(cls: type, raw: Any, *, prefix: str, require_all: bool = False) -> Any
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in raw:
         if key not in fields:
-            raise ConfigError(f"unknown key {prefix + str(key)!r} (allowed: {', '.join(fields)})")
+            moved = MOVED.get(prefix + str(key))
+            raise ConfigError(f"unknown key {prefix + str(key)!r} (allowed: {', '.join(fields)})"
+                              + (f"; it moved to {moved}" if moved else ""))
     kwargs = {}
     for name in fields:
         key = prefix + name

@@ -32,6 +32,10 @@ FEATURE_ID = "feature_id"
 FRAME_INDEX = "frame_index"
 PTS_S = "pts_s"
 WINDOW_INDEX = "window_index"
+# The cohorts a recording can belong to (the manifest's ``cohort``): which inbox it came from, and so which
+# stages see it (seizure: the seizure track; gait: kinematics and gait).
+SEIZURE, GAIT = "seizure", "gait"
+COHORTS = (SEIZURE, GAIT)
 
 UTC_TS = pa.timestamp("us", tz="UTC")
 # Gait track columns.  Joint angles in degrees per frame (definitions in tasks/kinematics.py); spatiotemporal
@@ -65,6 +69,7 @@ TABLES: dict[str, pa.Schema] = {
     # ---- ingest --------------------------------------------------------------
     "manifest": _schema(
         _f(RECORDING_ID, pa.string()),
+        _f("cohort", pa.string()),  # one of COHORTS
         _f("content_sha256", pa.string()),
         _f("size_bytes", pa.int64()),
         _f("container", pa.string()),

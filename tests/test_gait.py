@@ -18,17 +18,19 @@ from unittest import mock
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 
-from tasks import biogait, gait, kinematics
-from tasks.errors import ModelNotFoundError
+from tasks import biogait, gait
+from tasks.errors import ModelNotFoundError, SemioflowError
 from tasks.local_models import TINY_MARKER
 from tasks.tiny_models import build_tiny
 from tasks.params import BaselineParams, GaitParams, GaitSynthParams
 from tasks.schema import read_table
 from tasks.synth.gait import GAIT_CLASSES, generate_cohort
-from tests.gait_fixture import ID_KEY_ENV, KEY, gait_data, params_for
+from tests.gait_fixture import ID_KEY_ENV, KEY, gait_data, params_for, run_gait_stages
 
 CHANCE = 1 / len(GAIT_CLASSES)
 TINY = dict(device="cpu", frames=8, queries=4, decoder_layers=1, heads=4, epochs=10, batch_size=2,
@@ -79,7 +81,8 @@ def run(data, tiny_vlm) -> dict:
     params = params_for(data.cohort, gait=GaitParams(vlm=str(tiny_vlm), **TINY))
     out = data.data_dir / "15_gait"
     with mock.patch.object(gait.biogait, "train", train), mock.patch.object(gait, "fit_kinematics_logreg", logreg), \
-            mock.patch.object(gait, "train_video_baseline", video), pytest.warns(UserWarning, match="random"):
+            mock.patch.object(gait, "train_video_baseline", video), pytest.warns(UserWarning, match="random"), \
+            data.id_key_env():
         summary = gait.run(data.data_dir, out, params)
     print(json.dumps(summary, indent=1))
     print((out / "results.md").read_text())
@@ -87,7 +90,44 @@ def run(data, tiny_vlm) -> dict:
 
 
 def _labels(data) -> list[dict]:
-    return read_table("gait_labels", data.data_dir / "14_kinematics" / "labels.parquet").to_pylist()
+    return read_table("gait_labels", data.data_dir / "15_gait" / "labels.parquet").to_pylist()
+
+
+def test_labels_meet_the_clips_as_pseudonyms(data, run):
+    """gait.labels (keyed by file name, real subject ids) -> one row per processed clip: recording id, subject
+    pseudonym, the planted class; the same subjects group the same clips."""
+    labels = _labels(data)
+    planted = read_table("gait_clips", data.cohort / "gait_clips.parquet").to_pylist()
+    assert len(labels) == len(planted) == run["summary"]["clips"] and run["summary"]["unlabelled"] == 0
+    assert all(r["recording_id"].startswith("R") and r["subject_id"].startswith("P") for r in labels)
+    assert {r["gait_class"] for r in labels} == set(GAIT_CLASSES)
+    assert len({r["subject_id"] for r in labels}) == len({r["subject_id"] for r in planted})
+    assert not {r["subject_id"] for r in labels} & {str(r["subject_id"]) for r in planted}
+    with data.id_key_env():
+        rows = gait.pseudonymous_labels(data.data_dir, data.cohort / "gait_clips.parquet",
+                                        [r["recording_id"] for r in labels][:3])
+    assert rows == labels[:3]  # only the clips asked for
+
+
+def test_missing_or_bad_label_table_is_a_clear_error(data, tmp_path):
+    bad = tmp_path / "labels.parquet"
+    pq.write_table(pa.table({"source_name": ["x.mp4"], "gait_class": ["normal"]}), bad)
+    rid = [r["recording_id"] for r in data.results["kinematics"]][:1]
+    with data.id_key_env():
+        with pytest.raises(SemioflowError, match="gait.labels"):
+            gait.pseudonymous_labels(data.data_dir, tmp_path / "nope.parquet", rid)
+        with pytest.raises(SemioflowError, match="subject_id"):
+            gait.pseudonymous_labels(data.data_dir, bad, rid)
+
+
+def test_no_gait_clips_is_a_recorded_skip(tmp_path):
+    """A site without a gait study: kinematics processed nothing, so the stage says so (skipped.json)."""
+    from tasks.schema import write_table
+
+    write_table("gait_kinematics", [], tmp_path / "14_kinematics" / "kinematics.parquet")
+    out = tmp_path / "15_gait"
+    summary = gait.run(tmp_path, out, params_for(tmp_path / "cohort"))
+    assert "no gait clips" in summary["skipped"] and (out / "skipped.json").is_file()
 
 
 # ---- split / leakage ---------------------------------------------------------------------------
@@ -175,7 +215,7 @@ def test_every_rationale_number_is_checked_against_the_metrics(data, run):
     preds = read_table("gait_predictions", run["out"] / "predictions.parquet").to_pylist()
     predicted = {(p["model"], p["recording_id"]): p["predicted"] for p in preds}
     assert all(r["predicted"] == predicted[(r["model"], r["recording_id"])] for r in rats)
-    clips = {c.recording_id: c for c in gait.load_clips(data.data_dir / "14_kinematics", run["params"].gait)}
+    clips = {c.recording_id: c for c in gait.load_clips(data.data_dir / "14_kinematics", _labels(data), run["params"].gait)}
     for c in clips.values():  # the values the prompt lists, as written there, all pass the check
         metrics = gait.rationale_metrics(c)
         prompt = gait.rationale_prompt(c, c.gait_class, gait.load_prompts())
@@ -195,7 +235,7 @@ def test_every_rationale_number_is_checked_against_the_metrics(data, run):
 
 
 def test_frame_lines_carry_the_measured_angles(data, run):
-    clip = gait.load_clips(data.data_dir / "14_kinematics", run["params"].gait)[0]
+    clip = gait.load_clips(data.data_dir / "14_kinematics", _labels(data), run["params"].gait)[0]
     prompts = gait.load_prompts()
     summary, lines = gait._clip_texts(clip, prompts)
     assert len(lines) == run["params"].gait.frames
@@ -292,7 +332,7 @@ def test_zero_shot_scores_equal_one_full_pass_per_answer(tiny_vlm):
 
 def test_missing_vlm_folder_is_a_clear_error(data, tmp_path):
     params = params_for(data.cohort, gait=GaitParams(vlm=str(tmp_path / "nope"), **TINY))
-    with pytest.raises(ModelNotFoundError, match="build_tiny"):
+    with pytest.raises(ModelNotFoundError, match="build_tiny"), data.id_key_env():
         gait.run(data.data_dir, tmp_path / "15_gait", params)
 
 
@@ -317,9 +357,9 @@ def test_biomechanics_beat_chance_and_vision_only_on_a_larger_phantom(tmp_path, 
     params = params_for(cohort, gait=GaitParams(vlm=str(tiny_vlm), **{**TINY, "epochs": 40, "zero_shot": False,
                                                                        "rationales": False, "baseline_arm": "none"}))
     data = tmp_path / "data"
+    run_gait_stages(data, params, key)
     with mock.patch.dict(os.environ, {ID_KEY_ENV: str(key)}):
-        kinematics.run(data, data / "14_kinematics", params)
-    s = gait.run(data, data / "15_gait", params)
+        s = gait.run(data, data / "15_gait", params)
     acc = s["accuracy"]
     print(json.dumps(s, indent=1))
     print((data / "15_gait" / "results.md").read_text())

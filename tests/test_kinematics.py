@@ -1,13 +1,15 @@
 """kinematics: joint angles, gait events and spatiotemporal parameters against the gait phantom's planted truth.
 
 The phantom (tests/gait_fixture.py: 8 classes x 2 subjects, 3.2 s clips) is
-rendered and run through the real stage once per process; every assertion
-compares what the stage measured on the de-identified video with the planted
-joints (``gait_joints``) and events (``gait_events``).
+rendered and run through the real stages (ingest as the gait cohort,
+deidentify, kinematics) once per process; every assertion compares what the
+stage measured on the de-identified video with the planted joints
+(``gait_joints``) and events (``gait_events``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat
 
@@ -18,11 +20,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from tasks import kinematics as K
-from tasks.errors import SemioflowError
+from tasks import registry
+from tasks.cache import recording_jobs
 from tasks.media import iter_frames
-from tasks.schema import read_table
-from tasks.synth.gait import GAIT_CLASSES, joint_angles_truth
-from tests.gait_fixture import gait_data, params_for
+from tasks.schema import GAIT, read_table
+from tasks.synth.gait import joint_angles_truth
+from tests.gait_fixture import SYNTH, gait_data, run_gait_stages
 
 # Measured here: knee error median 5.3 deg, worst clip 8.3; cadence error median 0.3 %, worst 2.0 %.  On a
 # second phantom (seed 23, 32 clips): 5.4 / 7.3 deg and 0.8 % / 5.8 %.  Before kinematics.gap_fill_s and the
@@ -52,7 +55,7 @@ def truth(data) -> dict[str, pl.DataFrame]:
     tabs = {n: pl.from_arrow(read_table(n, data.cohort / f"{n}.parquet"))
             for n in ("gait_clips", "gait_joints", "gait_events")}
     # the stage's pseudonymous id of each phantom clip, through the private map (tests may look)
-    idmap = read_table("id_map", data.data_dir / "14_kinematics" / "private" / "id_map.parquet").to_pylist()
+    idmap = read_table("id_map", data.data_dir / "01_ingest" / "private" / "id_map.parquet").to_pylist()
     rid = {os.path.basename(r["source_path"]): r["recording_id"] for r in idmap}
     tabs["rid"] = pl.DataFrame({"source_name": list(rid), "recording_id": list(rid.values())})
     return tabs
@@ -69,14 +72,22 @@ def _clips(truth):
     return truth["gait_clips"].join(truth["rid"], on="source_name").sort("source_name").iter_rows(named=True)
 
 
-def test_stage_processes_every_clip_and_keeps_no_identifiers(data, truth):
-    s = data.summary
-    print(s)
-    assert s["clips"] == 16 and s["ok"] == 16 and s["labelled"] == 16 and s["processed"] == 16
-    kin = data.data_dir / "14_kinematics"
+def test_gait_clips_go_through_ingest_and_deidentify_as_their_own_cohort(data, truth):
+    """Every clip: one manifest row of the gait cohort, de-identified (audit passed), one kinematics row;
+    no seizure-track stage has a job for them; no file outside private/ names a clip or a subject."""
+    manifest = read_table("manifest", data.data_dir / "01_ingest" / "manifest.parquet").to_pylist()
+    assert len(manifest) == 16 and {r["cohort"] for r in manifest} == {GAIT}
+    deid = read_table("deidentified", data.data_dir / "02_deidentify" / "deidentified.parquet").to_pylist()
+    assert sorted(r["recording_id"] for r in deid if r["status"] == "ok") == sorted(truth["rid"]["recording_id"])
+    rows = data.results["kinematics"]
+    assert len(rows) == 16 and {r["status"] for r in rows} == {"ok"}
+    kin = read_table("gait_kinematics", data.data_dir / "14_kinematics" / "kinematics.parquet")
+    assert sorted(kin["recording_id"].to_pylist()) == sorted(r["recording_id"] for r in rows)
+    for name in ("downsample", "window", "face_crop", "audio"):
+        assert recording_jobs(registry.stage(name), data.data_dir, data.params) == [], name
     names = set(truth["gait_clips"]["source_name"]) | {n[:-4] for n in truth["gait_clips"]["source_name"]}
     subjects = set(truth["gait_clips"]["subject_id"])
-    for path in kin.rglob("*"):
+    for path in data.data_dir.rglob("*"):
         if not path.is_file() or "private" in path.parts:
             continue
         assert not any(n in path.name for n in names), path.name
@@ -86,12 +97,27 @@ def test_stage_processes_every_clip_and_keeps_no_identifiers(data, truth):
             text = " ".join(str(v) for c in tbl.column_names if tbl.schema.field(c).type == "string"
                             for v in tbl.column(c).unique().to_pylist())
             assert not any(n in text for n in names | subjects), f"{path.name} carries a source name or subject id"
-    labels = read_table("gait_labels", kin / "labels.parquet").to_pylist()
-    assert all(r["recording_id"].startswith("R") and r["subject_id"].startswith("P") for r in labels)
-    by_subject = truth["gait_clips"].join(truth["rid"], on="source_name")
-    assert {r["gait_class"] for r in labels} == set(GAIT_CLASSES)
-    assert len({r["subject_id"] for r in labels}) == by_subject["subject_id"].n_unique()
-    assert stat.S_IMODE((kin / "private" / "id_map.parquet").stat().st_mode) == 0o600
+    assert stat.S_IMODE((data.data_dir / "01_ingest" / "private" / "id_map.parquet").stat().st_mode) == 0o600
+
+
+def test_gait_clips_take_the_gait_gap_fill(data, truth):
+    """deidentify carries a gait clip's boxes only deidentify.gait_gap_fill_s (0.2 s = 5 frames at 25 fps) past a
+    detection, not the seizure track's 0.5 s: a walker's boxes unioned over 0.5 s hide the head from the pose."""
+    dp = data.params.deidentify
+    gap = round(dp.gait_gap_fill_s * SYNTH.fps)
+    assert gap < round(dp.gap_fill_s * SYNTH.fps)
+    farthest, holes = [], []
+    for rid in truth["rid"]["recording_id"]:
+        boxes = pl.from_arrow(read_table("face_boxes", data.data_dir / "02_deidentify" / "boxes" / f"{rid}.parquet"))
+        seen = np.unique(boxes.filter(pl.col("source") == "detected")["frame_index"].to_numpy())
+        filled = np.unique(boxes.filter(pl.col("source") == "gapfill")["frame_index"].to_numpy())
+        if len(seen) and len(filled):
+            farthest.append(int(np.abs(filled[:, None] - seen[None, :]).min(1).max()))
+            holes.append(int(np.diff(seen).max()) if len(seen) > 1 else 0)
+    print(f"farthest gap-filled frame from a detection, per clip: {farthest}; longest run between detections: "
+          f"{holes} (gait gap {gap} frames)")
+    assert farthest and max(farthest) <= gap
+    assert max(holes) > 2 * gap + 1  # a longer fill would have reached farther: the check can fail
 
 
 def test_knee_angle_matches_planted_joints(data, truth):
@@ -268,20 +294,20 @@ def test_cadence_of_a_limp_is_its_stride_rate():
         pytest.approx(120.0)  # no stride yet: one step
 
 
-def test_rerun_reuses_finished_clips(data, tmp_path):
-    with data.id_key_env():
-        again = K.run(data.data_dir, data.data_dir / "14_kinematics", data.params)
-    assert again["processed"] == 0 and again["reused"] == again["clips"] == 16
+def test_rerun_reuses_finished_clips(data):
+    """A second run finds every clip's marker: nothing is written again."""
+    videos = sorted((data.data_dir / "14_kinematics" / "videos").glob("*.mp4"))
+    before = {p: p.stat().st_mtime_ns for p in videos}
+    again = run_gait_stages(data.data_dir, data.params, data.key_file)
+    assert again["kinematics"] == data.results["kinematics"]
+    assert {p: p.stat().st_mtime_ns for p in videos} == before
 
 
-def test_no_gait_clips_is_a_recorded_skip_and_missing_labels_an_error(data, tmp_path):
-    """A site without a gait study: the stage says so (skipped.json) instead of failing the nightly run."""
-    out = tmp_path / "14_kinematics"
-    with data.id_key_env():
-        summary = K.run(tmp_path, out, params_for(tmp_path / "nowhere"))
-    assert "kinematics.videos" in summary["skipped"] and (out / K.SKIPPED).is_file()
-    (tmp_path / "clips" / "videos").mkdir(parents=True)
-    p = params_for(tmp_path / "clips")
-    with data.id_key_env(), pytest.raises(SemioflowError, match="kinematics.labels"):
-        K.run(tmp_path, out, p)
-    assert not (out / K.SKIPPED).is_file(), "a stale skip marker is removed once clips exist"
+def test_a_site_without_gait_clips_runs_through(data, tmp_path):
+    """No gait clip folder: ingest notes it, kinematics has no job and writes empty tables (no failed night)."""
+    params = dataclasses.replace(data.params, ingest=dataclasses.replace(data.params.ingest,
+                                                                         gait_inbox=str(tmp_path / "nowhere")))
+    results = run_gait_stages(tmp_path / "data", params, data.key_file)
+    assert "no gait clip folder at ingest.gait_inbox" in results["ingest"][0]["line"]
+    assert results["kinematics"] == []
+    assert read_table("gait_kinematics", tmp_path / "data" / "14_kinematics" / "kinematics.parquet").num_rows == 0

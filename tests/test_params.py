@@ -80,8 +80,17 @@ def test_wrong_type_fails_naming_the_key(tmp_path, dotted, value, message):
 def test_invalid_values_fail(tmp_path):
     with pytest.raises(ConfigError, match="overlap_s"):
         load_params(REPO / "params.yaml", overrides={"window.overlap_s": 30.0})
-    with pytest.raises(ConfigError, match=r"kinematics\.gap_fill_s"):
-        load_params(REPO / "params.yaml", overrides={"kinematics.gap_fill_s": -0.1})
+    with pytest.raises(ConfigError, match=r"deidentify\.gap_fill_s and deidentify\.gait_gap_fill_s"):
+        load_params(REPO / "params.yaml", overrides={"deidentify.gait_gap_fill_s": -0.1})
+    with pytest.raises(ConfigError, match=r"kinematics\.head_hold_s"):
+        load_params(REPO / "params.yaml", overrides={"kinematics.head_hold_s": -0.1})
+
+
+def test_a_moved_key_says_where_it_went(tmp_path):
+    raw = _repo_raw()
+    raw["kinematics"]["videos"] = "clips"
+    with pytest.raises(ConfigError, match=r"unknown key 'kinematics\.videos'.*moved to ingest\.gait_inbox"):
+        load_params(_write(tmp_path, raw))
 
 
 def test_missing_section_fails_in_file_but_defaults_in_code(tmp_path):
