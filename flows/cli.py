@@ -253,7 +253,7 @@ def _wait_option(fn):
 
 @cli.command()
 @click.option("--inbox", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Folder of new recordings (default: ingest.inbox in params).")
+              help="Folder of new seizure recordings (default: ingest.inbox in params; gait clips come from ingest.gait_inbox).")
 @_wait_option
 @pass_ctx
 def ingest(obj: CliContext, inbox: Path | None, wait: bool) -> None:
@@ -290,7 +290,7 @@ def generate_cmd(check: bool) -> None:
 
 @cli.command("run")
 @click.option("--inbox", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Folder of new recordings (default: ingest.inbox in params).")
+              help="Folder of new seizure recordings (default: ingest.inbox in params; gait clips come from ingest.gait_inbox).")
 @_wait_option
 @pass_ctx
 def run_cmd(obj: CliContext, inbox: Path | None, wait: bool) -> None:
@@ -466,7 +466,7 @@ def server_status() -> None:
 @cli.command()
 @click.option("--cron", default="0 2 * * *", show_default=True, help="When to run (cron, server time zone).")
 @click.option("--inbox", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Folder of new recordings (default: ingest.inbox in params).")
+              help="Folder of new seizure recordings (default: ingest.inbox in params; gait clips come from ingest.gait_inbox).")
 @click.option("--publish/--no-publish", default=True, show_default=True,
               help="After the run: dvc commit + dvc push (+ git commit of dvc.lock).")
 @click.option("--register-only", is_flag=True, help="Register the deployment and exit (no serving process).")

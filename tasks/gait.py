@@ -720,6 +720,8 @@ def _fps(c: Clip) -> float:
 
 STAGE = Stage(
     "gait", "cohort", run, "8-class gait classification (BioGait-VLM) on the kinematics and de-identified clips",
-    inputs=(layout.rel("ingest", "private", "id_map.parquet"),)
-    + tuple(layout.rel("kinematics", f) for f in ("kinematics.parquet", "angles", "videos")),
+    # The private id map is read but not keyed on: it grows with every seizure recording, which would retrain
+    # every gait model each night.  A clip's row never changes once ingested, and the clips are the ids of
+    # kinematics.parquet, which is keyed.
+    inputs=tuple(layout.rel("kinematics", f) for f in ("kinematics.parquet", "angles", "videos")),
     external=("gait.labels",), params=("base", "gait"))

@@ -13,7 +13,7 @@ from tasks.catalog import load_catalog
 from tasks.errors import SemioflowError
 from tasks.identity import ID_MAP, patient_pseudonym
 from tasks.params import FoldsParams, Params
-from tasks.schema import read_table, write_table
+from tasks.schema import GAIT, SEIZURE, read_table, write_table
 
 KEY = b"1" * 64
 N_DIMS = 21  # recordings + 20 features
@@ -84,6 +84,12 @@ def _deid_row(rid: str, status: str) -> dict:
                 detector="mediapipe", audit_detector="centerface")
 
 
+def _manifest_row(rid: str, now, cohort: str) -> dict:
+    return dict(recording_id=rid, cohort=cohort, content_sha256="0" * 64, size_bytes=1, container="mp4",
+                video_codec="h264", width=384, height=288, fps=12.0, duration_s=60.0, n_frames=720, rotation_deg=0,
+                vfr=False, has_audio=True, audio_codec="aac", sample_rate=16000, flags=[], ingested_at=now)
+
+
 def _cohort(tmp_path, *, n_patients=7, per_patient=3):
     """Raw-side tables (source names, raw patient ids) and the data dir the pipeline would have built."""
     catalog = load_catalog()
@@ -116,6 +122,17 @@ def _cohort(tmp_path, *, n_patients=7, per_patient=3):
     id_rows.append(dict(recording_id="RUNLABELED", source_path="/secure/inbox/extra.mp4", content_sha256="2" * 64,
                         size_bytes=1, mtime_ns=0, status="accepted", ingested_at=now))
     deid.append(_deid_row("RUNLABELED", "ok"))
+    # a gait clip (another cohort) whose file name the seizure labels happen to carry: never a folds recording
+    id_rows.append(dict(recording_id="RGAITCLIP0", source_path="/secure/gait/P02_R7.mp4", content_sha256="3" * 64,
+                        size_bytes=1, mtime_ns=0, status="accepted", ingested_at=now))
+    deid.append(_deid_row("RGAITCLIP0", "ok"))
+    label_rows += [dict(source_name="P02_R7.mp4", feature_id=f, label=True, annotator_1=True, annotator_2=True,
+                        annotator_3=True) for f in catalog.ids]
+    rec_rows.append(dict(source_name="P02_R7.mp4", patient_id="P02", duration_s=60.0, fps=12.0, width=384,
+                         height=288, seed=0))
+    write_table("manifest", [_manifest_row(r["recording_id"], now, GAIT if r["recording_id"] == "RGAITCLIP0"
+                                           else SEIZURE) for r in id_rows if r["recording_id"] != "RQUARANTIN"]
+                + [_manifest_row("RQUARANTIN", now, SEIZURE)], data / "01_ingest" / "manifest.parquet")
     write_table("id_map", id_rows, data / "01_ingest" / ID_MAP)
     write_table("deidentified", deid, data / "02_deidentify" / "deidentified.parquet")
     write_table("labels", label_rows, tmp_path / "labels.parquet")
@@ -139,7 +156,7 @@ def test_stage_moves_labels_onto_pseudonyms_without_leakage(tmp_path, site_key):
     fold_rows = read_table("folds", data / "11_folds" / folds.FOLDS).to_pylist()
     label_rows = read_table("recording_labels", data / "11_folds" / folds.LABELS).to_pylist()
 
-    # only de-identified, annotated recordings; the others are counted, not silently dropped
+    # only de-identified, annotated recordings of the seizure cohort; the others are counted, not silently dropped
     assert {r["recording_id"] for r in fold_rows} == {rid for rid, _ in truth}
     assert summary["unlabelled"] == 1 and summary["not_deidentified"] == 1
     assert summary["recordings"] == 21 and summary["patients"] == 7 and sum(summary["fold_recordings"]) == 21

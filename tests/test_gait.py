@@ -366,3 +366,32 @@ def test_biomechanics_beat_chance_and_vision_only_on_a_larger_phantom(tmp_path, 
     best_bio = max(acc["biogait"], acc["biogait_no_ted"], acc["kinematics_logreg"])
     assert best_bio > 2 * CHANCE
     assert best_bio > acc["biogait_no_bio"] + CHANCE
+
+
+def test_new_seizure_recordings_do_not_retrain_gait_but_new_labels_do(data, tmp_path):
+    """The gait stage's key covers its clips and gait.labels, not the id map that grows with every recording."""
+    import dataclasses
+    import shutil
+
+    from tasks import registry
+    from tasks.cache import cohort_job
+    from tasks.identity import ID_MAP, write_private
+
+    copy = tmp_path / "data"
+    shutil.copytree(data.data_dir / "01_ingest", copy / "01_ingest")
+    shutil.copytree(data.data_dir / "14_kinematics", copy / "14_kinematics")
+    stage, params = registry.stage("gait"), data.params
+    before = cohort_job(stage, copy, params).cache_key
+    id_map = copy / "01_ingest" / ID_MAP
+    rows = read_table("id_map", id_map).to_pylist()
+    write_private("id_map", rows + [{**rows[0], "recording_id": "R0000000000", "source_path": "/inbox/new.mp4",
+                                     "content_sha256": "0" * 64}], id_map)
+    assert cohort_job(stage, copy, params).cache_key == before
+    table = pq.read_table(data.cohort / "gait_clips.parquet")
+    classes = table.column("gait_class").to_pylist()
+    classes[0] = "dcm" if classes[0] != "dcm" else "normal"  # one clip relabelled
+    relabelled = tmp_path / "labels.parquet"
+    pq.write_table(table.set_column(table.column_names.index("gait_class"), "gait_class", pa.array(classes)),
+                   relabelled)
+    changed = dataclasses.replace(params, gait=dataclasses.replace(params.gait, labels=str(relabelled)))
+    assert cohort_job(stage, copy, changed).cache_key != before

@@ -321,3 +321,44 @@ def test_id_key_created_by_concurrent_first_runs_is_one_key(tmp_path):
     assert len(set(keys)) == 1 and keys[0] == p.read_bytes().strip()
     assert oct(p.stat().st_mode & 0o777) == "0o600"
     assert [f.name for f in p.parent.iterdir()] == ["id_key"]  # no candidate files left behind
+
+
+def test_two_inboxes_two_cohorts_through_the_stage(inbox, tmp_path, monkeypatch):
+    """ingest.inbox -> seizure, ingest.gait_inbox -> gait; content known in one cohort is not added to the other;
+    a manifest written before cohorts existed reads as seizure recordings."""
+    import dataclasses
+
+    from tasks import ingest as stage
+    from tasks.params import Params
+
+    key_file = tmp_path / "id_key"
+    key_file.write_bytes(KEY)
+    monkeypatch.setenv("SEMIOFLOW_ID_KEY_FILE", str(key_file))
+    seizure, gait = tmp_path / "seizure", tmp_path / "gait"
+    seizure.mkdir()
+    gait.mkdir()
+    shutil.copy2(inbox / "doe_jane_good.mp4", seizure / "a.mp4")
+    shutil.copy2(inbox / "doe_jane_no_audio.mp4", gait / "walk.mp4")
+    shutil.copy2(inbox / "doe_jane_good.mp4", gait / "a_again.mp4")  # same content as a seizure recording
+    base = Params()
+    params = dataclasses.replace(base, ingest=dataclasses.replace(base.ingest, inbox=str(seizure),
+                                                                  gait_inbox=str(gait), settle_s=0.0))
+    out = tmp_path / "01_ingest"
+    res = stage.run(tmp_path, out, params)
+    assert res["accepted"] == 2 and res["known"] == 1
+    assert "ingest: 1 new" in res["line"] and "ingest gait: 1 new" in res["line"]
+    cohorts = {r["recording_id"]: r["cohort"] for r in read_table("manifest", out / MANIFEST).to_pylist()}
+    assert sorted(cohorts.values()) == ["gait", "seizure"]
+    assert cohorts[recording_id(sha256_file(gait / "walk.mp4"), KEY)] == "gait"
+    # an older manifest (no cohort column) gains one on the next run: its recordings were seizure recordings
+    legacy = read_table("manifest", out / MANIFEST).drop(["cohort"])
+    pq.write_table(legacy, out / MANIFEST)
+    make_clip(seizure / "b.mp4", seconds=3)
+    os.utime(seizure / "b.mp4", (OLD, OLD))
+    gait_only = dataclasses.replace(params, ingest=dataclasses.replace(params.ingest, gait_inbox=""))
+    assert stage.run(tmp_path, out, gait_only)["accepted"] == 1
+    cohorts = [r["cohort"] for r in read_table("manifest", out / MANIFEST).to_pylist()]
+    assert sorted(cohorts) == ["seizure", "seizure", "seizure"]
+    with pytest.raises(Exception, match="no inbox to scan"):
+        stage.run(tmp_path, out, dataclasses.replace(params, ingest=dataclasses.replace(params.ingest, inbox="",
+                                                                                          gait_inbox="")))
