@@ -37,7 +37,6 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from tasks import layout
 from tasks.contract import Stage
@@ -48,7 +47,7 @@ from tasks.errors import SemioflowError
 from tasks.cohorts import cohort_of
 from tasks.identity import load_id_key, patient_pseudonym, source_names
 from tasks.params import Params
-from tasks.schema import SEIZURE, read_table, write_table
+from tasks.schema import SEIZURE, read_table, read_user_table, write_table
 
 LABELS = "labels.parquet"
 FOLDS = "folds.parquet"
@@ -107,17 +106,6 @@ def assign_folds(counts: dict[str, np.ndarray], n_folds: int, *, seed: int, rest
     return {p: first[int(best[i])] for i, p in enumerate(patients)}
 
 
-def _read_any(path: Path, columns: tuple[str, ...], what: str) -> list[dict]:
-    """Rows of a user-supplied annotation table (needs only ``columns``; extra columns are ignored)."""
-    if not path.is_file():
-        raise SemioflowError(f"{what} table not found at {path} (set folds.{what} in params.yaml)")
-    table = pq.read_table(path)
-    missing = [c for c in columns if c not in table.column_names]
-    if missing:
-        raise SemioflowError(f"{what} table {path} lacks column(s) {', '.join(missing)}")
-    return table.select(list(columns)).to_pylist()
-
-
 def run(data_dir: Path, out_dir: Path, params: Params) -> dict:
     """The folds stage (see module doc).  Returns counts only (no ids, no names)."""
     data_dir, out_dir = Path(data_dir), Path(out_dir)
@@ -128,9 +116,9 @@ def run(data_dir: Path, out_dir: Path, params: Params) -> dict:
     deid = [r for r in read_table("deidentified", layout.path(data_dir, "deidentify", "deidentified.parquet")).to_pylist()
             if r["recording_id"] in seizure]
     name_of = source_names(layout.stage_dir(data_dir, "ingest"), {r["recording_id"] for r in deid if r["status"] == "ok"})
-    labels = _read_any(Path(fp.labels), ("source_name", "feature_id", "label"), "labels")
+    labels = read_user_table(fp.labels, ("source_name", "feature_id", "label"), "folds.labels")
     patient_of_name = {r["source_name"]: r["patient_id"]
-                       for r in _read_any(Path(fp.recordings), ("source_name", "patient_id"), "recordings")}
+                       for r in read_user_table(fp.recordings, ("source_name", "patient_id"), "folds.recordings")}
     unknown = sorted({r["feature_id"] for r in labels} - set(catalog.ids))
     if unknown:
         raise SemioflowError(f"labels table has feature ids not in the catalog: {', '.join(unknown)}")

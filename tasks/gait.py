@@ -61,7 +61,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 import yaml
 from torch import nn
@@ -75,7 +74,7 @@ from tasks.media import iter_frames
 from tasks.params import GaitParams, Params, to_dict
 from tasks.schema import GAIT_ANGLES as ANGLES
 from tasks.schema import GAIT_SPATIOTEMPORAL as SPATIOTEMPORAL
-from tasks.schema import read_table, write_table
+from tasks.schema import read_table, read_user_table, write_table
 from tasks.devices import resolve_device
 from tasks.local_models import load_local
 from tasks.video_models import build_model
@@ -508,13 +507,7 @@ def pseudonymous_labels(data_dir: Path, labels_path: Path, recording_ids: list[s
     ``labels_path``: the user's table keyed by file name (``LABEL_COLUMNS``,
     extra columns ignored); it meets the ids through ingest's private id map.
     """
-    if not labels_path.is_file():
-        raise SemioflowError(f"no gait label table at {labels_path} (set gait.labels)")
-    table = pq.read_table(labels_path)
-    missing = [c for c in LABEL_COLUMNS if c not in table.column_names]
-    if missing:
-        raise SemioflowError(f"gait label table lacks column(s) {', '.join(missing)} (gait.labels)")
-    label_of = {r["source_name"]: r for r in table.select(list(LABEL_COLUMNS)).to_pylist()}
+    label_of = {r["source_name"]: r for r in read_user_table(labels_path, LABEL_COLUMNS, "gait.labels")}
     key = load_id_key()
     rows = [dict(recording_id=rid, subject_id=patient_pseudonym(str(label_of[name]["subject_id"]), key),
                  gait_class=str(label_of[name]["gait_class"]))

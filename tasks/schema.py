@@ -626,6 +626,19 @@ def write_table(name: str, data: TableLike, path: str | Path) -> Path:
     return path
 
 
+def read_user_table(path: str | Path, columns: tuple[str, ...], param: str) -> list[dict]:
+    """Rows of a user-supplied table (an annotation table named by params key ``param``): only ``columns``,
+    extra columns ignored.  Raises ``SchemaError`` naming ``param`` when the file or a column is missing."""
+    path = Path(path)
+    if not path.is_file():
+        raise SchemaError(f"no table at {path} (set {param} in params.yaml)")
+    table = pq.read_table(path)
+    missing = [c for c in columns if c not in table.column_names]
+    if missing:
+        raise SchemaError(f"the table of {param} ({path}) lacks column(s) {', '.join(missing)}")
+    return table.select(list(columns)).to_pylist()
+
+
 def read_table(name: str, path: str | Path) -> pa.Table:
     """Read a Parquet table and validate it against its contract."""
     path = Path(path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -111,28 +112,25 @@ def _cohort(tmp_path, *, n_patients=7, per_patient=3):
                 label_rows.append(dict(source_name=name, feature_id=f, label=lab, annotator_1=lab, annotator_2=lab,
                                        annotator_3=not lab))
                 truth[(rid, f)] = (lab, f"P{p + 1:02d}")
-    # one recording quarantined by deidentify (labelled), one accepted but never annotated
-    id_rows.append(dict(recording_id="RQUARANTIN", source_path="/secure/inbox/P01_R9.mp4", content_sha256="1" * 64,
-                        size_bytes=1, mtime_ns=0, status="accepted", ingested_at=now))
-    deid.append(_deid_row("RQUARANTIN", "quarantined"))
-    label_rows += [dict(source_name="P01_R9.mp4", feature_id=f, label=True, annotator_1=True, annotator_2=True,
-                        annotator_3=True) for f in catalog.ids]
-    rec_rows.append(dict(source_name="P01_R9.mp4", patient_id="P01", duration_s=60.0, fps=12.0, width=384,
-                         height=288, seed=0))
-    id_rows.append(dict(recording_id="RUNLABELED", source_path="/secure/inbox/extra.mp4", content_sha256="2" * 64,
-                        size_bytes=1, mtime_ns=0, status="accepted", ingested_at=now))
-    deid.append(_deid_row("RUNLABELED", "ok"))
-    # a gait clip (another cohort) whose file name the seizure labels happen to carry: never a folds recording
-    id_rows.append(dict(recording_id="RGAITCLIP0", source_path="/secure/gait/P02_R7.mp4", content_sha256="3" * 64,
-                        size_bytes=1, mtime_ns=0, status="accepted", ingested_at=now))
-    deid.append(_deid_row("RGAITCLIP0", "ok"))
-    label_rows += [dict(source_name="P02_R7.mp4", feature_id=f, label=True, annotator_1=True, annotator_2=True,
-                        annotator_3=True) for f in catalog.ids]
-    rec_rows.append(dict(source_name="P02_R7.mp4", patient_id="P02", duration_s=60.0, fps=12.0, width=384,
-                         height=288, seed=0))
+    def extra(rid: str, path: str, sha: str, status: str, patient: str | None) -> None:
+        """A recording beside the labelled ones; ``patient``: its file name carries labels of this patient."""
+        id_rows.append(dict(recording_id=rid, source_path=path, content_sha256=sha * 64, size_bytes=1, mtime_ns=0,
+                            status="accepted", ingested_at=now))
+        deid.append(_deid_row(rid, status))
+        if patient:
+            name = Path(path).name
+            label_rows.extend(dict(source_name=name, feature_id=f, label=True, annotator_1=True, annotator_2=True,
+                                   annotator_3=True) for f in catalog.ids)
+            rec_rows.append(dict(source_name=name, patient_id=patient, duration_s=60.0, fps=12.0, width=384,
+                                 height=288, seed=0))
+
+    # one recording quarantined by deidentify (labelled), one accepted but never annotated, and a gait clip
+    # (another cohort) whose file name the seizure labels happen to carry: never a folds recording
+    extra("RQUARANTIN", "/secure/inbox/P01_R9.mp4", "1", "quarantined", "P01")
+    extra("RUNLABELED", "/secure/inbox/extra.mp4", "2", "ok", None)
+    extra("RGAITCLIP0", "/secure/gait/P02_R7.mp4", "3", "ok", "P02")
     write_table("manifest", [_manifest_row(r["recording_id"], now, GAIT if r["recording_id"] == "RGAITCLIP0"
-                                           else SEIZURE) for r in id_rows if r["recording_id"] != "RQUARANTIN"]
-                + [_manifest_row("RQUARANTIN", now, SEIZURE)], data / "01_ingest" / "manifest.parquet")
+                                           else SEIZURE) for r in id_rows], data / "01_ingest" / "manifest.parquet")
     write_table("id_map", id_rows, data / "01_ingest" / ID_MAP)
     write_table("deidentified", deid, data / "02_deidentify" / "deidentified.parquet")
     write_table("labels", label_rows, tmp_path / "labels.parquet")
