@@ -1,6 +1,12 @@
 """Compare two data folders (e.g. the phantom demo's before and after a refactor): tables by content, media by bytes.
 
-Usage: python bench/compare_outputs.py BEFORE_DATA_DIR AFTER_DATA_DIR
+Usage: python bench/compare_outputs.py BEFORE_DATA_DIR AFTER_DATA_DIR [--moved OLD=NEW ...] [--unordered]
+
+``--moved OLD=NEW``: the file ``OLD`` or the files under ``OLD/`` in BEFORE are
+compared with ``NEW`` (the same names under ``NEW/``) in AFTER (a refactor
+that moved outputs);
+``--unordered``: table rows are compared as a multiset (a refactor that
+changed the row order of a gathered table).
 
 Both runs must use the same site key (``.semioflow/id_key``) so recording ids
 match.  What records *when* or *how long* something ran is left out: table
@@ -15,9 +21,9 @@ or is missing on one side.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
-import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -34,10 +40,11 @@ def _files(root: Path) -> dict[str, Path]:
             and not set(p.relative_to(root).parts) & set(SKIP_PARTS)}
 
 
-def _table(path: Path) -> list[dict]:
+def _table(path: Path, unordered: bool = False) -> list[dict]:
     t = pq.read_table(path)
     keep = [c for c in t.column_names if not c.endswith(WHEN_COLUMNS)]
-    return t.select(keep).to_pylist()
+    rows = t.select(keep).to_pylist()
+    return sorted(rows, key=lambda r: json.dumps(r, sort_keys=True, default=str)) if unordered else rows
 
 
 def _digest(path: Path) -> str:
@@ -69,15 +76,28 @@ def _same_torch(a: Path, b: Path) -> bool:
                                                                                   weights_only=False))
 
 
-def compare(before: Path, after: Path) -> tuple[dict[str, int], list[str]]:
-    """(counts by kind, differences) between two data folders."""
-    a, b = _files(before), _files(after)
+def _moved(files: dict[str, Path], moved: list[tuple[str, str]]) -> dict[str, Path]:
+    out = {}
+    for rel, path in files.items():
+        for old, new in moved:
+            old, new = old.rstrip("/"), new.rstrip("/")
+            if rel == old or rel.startswith(old + "/"):
+                rel = new + rel[len(old):]
+                break
+        out[rel] = path
+    return out
+
+
+def compare(before: Path, after: Path, *, moved: list[tuple[str, str]] = (),
+            unordered: bool = False) -> tuple[dict[str, int], list[str]]:
+    """(counts by kind, differences) between two data folders (``moved``: BEFORE prefix -> AFTER prefix)."""
+    a, b = _moved(_files(before), list(moved)), _files(after)
     diffs = [f"only before: {k}" for k in sorted(set(a) - set(b))] + [f"only after: {k}" for k in sorted(set(b) - set(a))]
     counts = {"tables": 0, "media": 0, "other": 0}  # media: video, audio, model and feature tensors
     for rel in sorted(set(a) & set(b)):
         if rel.endswith(".parquet"):
             counts["tables"] += 1
-            same = _table(a[rel]) == _table(b[rel])
+            same = _table(a[rel], unordered) == _table(b[rel], unordered)
         elif rel.endswith(".json"):
             counts["other"] += 1
             same = _json(a[rel]) == _json(b[rel])
@@ -93,8 +113,15 @@ def compare(before: Path, after: Path) -> tuple[dict[str, int], list[str]]:
 
 
 def main() -> None:
-    before, after = (Path(p) for p in sys.argv[1:3])
-    counts, diffs = compare(before, after)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("before", type=Path)
+    ap.add_argument("after", type=Path)
+    ap.add_argument("--moved", action="append", default=[], metavar="OLD=NEW",
+                    help="outputs under OLD/ in BEFORE live under NEW/ in AFTER")
+    ap.add_argument("--unordered", action="store_true", help="compare table rows as a multiset")
+    args = ap.parse_args()
+    moved = [tuple(m.split("=", 1)) for m in args.moved]
+    counts, diffs = compare(args.before, args.after, moved=moved, unordered=args.unordered)
     print(f"compared {counts['tables']} tables and {counts['other']} JSON/text files (by content), "
           f"{counts['media']} media and tensor files")
     for d in diffs:

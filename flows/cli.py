@@ -341,8 +341,8 @@ def _closing_summary(obj: CliContext, lines: list[str], total_s: float) -> None:
     from flows.settings import server_url
 
     report = layout.path(obj.data_dir, "report", "report.html")
-    for line in lines:  # what ingest found (the progress lines say the rest)
-        if line.startswith("ingest:"):
+    for line in lines:  # what ingest found and what had nothing to do (the progress lines say the rest)
+        if line.startswith("ingest:") or ": skipped: " in line:
             click.echo(line)
     click.echo(f"done in {_duration(total_s)}; outputs in {obj.data_dir}/ (one folder per stage, see README 'Stages')")
     if report.is_file():

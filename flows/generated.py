@@ -107,7 +107,7 @@ def stage_table() -> str:
             f"| synth | phantom (`semioflow synth`) | `synth` | | `data/{layout.folder('synth')}/` "
             "| phantom seizure and gait cohorts with planted truth |"]
     for stage in registry.pipeline_stages():
-        kind = {"source": "source", "recording": f"per recording (after {stage.after})",
+        kind = {"source": "source", "recording": f"per {stage.cohort + ' ' if stage.cohort else ''}recording{'' if stage.cohort else ', every cohort'} (after {stage.after})",
                 "cohort": "cohort"}[stage.kind]
         reads = sorted({layout.STAGES[int(rel[:2])] for rel in stage.data_inputs
                         if int(rel[:2]) < len(layout.STAGES)} - {stage.name})

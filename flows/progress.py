@@ -33,7 +33,7 @@ def stage_line(stage: str, total: int, console: Console | None = None) -> Iterat
     prog = Progress(TextColumn(f"[bold]{stage:<{STAGE_COLUMN}}"), BarColumn(bar_width=20), MofNCompleteColumn(),
                     TextColumn("{task.fields[note]}"), TimeElapsedColumn(), console=console or Console(),
                     transient=False)
-    task = prog.add_task(stage, total=total or 1, note="")
+    task = prog.add_task(stage, total=total, note="")
 
     def note() -> str:
         failed = f", [red]{tally.failed} failed[/red]" if tally.failed else ""
@@ -47,5 +47,5 @@ def stage_line(stage: str, total: int, console: Console | None = None) -> Iterat
 
     with prog:
         yield tick
-        if not total:
-            prog.update(task, completed=1, note="nothing to do")
+        if not total:  # e.g. kinematics at a site without gait clips
+            prog.update(task, completed=0, note="nothing to do")

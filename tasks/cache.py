@@ -24,7 +24,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks import layout, registry
+from tasks import layout
 from tasks.atomic import atomic_write_text, remove_stale_partials
 from tasks.codehash import code_hash
 from tasks.cohorts import members
@@ -248,16 +248,15 @@ def run_local(stage: Stage, data_dir: Path, params: Params, *, workers: int = 1)
     if workers > 1 and len(jobs) > 1:
         # spawn: forking a process that already runs torch/mediapipe threads can abort the child
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            results = list(pool.map(_run_named, [(stage.name, data_dir, job, pdict) for job in jobs]))
+            results = list(pool.map(_run_args, [(stage, data_dir, job, pdict) for job in jobs]))
     else:
         results = [run_job(stage, data_dir, job, pdict) for job in jobs]
     stage.collect(out, [job.marker for job in jobs])
     return results
 
 
-def _run_named(args: tuple[str, Path, Job, dict]) -> dict:
-    name, data_dir, job, pdict = args
-    return run_job(registry.stage(name), data_dir, job, pdict)
+def _run_args(args: tuple[Stage, Path, Job, dict]) -> dict:
+    return run_job(*args)  # a Stage pickles by reference to its module's functions
 
 
 def own_warnings(caught: list[warnings.WarningMessage]) -> list[str]:
