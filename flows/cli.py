@@ -427,6 +427,50 @@ def models_tiny(obj: CliContext, vision_arch: str, seed: int, force: bool) -> No
 
 
 @cli.group()
+def cluster() -> None:
+    """A Dask cluster on this machine (loopback) for base.runner: dask; real clusters: README."""
+
+
+@cluster.command("up")
+@click.option("--workers", "n_workers", type=int, default=2, show_default=True, help="Worker processes.")
+@click.option("--gpu", is_flag=True, help="Workers advertise a GPU resource (model stages go to them).")
+@click.option("--port", type=int, default=None, help="Scheduler port (default: a free one).")
+def cluster_up(n_workers: int, gpu: bool, port: int | None) -> None:
+    """Start a scheduler and worker processes on 127.0.0.1 in the background."""
+    from flows import cluster as cl
+    from flows.settings import state_dir
+
+    st = cl.up(state_dir(), n_workers=n_workers, gpu=gpu, port=port)
+    click.echo(f"dask cluster up: scheduler {st['address']}, {n_workers} worker(s){' with a GPU' if gpu else ''}")
+    click.echo(f"use it: set base.runner: dask and base.dask_address: {st['address']} in params.yaml")
+
+
+@cluster.command("down")
+def cluster_down() -> None:
+    """Stop the cluster `cluster up` started."""
+    from flows import cluster as cl
+    from flows.settings import state_dir
+
+    n = cl.down(state_dir())
+    click.echo(f"stopped {n} process(es)" if n else "no cluster was running")
+
+
+@cluster.command("status")
+def cluster_status() -> None:
+    """The cluster's address and live workers (exit 1 if none is up)."""
+    from flows import cluster as cl
+    from flows.settings import state_dir
+
+    st = cl.status(state_dir())
+    if not st or not st["live_workers"]:
+        click.echo("dask cluster: not running")
+        raise SystemExit(EXIT_FAILURE)
+    click.echo(f"dask cluster: scheduler {st['address']}, {len(st['live_workers'])} live worker(s)")
+    for addr, w in sorted(st["live_workers"].items()):
+        click.echo(f"  {w['name']} {addr} resources {w['resources'] or '-'}")
+
+
+@cli.group()
 def server() -> None:
     """The project's local Prefect server and UI (127.0.0.1)."""
 

@@ -2,7 +2,8 @@
 
 ``pipeline`` runs every stage of ``tasks.registry`` in order: ingest (always
 runs), the per-recording stages (one task run per recording,
-``<stage>-<recording_id>``, on a process pool of ``base.workers``), then the
+``<stage>-<recording_id>``, on a process pool of ``base.workers``, or on the
+Dask cluster of ``base.runner: dask``, see ``flows.cluster``), then the
 cohort stages (one task run each).  ``stage_flow`` runs a single stage (what
 ``dvc.yaml`` calls through ``semioflow stage NAME``).  A recording whose task
 fails does not stop its siblings; the stage then ends with one clear error
@@ -13,6 +14,7 @@ published as Prefect artifacts.
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from flows.lock import worker_guard
 from flows.progress import stage_line
 from flows.stages import ingest_task, stage_task
 from tasks import registry
+from tasks.atomic import remove_stale_partials
 from tasks.cache import (COHORT_MARKER, cohort_job, marker_key, marker_result, prepare, recording_jobs,
                          scrub_paths)
 from tasks.contract import Stage
@@ -81,6 +84,24 @@ def run_stage(stage: str, data_dir: Path, params: Params, *, inbox: str | None =
 STAGE_SECONDS: dict[str, float] = {}
 
 
+def _placement(declared: Stage, params: Params):
+    """Where a stage's task runs go: (Dask resources context, whether they must be submitted to the runner).
+
+    On Dask every stage is submitted, model stages with the resources their
+    device asks for (``flows.cluster.resources_for``: fails at once when a
+    GPU is required and no worker has one).
+    """
+    if params.base.runner != "dask":
+        return nullcontext(), False
+    import dask
+
+    from flows.cluster import resources_for
+
+    device = declared.device(params) if declared.device else None
+    res = resources_for(device, params.base.dask_address)
+    return (dask.annotate(resources=res) if res else nullcontext()), True
+
+
 def _run_per_recording(declared: Stage, data_dir: Path, params: Params) -> StageReport:
     stage = declared.name
     for line in declared.preflight(params) if declared.preflight else []:
@@ -89,9 +110,11 @@ def _run_per_recording(declared: Stage, data_dir: Path, params: Params) -> Stage
     jobs = recording_jobs(declared, data_dir, params)
     pdict = to_dict(params)
     report = StageReport(stage)
-    kw = dict(data_dir=str(data_dir), params=pdict)
+    kw = dict(data_dir=str(data_dir), params=pdict, data_token=RUN_TOKEN.get(str(data_dir)))
     futures, fresh, finished = [], [], []
-    in_process = declared.in_process(params) if declared.in_process else False
+    placement, remote = _placement(declared, params) if jobs else (nullcontext(), False)
+    # one model in the flow process (e.g. on this machine's GPU), unless a cluster runs it
+    in_process = (declared.in_process(params) if declared.in_process else False) and not remote
     task = stage_task(stage)
     with stage_line(stage, len(jobs)) as tick:
         def ran(job, state) -> None:
@@ -106,7 +129,8 @@ def _run_per_recording(declared: Stage, data_dir: Path, params: Params) -> Stage
                 if in_process:  # one model in this process (e.g. on the GPU), recordings in turn
                     ran(job, t(recording_id=job.marker, cache_key=job.cache_key, return_state=True, **kw))
                 else:
-                    futures.append((job, t.submit(recording_id=job.marker, cache_key=job.cache_key, **kw)))
+                    with placement:
+                        futures.append((job, t.submit(recording_id=job.marker, cache_key=job.cache_key, **kw)))
             else:
                 fresh.append(job)
         for job in fresh:
@@ -125,6 +149,9 @@ def _run_per_recording(declared: Stage, data_dir: Path, params: Params) -> Stage
         else:
             report.failed.append(job.marker)
             causes.append(_cause(state))
+    # a writer killed mid-task (a lost Dask worker, whose task ran again elsewhere) left its temp file; every
+    # task of the stage has ended, so nothing is being written now
+    remove_stale_partials(out)
     declared.collect(out, report.done)
     # artifact keys allow lowercase letters, digits and dashes only
     create_table_artifact(key=stage.replace("_", "-"), table=report.results or [{"recordings": 0}],
@@ -151,9 +178,18 @@ def _run_cohort(declared: Stage, data_dir: Path, params: Params) -> StageReport:
     rebuilt = marker_result(out, COHORT_MARKER, key) is None and marker_key(out, COHORT_MARKER) == key
     if marker_result(out, COHORT_MARKER, key) is None:
         t = t.with_options(refresh_cache=True)
+    kw = dict(data_dir=str(data_dir), params=to_dict(params), cache_key=key, data_token=RUN_TOKEN.get(str(data_dir)))
+    placement, remote = _placement(declared, params)
     with stage_line(stage, 1) as tick:
-        state = t(data_dir=str(data_dir), params=to_dict(params), cache_key=key, return_state=True)
+        if remote:  # on a cluster the stage runs on a worker (a model stage on a GPU worker)
+            with placement:
+                fut = t.submit(**kw)
+            fut.wait()
+            state = fut.state
+        else:
+            state = t(**kw, return_state=True)
         tick(cached=state.name == "Cached", failed=not state.is_completed())
+    remove_stale_partials(out)  # as for a per-recording stage
     if not state.is_completed():
         raise StageFailed(_cause(state) or f"{stage} failed (see the Prefect UI)")
     result = state.result()
@@ -171,16 +207,25 @@ def _flat(result: dict) -> dict:
     return {k: (v if isinstance(v, (str, int, float, bool)) or v is None else str(v)) for k, v in result.items()}
 
 
-def _runner(params: Params, data_dir: str) -> ProcessPoolTaskRunner:
+def _runner(params: Params, data_dir: str):
+    if params.base.runner == "dask":
+        from flows.cluster import dask_runner
+
+        return dask_runner(params)
     # workers exit when this process dies, and a rerun waits for them (flows.lock.worker_guard)
     return ProcessPoolTaskRunner(max_workers=max(1, params.base.workers), initializer=worker_guard,
                                  initargs=(str(data_dir),))
+
+
+# data dir -> this run's shared-storage token (flows.cluster): every task checks it sees the same data dir
+RUN_TOKEN: dict[str, str] = {}
 
 
 @flow(name="semioflow", log_prints=True)
 def pipeline(data_dir: str = "data", params_path: str = "params.yaml", inbox: str | None = None) -> list[str]:
     """All stages in order; returns one summary line per stage."""
     params = load_params(params_path)
+    _token(data_dir)
     lines = []
     for stage in registry.names():
         lines.append(run_stage(stage, Path(data_dir), params, inbox=inbox).line())
@@ -192,9 +237,18 @@ def stage_flow(stage: str, data_dir: str = "data", params_path: str = "params.ya
     """One stage (what dvc.yaml runs)."""
     if stage not in registry.names():
         raise SemioflowError(f"unknown stage {stage!r}; stages: {', '.join(registry.names())}")
+    _token(data_dir)
     return run_stage(stage, Path(data_dir), load_params(params_path), inbox=inbox).line()
 
 
+def _token(data_dir: str) -> None:
+    from flows.cluster import write_token
+
+    Path(data_dir).mkdir(parents=True, exist_ok=True)
+    RUN_TOKEN[str(data_dir)] = write_token(Path(data_dir))
+
+
 def with_runner(f, params: Params, data_dir: str | Path = "data"):
-    """The flow with a process pool sized by ``base.workers`` whose workers die with this process."""
+    """The flow with its task runner: a process pool sized by ``base.workers`` whose workers die with this
+    process, or (``base.runner: dask``) the Dask cluster at ``base.dask_address``."""
     return f.with_options(task_runner=_runner(params, str(data_dir)))

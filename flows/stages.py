@@ -13,6 +13,7 @@ from typing import Any
 
 from prefect import task
 
+from flows.cluster import TASKS_RUN, check_shared_data
 from tasks import layout, registry
 from tasks.cache import COHORT_MARKER, Job, run_job
 from tasks.params import Params, build
@@ -22,16 +23,22 @@ def _key_from_params(context: Any, parameters: dict[str, Any]) -> str:
     return parameters["cache_key"]
 
 
+def _run(stage: str, data_dir: str, job: Job, params: dict, data_token: str | None) -> dict:
+    check_shared_data(data_dir, data_token)  # a Dask worker without the shared data dir stops here
+    TASKS_RUN[stage] += 1
+    return run_job(registry.stage(stage), Path(data_dir), job, params)
+
+
 def _recording_body(stage: str):
-    def body(recording_id: str, data_dir: str, params: dict, cache_key: str) -> dict:
-        return run_job(registry.stage(stage), Path(data_dir), Job(recording_id, cache_key), params)
+    def body(recording_id: str, data_dir: str, params: dict, cache_key: str, data_token: str | None = None) -> dict:
+        return _run(stage, data_dir, Job(recording_id, cache_key), params, data_token)
 
     return body
 
 
 def _cohort_body(stage: str):
-    def body(data_dir: str, params: dict, cache_key: str) -> dict:
-        return run_job(registry.stage(stage), Path(data_dir), Job(COHORT_MARKER, cache_key), params)
+    def body(data_dir: str, params: dict, cache_key: str, data_token: str | None = None) -> dict:
+        return _run(stage, data_dir, Job(COHORT_MARKER, cache_key), params, data_token)
 
     return body
 

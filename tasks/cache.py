@@ -137,9 +137,9 @@ def _hash_files(h, roots: list[tuple[str, Path]]) -> None:
 
 
 def _sections(stage: Stage, params: Params) -> dict[str, dict]:
-    """The params sections in a stage's key, as plain dicts."""
+    """The params sections (or single ``section.key`` values) in a stage's key, as plain values."""
     values = to_dict(params)
-    return {k: values[k] for k in stage.sections}
+    return {k: values[k] if "." not in k else values[k.split(".")[0]][k.split(".")[1]] for k in stage.sections}
 
 
 def recording_jobs(stage: Stage, data_dir: Path, params: Params) -> list[Job]:

@@ -22,7 +22,8 @@ declared here so that the cache key (``tasks.cache``), the DVC stage
   unset, so it is no DVC dependency.
 * ``external``: params keys (``"folds.labels"``) whose values are paths
   outside the data dir.
-* ``params``: the params sections in the key (default: the stage's own).
+* ``params``: the params sections in the key (default: the stage's own), or
+  single values (``"base.seed"``).
 """
 
 from __future__ import annotations
@@ -89,6 +90,9 @@ class Stage:
     preflight: Callable[[Params], list[str]] | None = None
     # recording stages: run recordings one by one in the flow process (one model loaded once, e.g. on a GPU)
     in_process: Callable[[Params], bool] | None = None
+    # model stages: the device their model runs on (auto | cpu | cuda[:N]; None: no model in this run), which
+    # says whether a Dask run sends them to GPU workers (flows/cluster.py)
+    device: Callable[[Params], str | None] | None = None
     assets: tuple[str, ...] = ()  # repository files the stage reads besides code (templates), for DVC
     outs: tuple[Out, ...] = (Out(""),)
     note: str = ""  # why the DVC stage looks as it does (a comment in dvc.yaml)
@@ -113,7 +117,10 @@ class Stage:
 
     @property
     def sections(self) -> tuple[str, ...]:
-        """The params sections that go into the stage's cache key."""
+        """The params sections (or ``section.key`` values, e.g. ``base.seed``) in the stage's cache key.
+
+        Never all of ``base``: how a run is executed (``base.runner``,
+        ``base.workers``) does not change what it writes."""
         return self.params or (self.name,)
 
     def external_paths(self, params: Params) -> tuple[Path, ...]:

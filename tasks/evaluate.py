@@ -432,5 +432,6 @@ STAGE = Stage(
     "evaluate", "cohort", run, "F1 and friends per feature and arm against the labels, with patient-level bootstrap",
     inputs=(rel("folds", "labels.parquet"), rel("train", "predictions.parquet")),
     optional=(rel("aggregate", "predictions.parquet"),),  # evaluated when present
+    params=("evaluate", "base.seed"),
     outs=(Out("metrics.parquet"), Out("tables.md"), Out("metrics.json", "metrics", {"cache": False}),
           Out("plots/arms", "plots", {"x": "f1", "y": "feature", "template": "bar_horizontal", "cache": False})))

@@ -169,4 +169,4 @@ def run(data_dir: Path, out_dir: Path, params: Params) -> dict:
 STAGE = Stage("folds", "cohort", run, "recording labels (consensus of annotators) and patient-stratified folds",
               inputs=(rel("ingest", "private", "id_map.parquet"), rel("ingest", "manifest.parquet"),
                       rel("deidentify", "deidentified.parquet")),
-              external=("folds.labels", "folds.recordings"))
+              external=("folds.labels", "folds.recordings"), params=("folds", "base.seed"))

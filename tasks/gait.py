@@ -717,4 +717,4 @@ STAGE = Stage(
     # every gait model each night.  A clip's row never changes once ingested, and the clips are the ids of
     # kinematics.parquet, which is keyed.
     inputs=tuple(layout.rel("kinematics", f) for f in ("kinematics.parquet", "angles", "videos")),
-    external=("gait.labels",), params=("base", "gait"))
+    external=("gait.labels",), params=("gait", "base.seed"), device=lambda p: p.gait.device)

@@ -31,7 +31,15 @@ class BaseParams:
     """Project-wide knobs."""
 
     seed: int = 20240917
-    workers: int = 2  # parallel processes for CPU-heavy per-recording work
+    workers: int = 2  # parallel processes for CPU-heavy per-recording work (runner: local)
+    runner: Literal["local", "dask"] = "local"  # local: a process pool here | dask: the Dask cluster below
+    dask_address: str = ""  # runner dask: the scheduler, tcp://host:8786 (`semioflow cluster up` starts one here)
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ConfigError("base.workers must be >= 1")
+        if self.dask_address and not self.dask_address.startswith(("tcp://", "tls://", "ucx://", "inproc://")):
+            raise ConfigError(f"base.dask_address must look like tcp://host:8786 (got {self.dask_address!r})")
 
 
 @dataclass(frozen=True)

@@ -480,4 +480,5 @@ def run(data_dir: Path, out_dir: Path, params: Params) -> dict:
 
 STAGE = Stage("train", "cohort", run, "per-fold video baselines (R(2+1)D, ViViT) with F1-max thresholds",
               inputs=(rel("folds", "labels.parquet"), rel("folds", "folds.parquet"), rel("window", "windows.parquet"),
-                      rel("downsample", "frames.parquet"), rel("downsample", "videos")))
+                      rel("downsample", "frames.parquet"), rel("downsample", "videos")),
+              params=("train", "base.seed"), device=lambda p: p.train.device)

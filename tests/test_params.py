@@ -69,6 +69,8 @@ def test_unknown_section_fails(tmp_path):
         ("folds.n_folds", True, r"folds\.n_folds: expected an integer"),
         ("deidentify.keep_audio", "yes", r"deidentify\.keep_audio: expected true/false"),
         ("aggregate.rule", "majority", r"aggregate\.rule: 'majority' is not one of"),
+        ("base.runner", "spark", r"base\.runner: 'spark' is not one of"),
+        ("base.dask_address", "localhost:8786", r"base\.dask_address must look like tcp://"),
         ("ingest.extensions", ".mp4", r"ingest\.extensions: expected a list"),
     ],
 )

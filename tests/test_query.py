@@ -361,6 +361,15 @@ def test_video_part_and_audio_part_formats(data, tmp_path):
     mp4 = tmp_path / "part.mp4"
     mp4.write_bytes(base64.b64decode(parts[0]["video_url"]["url"].split(",", 1)[1]))
     assert probe(mp4).n_frames == 8
+    # vLLM's video format: a stable uuid per window x arm (its multimodal cache), the clip's fps passed through
+    videos = [b for b in srv.bodies if b["messages"][1]["content"][0]["type"] == "video_url"]
+    uuids = {}
+    for b in videos:
+        part = b["messages"][1]["content"][0]
+        uuids.setdefault(part["video_url"]["url"], set()).add(part["uuid"])
+        assert 0 < b["mm_processor_kwargs"]["fps"] <= 2.0  # 8 of the window's 2 fps frames
+    assert all(len(u) == 1 for u in uuids.values()) and len({u for s in uuids.values() for u in s}) == len(uuids)
+    assert not any("mm_processor_kwargs" in b for b in srv.bodies if b not in videos)
     audio_body = next(b for b in srv.bodies if b["messages"][1]["content"][0]["type"] == "input_audio")
     wav = base64.b64decode(audio_body["messages"][1]["content"][0]["input_audio"]["data"])
     assert wav[:4] == b"RIFF" and len(wav) > 16000 * 2 * 20, "about 30 s of 16 kHz 16-bit audio"

@@ -395,6 +395,12 @@ def _local(params: Params) -> bool:
     return "local" in (params.query.vision.backend, params.query.audio.backend)
 
 
+def _device(params: Params) -> str | None:
+    """The device of the in-process models (a cuda one wins), or None when both backends are remote."""
+    devices = [b.device for b in (params.query.vision, params.query.audio) if b.backend == "local"]
+    return next((d for d in devices if d.startswith("cuda")), devices[0] if devices else None)
+
+
 WINDOWS = rel("window", "windows", "{rid}.parquet")
 STAGE = Stage(
     "query", "recording", run, "yes/no questions for the 20 features to a multimodal model, per window and arm",
@@ -403,4 +409,4 @@ STAGE = Stage(
     + tuple(rel(stage, "done", "{rid}.json") for stage in ("face_crop", "pose", "audio", "transcript")),
     tables=(Table("answers", "answers"),), finish=write_summary,
     identity=lambda p: model_fingerprint(p.query), preflight=lambda p: preflight(p.query), in_process=_local,
-    note="the response cache lives here too: persist keeps it across reruns")
+    device=_device, note="the response cache lives here too: persist keeps it across reruns")

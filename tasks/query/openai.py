@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import logging
 import math
@@ -24,6 +25,13 @@ from tasks.query.questions import Question
 
 log = logging.getLogger(__name__)
 BACKOFF_CAP_S = 30.0  # longest wait between retries (also caps Retry-After)
+VIDEO_UUID_HEX = 32  # hex digits of a video part's uuid (SHA-256 of the clip)
+
+
+class MediaParts(list):
+    """A window x arm's content parts; ``fps``: the video part's frame rate (vLLM's ``mm_processor_kwargs``)."""
+
+    fps: float | None = None
 
 
 class EndpointError(SemioflowError):
@@ -57,12 +65,17 @@ class OpenAIBackend:
         return {"max_tokens": self.params.max_tokens, "temperature": self.params.temperature,
                 "structured": self.ep.structured_output, "media_format": self.ep.media_format}
 
-    def media_parts(self, media: Media) -> list[dict]:
+    def media_parts(self, media: Media) -> MediaParts:
         """Content parts of the media, built once per window x arm and reused by every question."""
-        parts: list[dict] = []
+        parts = MediaParts()
         if media.kind == "video" and self.ep.media_format == "video":
+            mp4 = frames_mp4(media)
+            # vLLM's format: the uuid (stable: the clip's content) keys its multimodal cache, so the 20
+            # questions of a window x arm preprocess the clip once; the clip's frame rate goes with the request
             parts.append({"type": "video_url", "video_url": {"url": "data:video/mp4;base64,"
-                                                             + base64.b64encode(frames_mp4(media)).decode()}})
+                                                             + base64.b64encode(mp4).decode()},
+                          "uuid": hashlib.sha256(mp4).hexdigest()[:VIDEO_UUID_HEX]})
+            parts.fps = media.fps
         elif media.kind == "video":
             parts.extend({"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,"
                                                             + base64.b64encode(img).decode()}}
@@ -88,6 +101,8 @@ class OpenAIBackend:
                                        "json_schema": {"name": "semiology_answer", "schema": schema, "strict": True}}
         if self.logprobs and not q.batched:
             body["logprobs"], body["top_logprobs"] = True, 5
+        if getattr(media_parts, "fps", None):
+            body["mm_processor_kwargs"] = {"fps": media_parts.fps}
         return body
 
     def ask(self, q: Question, media_parts: list[dict]) -> Reply:
