@@ -245,7 +245,7 @@ def _token(data_dir: str) -> None:
     from flows.cluster import write_token
 
     Path(data_dir).mkdir(parents=True, exist_ok=True)
-    RUN_TOKEN[str(data_dir)] = write_token(Path(data_dir))
+    RUN_TOKEN[str(Path(data_dir))] = write_token(Path(data_dir))  # keyed as the stages see it: str(Path(...))
 
 
 def with_runner(f, params: Params, data_dir: str | Path = "data"):
