@@ -56,12 +56,13 @@ class ClusterError(SemioflowError):
 
 
 def dask_runner(params: Params):
-    """prefect-dask's task runner on the scheduler at ``base.dask_address`` (checked to answer first)."""
-    from prefect_dask import DaskTaskRunner
+    """The Dask task runner on the scheduler at ``base.dask_address`` (checked to answer first), with the
+    resources of ``placed`` (``flows.dask_runner``)."""
+    from flows.dask_runner import ResourceDaskTaskRunner
 
     address = params.base.dask_address
     workers(address)  # a clear error now instead of a connect timeout inside the flow
-    return DaskTaskRunner(address=address)
+    return ResourceDaskTaskRunner(address=address)
 
 
 def workers(address: str) -> dict[str, dict]:

@@ -84,22 +84,27 @@ def run_stage(stage: str, data_dir: Path, params: Params, *, inbox: str | None =
 STAGE_SECONDS: dict[str, float] = {}
 
 
+def _task_data_dir(data_dir: Path, params: Params) -> str:
+    """The data dir as task runs get it: absolute on a cluster (a worker's working directory is its own)."""
+    return str(Path(data_dir).resolve()) if params.base.runner == "dask" else str(data_dir)
+
+
 def _placement(declared: Stage, params: Params):
-    """Where a stage's task runs go: (Dask resources context, whether they must be submitted to the runner).
+    """Where a stage's task runs go: (a factory of the Dask resources context, whether they must be submitted
+    to the runner).
 
     On Dask every stage is submitted, model stages with the resources their
     device asks for (``flows.cluster.resources_for``: fails at once when a
     GPU is required and no worker has one).
     """
     if params.base.runner != "dask":
-        return nullcontext(), False
-    import dask
-
+        return nullcontext, False
     from flows.cluster import resources_for
+    from flows.dask_runner import placed
 
     device = declared.device(params) if declared.device else None
-    res = resources_for(device, params.base.dask_address)
-    return (dask.annotate(resources=res) if res else nullcontext()), True
+    resources = resources_for(device, params.base.dask_address)
+    return (lambda: placed(resources)), True
 
 
 def _run_per_recording(declared: Stage, data_dir: Path, params: Params) -> StageReport:
@@ -110,9 +115,9 @@ def _run_per_recording(declared: Stage, data_dir: Path, params: Params) -> Stage
     jobs = recording_jobs(declared, data_dir, params)
     pdict = to_dict(params)
     report = StageReport(stage)
-    kw = dict(data_dir=str(data_dir), params=pdict, data_token=RUN_TOKEN.get(str(data_dir)))
+    kw = dict(data_dir=_task_data_dir(data_dir, params), params=pdict, data_token=RUN_TOKEN.get(str(data_dir)))
     futures, fresh, finished = [], [], []
-    placement, remote = _placement(declared, params) if jobs else (nullcontext(), False)
+    placement, remote = _placement(declared, params) if jobs else (nullcontext, False)
     # one model in the flow process (e.g. on this machine's GPU), unless a cluster runs it
     in_process = (declared.in_process(params) if declared.in_process else False) and not remote
     task = stage_task(stage)
@@ -129,7 +134,7 @@ def _run_per_recording(declared: Stage, data_dir: Path, params: Params) -> Stage
                 if in_process:  # one model in this process (e.g. on the GPU), recordings in turn
                     ran(job, t(recording_id=job.marker, cache_key=job.cache_key, return_state=True, **kw))
                 else:
-                    with placement:
+                    with placement():
                         futures.append((job, t.submit(recording_id=job.marker, cache_key=job.cache_key, **kw)))
             else:
                 fresh.append(job)
@@ -178,11 +183,12 @@ def _run_cohort(declared: Stage, data_dir: Path, params: Params) -> StageReport:
     rebuilt = marker_result(out, COHORT_MARKER, key) is None and marker_key(out, COHORT_MARKER) == key
     if marker_result(out, COHORT_MARKER, key) is None:
         t = t.with_options(refresh_cache=True)
-    kw = dict(data_dir=str(data_dir), params=to_dict(params), cache_key=key, data_token=RUN_TOKEN.get(str(data_dir)))
+    kw = dict(data_dir=_task_data_dir(data_dir, params), params=to_dict(params), cache_key=key,
+              data_token=RUN_TOKEN.get(str(data_dir)))
     placement, remote = _placement(declared, params)
     with stage_line(stage, 1) as tick:
         if remote:  # on a cluster the stage runs on a worker (a model stage on a GPU worker)
-            with placement:
+            with placement():
                 fut = t.submit(**kw)
             fut.wait()
             state = fut.state

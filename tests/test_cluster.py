@@ -27,7 +27,7 @@ from flows import cluster
 from tasks.atomic import is_partial
 from tasks.params import SeizureSynthParams
 from tasks.schema import read_table
-from tests.test_pipeline import small_models
+from tests.test_pipeline import sf, small_models
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -42,16 +42,6 @@ def _compare():
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod.compare
-
-
-def sf(proj: Path, *args: str, timeout: int = 900, check: bool = True) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-    res = subprocess.run([str(BIN / "semioflow"), *args], cwd=proj, env=env, capture_output=True, text=True,
-                         timeout=timeout)
-    if check and res.returncode != 0:
-        raise AssertionError(f"semioflow {' '.join(args)} failed ({res.returncode}):\n{res.stderr[-3000:]}")
-    return res
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +103,33 @@ def test_a_gpu_stage_without_a_gpu_worker_fails_at_once(proj):
              timeout=FAIL_FAST_S + 60)
     assert res.returncode != 0 and time.monotonic() - t0 < FAIL_FAST_S
     assert "no Dask worker" in res.stderr and "GPU=1" in res.stderr, res.stderr[-2000:]
+
+
+def test_a_model_stage_goes_to_the_gpu_worker(proj):
+    """A third worker advertising GPU=1 joins; train on device auto (and gait) then runs there, not elsewhere."""
+    address = address_of(proj)
+    log = open(proj / ".semioflow" / "cluster" / "worker-gpu.log", "ab")
+    gpu = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", address, "--host", "127.0.0.1",
+                            "--nthreads", "1", "--name", "gpu-0", "--no-dashboard", "--resources", "GPU=1"],
+                           stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not any(w["resources"].get("GPU") for w in cluster.workers(address).values()):
+            assert time.monotonic() < deadline, "the GPU worker did not join"
+            time.sleep(0.5)
+        (gpu_addr,) = [a for a, w in cluster.workers(address).items() if w["resources"].get("GPU")]
+        before = cluster.tasks_run(address)
+        p = yaml.safe_load((proj / "params_dask.yaml").read_text())
+        p["train"].update(device="auto", weight_decay=0.02)  # auto: a GPU worker if any; a new key: train reruns
+        (proj / "params_train.yaml").write_text(yaml.safe_dump(p))
+        sf(proj, "--params", "params_train.yaml", "--data-dir", "data_dask", "stage", "train")
+        after = cluster.tasks_run(address)
+        grew = {a for a in after if after[a].get("train", 0) > before.get(a, {}).get("train", 0)}
+        assert grew == {gpu_addr}, (before, after)
+    finally:
+        os.killpg(gpu.pid, signal.SIGTERM)
+        gpu.wait(timeout=30)
+        log.close()
 
 
 def test_no_scheduler_is_a_clear_error(proj):
