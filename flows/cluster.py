@@ -98,6 +98,17 @@ def resources_for(device: str | None, address: str) -> dict[str, float]:
     return {GPU: 1} if has_gpu else {}
 
 
+def check_scheduler(address: str, stage: str) -> None:
+    """Called when task runs of ``stage`` did not finish on the cluster: raises one ``ClusterError`` saying the
+    scheduler was lost when it no longer answers (rather than one failure per recording)."""
+    try:
+        workers(address)
+    except ClusterError:
+        raise ClusterError(f"lost the Dask scheduler at {address} during {stage}: restart it (`dask scheduler`, or "
+                           "`semioflow cluster up` here) and its workers, then rerun; finished recordings are "
+                           "cached, unfinished ones run again") from None
+
+
 def tasks_run(address: str) -> dict[str, dict[str, int]]:
     """Per worker (address), the semioflow task runs it executed, by stage (``TASKS_RUN``)."""
     from distributed import Client

@@ -145,6 +145,8 @@ def _run_per_recording(declared: Stage, data_dir: Path, params: Params) -> Stage
         for job, fut in futures:
             fut.wait()
             ran(job, fut.state)
+    if remote and not all(state.is_completed() for _, state in finished):
+        _check_scheduler(params, stage)
     causes = []
     for job, state in sorted(finished, key=lambda js: js[0].marker):
         if state.is_completed():
@@ -165,6 +167,14 @@ def _run_per_recording(declared: Stage, data_dir: Path, params: Params) -> Stage
         raise StageFailed(f"{stage} failed for {len(report.failed)} recording(s): {', '.join(report.failed)}; "
                           f"first cause: {causes[0]} (the others finished; every cause is in the Prefect UI)")
     return report
+
+
+def _check_scheduler(params: Params, stage: str) -> None:
+    """Task runs failed on the cluster: one clear error if the scheduler is gone (its orphaned workers may
+    still be writing, so the stage's partial files are left for the rerun to sweep)."""
+    from flows.cluster import check_scheduler
+
+    check_scheduler(params.base.dask_address, stage)
 
 
 def _cause(state) -> str:
@@ -195,6 +205,8 @@ def _run_cohort(declared: Stage, data_dir: Path, params: Params) -> StageReport:
         else:
             state = t(**kw, return_state=True)
         tick(cached=state.name == "Cached", failed=not state.is_completed())
+    if remote and not state.is_completed():
+        _check_scheduler(params, stage)
     remove_stale_partials(out)  # as for a per-recording stage
     if not state.is_completed():
         raise StageFailed(_cause(state) or f"{stage} failed (see the Prefect UI)")

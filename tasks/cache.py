@@ -33,6 +33,7 @@ from tasks.identity import sha256_file
 from tasks.params import Params, build, to_dict
 from tasks.quiet import native_stderr_captured
 from tasks.schema import read_table
+from tasks.threads import pin
 
 COHORT_MARKER = "_cohort"
 
@@ -212,6 +213,7 @@ def run_job(stage: Stage, data_dir: Path, job: Job, params: dict) -> dict:
     if done is not None:
         return done
     failure = f"{stage.name} failed" + ("" if job.marker == COHORT_MARKER else f" for {job.marker}")
+    pin()  # the same numeric thread pools on every runner and machine: the same outputs (tasks.threads)
     try:
         # mediapipe/TFLite graph threads write absl lines to fd 2 while models start and first run;
         # they are kept out of the console and shown only if the work fails (or with --debug)

@@ -2,10 +2,11 @@
 
 Started with `semioflow cluster up` (separate processes, not a LocalCluster in
 the test process).  Covers: the pipeline through both workers with outputs
-identical to the local process pool's; a worker killed during deidentify (the
-run completes, every recording once, no partial file); a GPU stage without a
-GPU worker fails at once; no scheduler and a worker without the shared data
-dir are clear errors.
+identical to the local process pool's; the nightly deployment on the cluster;
+a worker killed during deidentify (the run completes, every recording once,
+no partial file); the scheduler killed mid-run (one clear error, a rerun on a
+new cluster resumes); a GPU stage without a GPU worker fails at once; no
+scheduler and a worker without the shared data dir are clear errors.
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ import pytest
 import yaml
 
 from flows import cluster
+from tasks import layout
 from tasks.atomic import is_partial
 from tasks.params import SeizureSynthParams
 from tasks.schema import read_table
-from tests.test_pipeline import sf, small_models
+from tests.test_pipeline import _free_port, run_nightly_once, sf, small_models
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -59,6 +61,7 @@ def proj(tmp_path_factory) -> Path:
     params["report"]["events"] = ""
     (d / "params.yaml").write_text(yaml.safe_dump(params))
     sf(d, "models", "tiny")
+    sf(d, "server", "start", "--port", str(_free_port()), timeout=180)  # one server: no ephemeral one per command
     up = sf(d, "cluster", "up", "--workers", "2", timeout=180)
     address = json.loads((d / ".semioflow" / cluster.STATE).read_text())["address"]
     assert address in up.stdout
@@ -66,6 +69,7 @@ def proj(tmp_path_factory) -> Path:
     (d / "params_dask.yaml").write_text(yaml.safe_dump(params))
     yield d
     sf(d, "cluster", "down", check=False)
+    sf(d, "server", "stop", check=False)
 
 
 def address_of(proj: Path) -> str:
@@ -92,6 +96,23 @@ def test_pipeline_on_two_dask_workers_matches_the_local_runner(proj):
     before = cluster.tasks_run(address_of(proj))
     sf(proj, "--params", "params_dask.yaml", "--data-dir", "data_dask", "run")
     assert cluster.tasks_run(address_of(proj)) == before
+
+
+def test_nightly_on_the_cluster_redoes_only_what_is_missing(proj):
+    """The nightly deployment, unchanged, with base.runner: dask: one recording's de-identified video gone, the
+    triggered run redoes that recording on a worker (once) and nothing else; outputs match the local runner's."""
+    data = proj / "data_dask"
+    assert (data / "02_deidentify" / "done").is_dir(), "needs the two-worker run above"
+    rid = sorted(p.stem for p in (data / "02_deidentify" / "done").glob("*.json"))[0]
+    (data / "02_deidentify" / "videos" / f"{rid}.mp4").unlink()
+    before = cluster.tasks_run(address_of(proj))
+    state = run_nightly_once(proj, "--params", "params_dask.yaml", "--data-dir", "data_dask")
+    assert state == "COMPLETED", (state, (proj / "schedule.log").read_text()[-3000:])
+    after = cluster.tasks_run(address_of(proj))
+    grew = {(w, stage): n - before.get(w, {}).get(stage, 0) for w, per in after.items() for stage, n in per.items()
+            if n != before.get(w, {}).get(stage, 0)}
+    assert list(grew.values()) == [1] and next(iter(grew))[1] == "deidentify", (before, after)
+    assert _compare()(proj / "data_local", data)[1] == []
 
 
 def test_a_gpu_stage_without_a_gpu_worker_fails_at_once(proj):
@@ -155,7 +176,7 @@ def test_a_worker_without_the_shared_data_dir_stops_its_task(tmp_path):
 
 
 def test_killing_a_worker_during_deidentify_the_run_completes(proj):
-    """Last in the module: it leaves the cluster one worker short."""
+    """Near the end of the module: it leaves the cluster one worker short."""
     data = proj / "data_kill"
     sf(proj, "--data-dir", str(data), "stage", "ingest")
     run = subprocess.Popen([str(BIN / "semioflow"), "--params", "params_dask.yaml", "--data-dir", str(data), "stage",
@@ -177,3 +198,41 @@ def test_killing_a_worker_during_deidentify_the_run_completes(proj):
     assert not [p for p in data.rglob("*") if is_partial(p)], "a partial file was left behind"
     assert all((out / "videos" / f"{r['recording_id']}.mp4").is_file() for r in rows if r["status"] == "ok")
     shutil.rmtree(data)
+
+
+def test_losing_the_scheduler_is_one_clear_error_and_a_rerun_resumes(proj):
+    """After the worker-kill test (it brings up a new cluster): the scheduler killed while the pipeline runs
+    past deidentify ends the run with one error naming the lost scheduler; on a new cluster a rerun finishes
+    without redoing deidentify, and its outputs match the local runner's."""
+    data = proj / "data_sched"
+    sf(proj, "--params", "params_dask.yaml", "--data-dir", str(data), "stage", "ingest")
+    sf(proj, "--params", "params_dask.yaml", "--data-dir", str(data), "stage", "deidentify")
+    run = subprocess.Popen([str(BIN / "semioflow"), "--params", "params_dask.yaml", "--data-dir", str(data), "run"],
+                           cwd=proj, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           env={**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"})
+    later = [layout.stage_dir(data, stage) for stage in ("downsample", "window")]
+    deadline = time.monotonic() + 300
+    while not any(d.is_dir() and any(d.rglob("*")) for d in later):  # a stage after deidentify has started
+        assert time.monotonic() < deadline and run.poll() is None, "the run never got past deidentify"
+        time.sleep(0.1)
+    state = json.loads((proj / ".semioflow" / cluster.STATE).read_text())
+    os.killpg(state["pids"][0], signal.SIGKILL)  # the scheduler process: its machine lost
+    t0 = time.monotonic()
+    stdout, stderr = run.communicate(timeout=300)
+    print(f"the run ended {time.monotonic() - t0:.1f} s after the scheduler was lost")
+    assert run.returncode != 0
+    assert f"lost the Dask scheduler at {state['address']}" in stderr, stderr[-3000:]
+    assert "Traceback" not in stderr
+    # a new cluster at a new address; the rerun resumes
+    sf(proj, "cluster", "down")
+    sf(proj, "cluster", "up", "--workers", "2", timeout=180)
+    address = json.loads((proj / ".semioflow" / cluster.STATE).read_text())["address"]
+    p = yaml.safe_load((proj / "params_dask.yaml").read_text())
+    p["base"]["dask_address"] = address
+    (proj / "params_dask2.yaml").write_text(yaml.safe_dump(p))
+    sf(proj, "--params", "params_dask2.yaml", "--data-dir", str(data), "run")
+    ran = cluster.tasks_run(address)
+    assert not any(per.get("deidentify") for per in ran.values()), ran  # finished before the loss: cached
+    assert sum(sum(per.values()) for per in ran.values()) > 0  # what was lost ran again, on the new cluster
+    assert not [f for f in data.rglob("*") if is_partial(f)], "a partial file was left behind"
+    assert _compare()(proj / "data_local", data)[1] == []

@@ -329,10 +329,12 @@ def test_prefect_state_is_private_and_holds_no_names(proj, phantom):
     assert not any(n in text for n in names)
 
 
-def test_nightly_deployment_registers_and_a_triggered_run_completes(proj):
+def run_nightly_once(proj: Path, *global_args: str) -> str:
+    """Serve the nightly deployment (``semioflow [global_args] schedule --no-publish``), trigger one run through
+    the server's API, wait for it to end; returns its final state type.  Checks the registered cron."""
     log = open(proj / "schedule.log", "w")
-    proc = subprocess.Popen([SEMIOFLOW, "schedule", "--cron", "0 2 * * *", "--no-publish"], cwd=proj, env=_env(),
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen([SEMIOFLOW, *global_args, "schedule", "--cron", "0 2 * * *", "--no-publish"], cwd=proj,
+                            env=_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         url = api(proj)
         dep = None
@@ -351,10 +353,16 @@ def test_nightly_deployment_registers_and_a_triggered_run_completes(proj):
             if state in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
                 break
             time.sleep(2)
-        assert state == "COMPLETED", (state, (proj / "schedule.log").read_text()[-3000:])
+        return state
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
+        log.close()
+
+
+def test_nightly_deployment_registers_and_a_triggered_run_completes(proj):
+    state = run_nightly_once(proj)
+    assert state == "COMPLETED", (state, (proj / "schedule.log").read_text()[-3000:])
 
 
 # ---- DVC -------------------------------------------------------------------------------
