@@ -122,6 +122,39 @@ def tasks_run(address: str) -> dict[str, dict[str, int]]:
         return client.run(count)
 
 
+# ---- the worker process ---------------------------------------------------------------------------
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameter numbers
+MMAP_THRESHOLD_BYTES = 32 << 20  # glibc's largest dynamic mmap threshold on 64-bit (DEFAULT_MMAP_THRESHOLD_MAX)
+TRIM_THRESHOLD_BYTES = 2 * MMAP_THRESHOLD_BYTES  # what glibc's dynamic rule pairs with it
+_MALLOC_TUNED = False
+
+
+def restore_malloc_thresholds() -> None:
+    """Undo the cost of a Dask nanny's ``MALLOC_TRIM_THRESHOLD_=65536`` in this process (once).
+
+    Setting any malloc threshold turns off glibc's dynamic mmap threshold, so
+    every buffer over 128 KiB (a video frame) is mmap'd and unmapped anew, page
+    faults each time: deidentify of the same six recordings took 144 s instead
+    of 106 s.  The environment cannot be undone after start, but the thresholds
+    can: set to what the dynamic rule reaches, large buffers are reused again.
+    A no-op where the variable is not set (the local process pool) or libc is
+    not glibc.
+    """
+    global _MALLOC_TUNED
+    if _MALLOC_TUNED or "MALLOC_TRIM_THRESHOLD_" not in os.environ:
+        return
+    _MALLOC_TUNED = True
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+        libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)
+    except (OSError, AttributeError):
+        pass
+
+
 # ---- shared data ----------------------------------------------------------------------------------
 
 
