@@ -175,6 +175,31 @@ def test_a_worker_without_the_shared_data_dir_stops_its_task(tmp_path):
         cluster.check_shared_data(elsewhere, token)
 
 
+MALLOC_PROBE = """
+import resource, sys
+import numpy as np
+if sys.argv[1] == "restore":
+    from flows.cluster import restore_malloc_thresholds
+    restore_malloc_thresholds()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(2000):
+    frame = np.ones(384 * 288 * 3, np.uint8)  # one demo-size RGB frame, allocated and freed
+    del frame
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+def test_a_nannys_malloc_setting_is_undone_in_the_task_process():
+    """With a Dask nanny's MALLOC_TRIM_THRESHOLD_ every frame-sized buffer is a fresh mmap (page faults on
+    every page, every time); after ``restore_malloc_thresholds`` freed frames are reused."""
+    env = {**os.environ, "MALLOC_TRIM_THRESHOLD_": "65536"}
+    faults = {mode: int(subprocess.run([sys.executable, "-c", MALLOC_PROBE, mode], env=env, cwd=REPO, check=True,
+                                       capture_output=True, text=True).stdout.split()[-1])
+              for mode in ("as-is", "restore")}
+    print(faults)
+    assert faults["as-is"] > 20 * max(faults["restore"], 100), faults
+
+
 def test_killing_a_worker_during_deidentify_the_run_completes(proj):
     """Near the end of the module: it leaves the cluster one worker short."""
     data = proj / "data_kill"
