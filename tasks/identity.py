@@ -19,10 +19,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from tasks.atomic import atomic_path, atomic_write_bytes
+from tasks.layout import PRIVATE
 from tasks.errors import SemioflowError
 from tasks.schema import read_table, validate
 
-ID_MAP = Path("private") / "id_map.parquet"  # inside ingest's stage folder
+ID_MAP = Path(PRIVATE) / "id_map.parquet"  # inside ingest's stage folder
 ID_KEY_ENV = "SEMIOFLOW_ID_KEY_FILE"
 DEFAULT_ID_KEY = Path(".semioflow") / "id_key"
 ID_HEX_DIGITS = 10
@@ -78,8 +79,11 @@ def patient_pseudonym(patient_id: str, key: bytes) -> str:
 
 
 def write_private(name: str, rows: list[dict], path: Path) -> None:
-    """Validate ``rows`` as table ``name`` and write them to ``path`` readable by the owner only (0600)."""
+    """Validate ``rows`` as table ``name`` and write them to ``path`` readable by the owner only (0600), in a
+    folder only the owner can enter (0700)."""
     table = validate(name, rows)
+    Path(path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(Path(path).parent, 0o700)
     with atomic_path(path, mode=0o600) as tmp:
         pq.write_table(table, tmp, compression="zstd")
 

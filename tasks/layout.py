@@ -19,6 +19,9 @@ from pathlib import Path
 STAGES = ("synth", "ingest", "deidentify", "downsample", "window", "face_crop", "pose", "audio", "transcript",
           "query", "aggregate", "folds", "train", "evaluate", "kinematics", "gait", "report")
 APPS = ("review",)  # tools with a data folder of their own after the stages (the review app)
+# Inside a stage folder: owner-only files (0600 in a 0700 folder) that hold identifiers (ingest's id map,
+# the raw transcript); never a DVC output, never read by a later stage, never shown.
+PRIVATE = "private"
 
 
 def folder(name: str) -> str:

@@ -6,9 +6,15 @@ Inputs (under ``data_dir``): the audio stage's ``07_audio/audio/<id>_denoised.wa
 
 Outputs (under ``out_dir`` = ``data_dir/08_transcript``), all atomic:
 
-- ``segments/<id>.parquet``: table ``transcript_segments`` (times in recording seconds).
-- ``windows/<id>_w<NNN>.txt``: text of the segments overlapping that window
-  (segments Whisper itself would call silence are left out, see ``window_text``).
+- ``private/<id>.parquet``: table ``transcript_segments`` as Whisper wrote it
+  (0600 in a 0700 folder; not a DVC output, read by nothing downstream).
+- ``segments/<id>.parquet``: the same segments with every identifier replaced
+  by a placeholder (``tasks.phi``: names, dates, ages over 89, ids, phone
+  numbers, e-mail and street addresses, written or spoken); times in recording
+  seconds.  Everything after this stage (the query prompt, the report) sees
+  only this text.
+- ``windows/<id>_w<NNN>.txt``: scrubbed text of the segments overlapping that
+  window (segments Whisper itself would call silence are left out, see ``window_text``).
 - ``arms/<id>.parquet``: table ``arms``, arm ``transcript`` per window, status
   ``ok | no_audio | silent``; path relative to ``data_dir`` (null without a file).
 
@@ -35,7 +41,7 @@ from __future__ import annotations
 import hashlib
 import os
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -47,7 +53,9 @@ from tasks.layout import rel
 from tasks.atomic import atomic_write_text
 from tasks.dsp import read_wav, resample
 from tasks import layout
-from tasks.layout import window_name
+from tasks.layout import PRIVATE, window_name
+from tasks.identity import write_private
+from tasks.phi import scrub
 from tasks.errors import ModelNotFoundError
 from tasks.model_cache import is_complete, materialize, model_cache_dir
 from tasks.params import TranscriptParams, Params
@@ -277,7 +285,8 @@ def _audio_state(data_dir: Path, recording_id: str, params: TranscriptParams) ->
 def transcript_recording(recording_id: str, data_dir: Path, out_dir: Path, params: TranscriptParams) -> dict:
     """Transcribe one recording and write its segments, window texts and arms rows.
 
-    Returns ``{recording_id, status, flags, n_segments, n_windows_with_text, model_id}``.
+    Returns ``{recording_id, status, flags, n_segments, n_windows_with_text, n_identifiers_removed,
+    model_id}``.
     A recording without audio (or silent) is not transcribed: every window
     gets arm ``transcript`` with status ``no_audio``/``silent`` and no file.
     """
@@ -290,10 +299,16 @@ def transcript_recording(recording_id: str, data_dir: Path, out_dir: Path, param
         audio, sr = read_wav(wav)
         segments = transcribe(resample(audio, sr, WHISPER_SAMPLE_RATE), params)
     mid = model_id(params)
-    write_table("transcript_segments",
-                [dict(recording_id=recording_id, t_start_s=s.t_start_s, t_end_s=s.t_end_s, text=s.text,
-                      avg_logprob=s.avg_logprob, no_speech_prob=s.no_speech_prob, model_id=mid) for s in segments],
-                out_dir / "segments" / f"{recording_id}.parquet")
+
+    def table(segs: list[Segment]) -> list[dict]:
+        return [dict(recording_id=recording_id, t_start_s=s.t_start_s, t_end_s=s.t_end_s, text=s.text,
+                     avg_logprob=s.avg_logprob, no_speech_prob=s.no_speech_prob, model_id=mid) for s in segs]
+
+    # the raw text first (private), then the scrubbed one every later stage reads
+    write_private("transcript_segments", table(segments), out_dir / PRIVATE / f"{recording_id}.parquet")
+    scrubbed = [scrub(s.text) for s in segments]
+    segments = [replace(seg, text=sc.text) for seg, sc in zip(segments, scrubbed)]
+    write_table("transcript_segments", table(segments), out_dir / "segments" / f"{recording_id}.parquet")
     rows, n_text = [], 0
     for w in windows:
         wi = int(w["window_index"])
@@ -306,7 +321,8 @@ def transcript_recording(recording_id: str, data_dir: Path, out_dir: Path, param
         rows.append(dict(recording_id=recording_id, window_index=wi, arm=ARM, path=rel, status=status))
     write_table("arms", rows, out_dir / "arms" / f"{recording_id}.parquet")
     return dict(recording_id=recording_id, status=status, flags=flags, n_segments=len(segments),
-                n_windows_with_text=n_text, model_id=mid)
+                n_windows_with_text=n_text, n_identifiers_removed=sum(len(sc.spans) for sc in scrubbed),
+                model_id=mid)
 
 
 def run(recording_id: str, data_dir: Path, out_dir: Path, params: Params) -> dict:
@@ -318,4 +334,5 @@ STAGE = Stage(
     "transcript", "recording", run, "Whisper transcript of the denoised audio, one text per window",
     after="audio", inputs=(rel("audio", "quality", "{rid}.parquet"), rel("audio", "audio", "{rid}_raw.wav"),
                            rel("audio", "audio", "{rid}_denoised.wav"), WINDOWS),
-    tables=(Table("arms", "arms"), Table("transcript_segments", "segments")))
+    tables=(Table("arms", "arms"), Table("transcript_segments", "segments")),
+    note="the raw transcript (private/) is not tracked (.dvcignore): only the scrubbed text leaves this machine")

@@ -385,8 +385,10 @@ def dvc_proj(tmp_path_factory, proj) -> Path:
     # share the test server: every `semioflow` DVC runs reports to it
     (d / ".semioflow").mkdir(mode=0o700)
     shutil.copy2(proj / ".semioflow" / "server.json", d / ".semioflow" / "server.json")
-    for args in (["git", "init", "-q"], ["dvc", "init", "-q"], ["git", "add", "-A"],
-                 ["git", "commit", "-qm", "init"]):
+    for args in (["git", "init", "-q"], ["dvc", "init", "-q"]):
+        subprocess.run(args, cwd=d, env=_env(), check=True, capture_output=True)
+    shutil.copy2(REPO / ".dvcignore", d / ".dvcignore")  # after `dvc init`, which writes its own
+    for args in (["git", "add", "-A"], ["git", "commit", "-qm", "init"]):
         subprocess.run(args, cwd=d, env=_env(), check=True, capture_output=True)
     return d
 
@@ -422,6 +424,12 @@ def test_dvc_repro_after_semioflow_run_does_no_redundant_work(dvc_proj):
     assert states and set(states.values()) == {"Cached"}, states
     assert set(cohort) == set(COHORT) and set(cohort.values()) == {"Cached"}, cohort
     assert "up to date" in dvc(dvc_proj, "repro").stdout.lower()
+    # what holds identifiers (the raw transcripts) is on disk but not in DVC (nor, so, in any remote)
+    assert list((dvc_proj / "data" / "08_transcript" / "private").glob("*.parquet"))
+    lock = yaml.safe_load((dvc_proj / "dvc.lock").read_text())["stages"]["transcript"]["outs"]
+    (md5,) = [o["md5"] for o in lock if o["path"] == "data/08_transcript"]
+    listing = json.loads((dvc_proj / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]).read_text())
+    assert listing and not [e["relpath"] for e in listing if "private" in e["relpath"]], listing
     # -f: DVC runs every stage again; persisted outputs keep every recording cached
     dvc(dvc_proj, "repro", "-f", "window")
     assert (dvc_proj / "data" / "04_window" / "windows.parquet").is_file()

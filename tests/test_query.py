@@ -180,6 +180,23 @@ def test_statuses_recorded_with_raw_text_and_rerun_makes_zero_requests(data, tmp
     assert by[(0, "clonic")]["justification"] == "jerks"
 
 
+def test_identifiers_a_model_quotes_are_scrubbed_before_they_are_cached_or_stored(data, tmp_path):
+    """A model that read a name off the screen (or heard one) repeats it: the answer still scores, and neither
+    the stored answers nor the response cache keep the name, the date or the MRN."""
+    d, rid = data
+    said = ('{"present": "yes", "justification": "Mrs. Jane Doe, born March 4th 1961, MRN 4471903, '
+            'shows rhythmic jerking of the right arm."}')
+    with FakeOpenAI(lambda body: chat(said)) as srv:
+        query_recording(rid, d, tmp_path, params_for(srv.url, arms=("raw",), features=("clonic",)))
+    rows = read_table("answers", tmp_path / "answers" / f"{rid}.parquet").to_pylist()
+    assert rows and all(r["status"] == "yes" and r["present"] is True for r in rows)
+    assert all("rhythmic jerking" in r["justification"] and "[NAME]" in r["justification"] for r in rows)
+    stored = json.dumps(rows) + "".join(p.read_text() for p in (tmp_path / "cache").rglob("*.json"))
+    assert list((tmp_path / "cache").rglob("*.json"))
+    for planted in ("Jane", "Doe", "1961", "4471903"):
+        assert planted not in stored, planted
+
+
 def test_structured_output_requested_and_dropped_when_refused(data, tmp_path):
     d, rid = data
     seen = []

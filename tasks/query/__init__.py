@@ -20,7 +20,10 @@ are built once and reused, byte-identical, for every question, so a server's
 prefix cache serves all of them.  ``mode: batched`` asks one request per
 window x arm x feature group and parses one JSON object keyed by feature id.
 
-Answers: ``{"present": "yes"|"no", "justification": ...}``.  Anything else is
+Answers: ``{"present": "yes"|"no", "justification": ...}``.  Every reply's
+text is scrubbed of identifiers (``tasks.phi``) before it is cached or stored:
+a model that read a name off the screen or heard one must not carry it into
+``answers``, the evidence or the review app.  Anything else is
 kept with its raw text and a status that is never scored: ``truncated``
 (finish_reason length), ``refused`` or ``unparsed``.  Media an arm does not
 have (no face track, silent audio, stage not run) gives ``skipped`` rows.
@@ -57,6 +60,7 @@ import numpy as np
 from tasks.answers import NO_MODEL, RANDOM_BANNER, RANDOM_TAG
 from tasks.atomic import atomic_write_text
 from tasks.catalog import Catalog, load_catalog, prompt_version, render_transcript
+from tasks.phi import scrub_text
 from tasks.contract import Stage, Table
 from tasks.errors import ConfigError
 from tasks import layout
@@ -248,7 +252,7 @@ def _rows(q: Question, reply: dict, key: str, run: _Run) -> list[dict]:
                  model_id=run.backend.model_id, backend=run.backend.name, prompt_version=q.prompt_version,
                  status=parsed[f.id].status, present=parsed[f.id].present,
                  yes_prob=reply.get("yes_prob"),  # the first answer token's P(yes), parsed or not
-                 justification=parsed[f.id].justification, raw_text=reply["text"],
+                 justification=scrub_text(parsed[f.id].justification), raw_text=scrub_text(reply["text"]),
                  finish_reason=reply["finish_reason"], cache_key=key) for f in q.features]
 
 
@@ -275,7 +279,8 @@ def _ask_all(run: _Run, work: list[tuple[Question, object]], concurrency: int) -
     def one(item):
         q, parts, key = item
         reply = run.backend.ask(q, parts)
-        entry = {"text": reply.text, "finish_reason": reply.finish_reason, "yes_prob": reply.yes_prob,
+        # a model that read a name off the screen or heard one says it here: scrubbed before it is kept
+        entry = {"text": scrub_text(reply.text), "finish_reason": reply.finish_reason, "yes_prob": reply.yes_prob,
                  "answer": reply.answer, "model_id": run.backend.model_id, "prompt_version": q.prompt_version}
         run.cache.put(key, entry)
         return _rows(q, entry, key, run)
