@@ -35,6 +35,8 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
+from tasks.errors import SemioflowError
+
 NAME, DATE, AGE, ID, PHONE, EMAIL, ADDRESS = "NAME", "DATE", "AGE", "ID", "PHONE", "EMAIL", "ADDRESS"
 KINDS = (NAME, DATE, AGE, ID, PHONE, EMAIL, ADDRESS)  # closed set; the placeholder is "[KIND]"
 PLACEHOLDERS = {k: f"[{k}]" for k in KINDS}
@@ -159,8 +161,9 @@ def first_names() -> frozenset[str]:
     """Census first names (lower case) from the ``names`` package."""
     try:
         import names
-    except ImportError as exc:  # a project dependency; an error that says what to install
-        raise RuntimeError("the `names` package (census name lists) is missing: `pip install names==0.3.0`") from exc
+    except ImportError:  # a project dependency; an error that says what to install
+        raise SemioflowError("the `names` package (census name lists) is missing: `make install` installs it "
+                             "(or `pip install names==0.3.0`)") from None
     root = os.path.dirname(names.__file__)
     out = set()
     for f in ("dist.female.first", "dist.male.first"):

