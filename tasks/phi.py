@@ -156,29 +156,30 @@ class Scrubbed:
         return tuple(s.kind for s in self.spans)
 
 
-@lru_cache(maxsize=1)
-def first_names() -> frozenset[str]:
-    """Census first names (lower case) from the ``names`` package."""
+def _census(*files: str) -> frozenset[str]:
+    """The names (lower case) of census list ``files`` in the ``names`` package."""
     try:
         import names
     except ImportError:  # a project dependency; an error that says what to install
         raise SemioflowError("the `names` package (census name lists) is missing: `make install` installs it "
                              "(or `pip install names==0.3.0`)") from None
-    root = os.path.dirname(names.__file__)
     out = set()
-    for f in ("dist.female.first", "dist.male.first"):
-        with open(os.path.join(root, f), encoding="ascii") as fh:
+    for f in files:
+        with open(os.path.join(os.path.dirname(names.__file__), f), encoding="ascii") as fh:
             out.update(line.split()[0].lower() for line in fh if line.strip())
     return frozenset(out)
 
 
 @lru_cache(maxsize=1)
+def first_names() -> frozenset[str]:
+    """Census first names (lower case)."""
+    return _census("dist.female.first", "dist.male.first")
+
+
+@lru_cache(maxsize=1)
 def last_names() -> frozenset[str]:
     """Census surnames (lower case): a lower-case word after a cued first name is a surname only if listed."""
-    import names
-
-    with open(os.path.join(os.path.dirname(names.__file__), "dist.all.last"), encoding="ascii") as fh:
-        return frozenset(line.split()[0].lower() for line in fh if line.strip())
+    return _census("dist.all.last")
 
 
 def _sentence_start(text: str, i: int) -> bool:
@@ -262,7 +263,7 @@ def _digit_run_spans(text: str) -> list[Span]:
             j += 1
         run = tokens[i:j + 1]
         digits = _spoken_digits([t.group(0).lower() for t in run])
-        if len(digits) >= MIN_ID_DIGITS and not _is_count(digits, run):
+        if len(digits) >= MIN_ID_DIGITS and not _is_count(run):
             spans.append(Span(ID, run[0].start(), run[-1].end()))
         i = j + 1
     return spans
@@ -283,7 +284,8 @@ def _spoken_digits(words: list[str]) -> list[int]:
     return out
 
 
-def _is_count(digits: list[int], run: list[re.Match]) -> bool:
+def _is_count(run: list[re.Match]) -> bool:
+    """Spoken numbers going up or down by one ("one, two, three, four, five"): counting, not an id."""
     values = [_NUMBER_WORD.get(t.group(0).lower()) for t in run]
     if None in values:
         return False
