@@ -24,7 +24,6 @@ nothing; a file modified less than ``settle_s`` ago is left for the next run.
 from __future__ import annotations
 
 import datetime as dt
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -189,9 +188,8 @@ def ingest(inbox: Path, out_dir: Path, params: IngestParams, *, id_key: bytes, n
         manifest.append(_manifest_row(rid, cohort, digest, st.st_size, info, flags, ts))
         accepted.append(rid)
         flags_by_id[rid] = tuple(flags)
-    # The private map is written first: a crash after it re-derives the same ids.
-    (out_dir / ID_MAP).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(out_dir / ID_MAP.parent, 0o700)
+    # The private map is written first: a crash after it re-derives the same ids (write_private makes its
+    # folder owner-only).
     write_private("id_map", id_map, out_dir / ID_MAP)
     write_table("manifest", manifest, out_dir / MANIFEST)
     write_table("quarantine", quarantine, out_dir / QUARANTINE)
