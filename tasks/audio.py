@@ -1,8 +1,8 @@
 """audio: extract each recording's soundtrack as mono 16 kHz and denoise it with STFT DSP.
 
 Inputs (under ``data_dir``): ``02_deidentify/videos/<id>.mp4`` (the
-de-identified video; it carries audio when ``deidentify.keep_audio``) and
-``04_window/windows/<id>.parquet``.
+de-identified video; its sound is the anonymised voice unless
+``deidentify.audio`` says otherwise) and ``04_window/windows/<id>.parquet``.
 
 Outputs (under ``out_dir`` = ``data_dir/07_audio``), all written atomically:
 

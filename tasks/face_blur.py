@@ -49,6 +49,7 @@ from tasks.detectors import FaceBox, FaceDetector, make_detector
 from tasks.media import MediaError, Transcoder, YuvFrame, i420_planes
 from tasks.params import DeidentifyParams
 from tasks.schema import write_table
+from tasks.voice import DEFAULT_ALPHA, VoiceAnonymizer
 
 PIXELATE_BLOCKS = 6  # blocks across a face: identity is gone, a head stays visible
 # sigma as a fraction of the box size for blur="gaussian".  0.25 left a face-like blob that mediapipe
@@ -172,8 +173,14 @@ class _Auditor:
             self.residual += 1
 
 
-def deidentify_recording(rec: RecordingInput, out_dir: Path, params: DeidentifyParams) -> dict:
+def deidentify_recording(rec: RecordingInput, out_dir: Path, params: DeidentifyParams, *,
+                         voice_alpha: float = DEFAULT_ALPHA) -> dict:
     """De-identify one recording; returns its ``deidentified`` row (also written to results/).
+
+    The sound follows ``params.audio``: ``anonymize`` passes it through
+    ``tasks.voice.VoiceAnonymizer(voice_alpha)`` (mono, 16 kHz AAC), ``keep``
+    copies the source's packets, ``drop`` leaves the video silent.  The row's
+    ``audio`` says which the output got (``none`` when the source had none).
 
     Never raises for bad media: an unreadable or partly readable file, or a
     failed audit, comes back as a row with status ``quarantined`` and a reason.
@@ -185,11 +192,14 @@ def deidentify_recording(rec: RecordingInput, out_dir: Path, params: DeidentifyP
                                      input_short_side=params.audit_short_side), params.audit_fps)
     row = dict(recording_id=rid, status="ok", reason=None, detail=None, width=0, height=0, fps=0.0,
                duration_s=rec.duration_s, n_frames=0, decoded_coverage=0.0, face_frames=0, audit_frames=0,
-               audit_residual_frames=0, detector=detector.name, audit_detector=auditor.detector.name)
+               audit_residual_frames=0, detector=detector.name, audit_detector=auditor.detector.name, audio="none")
     boxes = _BoxLog()
     try:
-        with Transcoder(rec.source, out_dir / "videos" / f"{rid}.mp4", keep_audio=params.keep_audio,
-                        preset=params.encoder_preset) as tc:
+        voice = VoiceAnonymizer(voice_alpha) if params.audio == "anonymize" else None
+        with Transcoder(rec.source, out_dir / "videos" / f"{rid}.mp4", keep_audio=params.audio != "drop",
+                        preset=params.encoder_preset, audio_filter=voice) as tc:
+            if tc.has_audio:
+                row["audio"] = "anonymized" if voice is not None else "original"
             gap = max(0, round(params.gap_fill_s * tc.fps))
             last_pts = _blur_stream(tc, detector, auditor, params, gap, boxes, row)
             row["fps"] = tc.fps

@@ -12,6 +12,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import Protocol
 from pathlib import Path
 
 import av
@@ -520,11 +521,24 @@ def probe_with_timeout(path: str | Path, timeout_s: float) -> ProbeInfo:
 # ---- frame-by-frame transcoding (de-identification) -------------------------------
 
 
+class AudioFilter(Protocol):
+    """A streaming mono audio filter (``tasks.voice.VoiceAnonymizer`` is one)."""
+
+    sample_rate: int
+
+    def process(self, x: np.ndarray) -> np.ndarray: ...
+
+    def flush(self) -> np.ndarray: ...
+
+
 class Transcoder:
     """Decode a video frame by frame and re-encode processed frames to a new MP4.
 
     The audio stream (if kept) is copied packet by packet while the video is
-    read, so nothing accumulates in memory.  No container or stream metadata
+    read, so nothing accumulates in memory; with ``audio_filter`` it is
+    decoded instead, resampled to mono ``audio_filter.sample_rate`` Hz,
+    passed through the filter (streaming: ``process`` per chunk, ``flush`` at
+    the end) and encoded as AAC.  No container or stream metadata
     of the source is carried over (creation time, GPS, handler names and
     device serials are dropped).  The output appears at ``dst`` only after
     ``commit()``; ``discard()`` (or an exception in a ``with`` block) leaves
@@ -542,7 +556,7 @@ class Transcoder:
     """
 
     def __init__(self, src: str | Path, dst: str | Path, *, keep_audio: bool, crf: int = DEFAULT_CRF,
-                 preset: str = DEFAULT_PRESET) -> None:
+                 preset: str = DEFAULT_PRESET, audio_filter: AudioFilter | None = None) -> None:
         self.dst = Path(dst)
         self.dst.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = partial_name(self.dst)
@@ -562,7 +576,13 @@ class Transcoder:
         self._ain = self._in.streams.audio[0] if (keep_audio and self._in.streams.audio) else None
         self._out = av.open(str(self.tmp), mode="w", format="mp4")
         self._aout = None
-        if self._ain is not None:
+        self._filter, self._resampler, self._n_audio = audio_filter, None, 0
+        if self._ain is not None and audio_filter is not None:
+            self._aout = self._out.add_stream(AUDIO_CODEC, rate=audio_filter.sample_rate)
+            self._aout.layout = "mono"
+            self._aout.bit_rate = AUDIO_BITRATE
+            self._resampler = av.AudioResampler(format="flt", layout="mono", rate=audio_filter.sample_rate)
+        elif self._ain is not None:
             self._aout = self._out.add_stream_from_template(self._ain)
             self._aout.metadata.clear()
         self._vout = None
@@ -575,6 +595,11 @@ class Transcoder:
     @property
     def fps(self) -> float:
         return float(self._rate)
+
+    @property
+    def has_audio(self) -> bool:
+        """Whether the output gets a sound track (the source has one and it is kept)."""
+        return self._ain is not None
 
     def frames(self) -> Iterator[DecodedFrame]:
         """Decoded frames, upright, pts in seconds from the first frame.
@@ -617,16 +642,14 @@ class Transcoder:
         try:
             for packet in self._in.demux(*streams):
                 if packet.stream is self._ain:
+                    if self._filter is not None:
+                        for frame in packet.decode():
+                            self._filtered(self._resampler.resample(frame))
+                        continue
                     if packet.dts is None:
                         continue
                     packet.stream = self._aout
-                    with self._mux_lock:
-                        if self._vout is None:
-                            # the header is written on the first mux, and the video
-                            # stream only exists once the first frame is processed
-                            self._pending_audio.append(packet)
-                        else:
-                            self._out.mux(packet)
+                    self._mux_audio([packet])
                     continue
                 for frame in packet.decode():
                     pts = float(frame.pts * tb) if frame.pts is not None else self.decoded / self.fps
@@ -636,6 +659,32 @@ class Transcoder:
                     yield frame, pts - self._t0
         except av.FFmpegError as exc:
             self.decode_error = str(exc)
+
+    def _mux_audio(self, packets: list) -> None:
+        with self._mux_lock:
+            if self._vout is None:
+                # the header is written on the first mux, and the video
+                # stream only exists once the first frame is processed
+                self._pending_audio.extend(packets)
+            else:
+                for packet in packets:
+                    self._out.mux(packet)
+
+    def _filtered(self, frames: list, *, flush: bool = False) -> None:
+        """Filter resampled audio frames and encode the result (``flush``: the filter's tail too)."""
+        parts = [self._filter.process(f.to_ndarray()[0]) for f in frames]
+        if flush:
+            parts.append(self._filter.flush())
+        samples = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+        if samples.size:
+            out = av.AudioFrame.from_ndarray(np.clip(samples, -1, 1).astype(np.float32)[np.newaxis, :],
+                                             format="fltp", layout="mono")
+            out.sample_rate = self._filter.sample_rate
+            out.pts, out.time_base = self._n_audio, Fraction(1, self._filter.sample_rate)
+            self._n_audio += samples.size
+            self._mux_audio(self._aout.encode(out))
+        if flush:
+            self._mux_audio(self._aout.encode(None))
 
     def write(self, rgb: np.ndarray, *, pts_s: float) -> None:
         """Encode one processed RGB frame at its source presentation time."""
@@ -671,6 +720,8 @@ class Transcoder:
             if self._vout is not None:
                 for packet in self._vout.encode(None):
                     self._out.mux(packet)
+                if self._filter is not None and self._aout is not None:
+                    self._filtered(self._resampler.resample(None), flush=True)
             self._out.close()
         except av.FFmpegError as exc:
             self.discard()

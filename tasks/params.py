@@ -104,7 +104,11 @@ class DeidentifyParams:
     second_threshold: float = 0.2
     # gaussian: detectors fired on 6-block mosaics (pixelate) in the phantom tests; none: audit self-test only
     blur: Literal["pixelate", "gaussian", "none"] = "gaussian"
-    keep_audio: bool = True
+    # The de-identified video's sound: anonymize (the voice changed, speech and vocalisations kept; what the
+    # audio stage and the model see), keep (the patient's own voice: an explicit opt-in, flagged in the
+    # manifest, query.json and the report) or drop (no sound: the audio features cannot be assessed).
+    audio: Literal["anonymize", "keep", "drop"] = "anonymize"
+    voice_alpha: float = 0.0  # McAdams coefficient; 0 = the site's own, derived from the id key (tasks/voice.py)
     encoder_preset: str = "ultrafast"  # libx264 preset: bigger files than veryfast at the same crf, less CPU
     min_decoded_coverage: float = 0.98  # share of the duration that must decode
     audit_detector: Literal["mediapipe", "centerface"] = "centerface"

