@@ -19,11 +19,21 @@ Per recording (``deidentify_recording``):
    (``2 * gap`` frames) for that; memory does not grow with length.
 3. Irreversible pixelation (or a heavy Gaussian blur) inside every box, done
    on the Y, U and V planes directly (no full-size RGB round trip).
-4. Re-encode H.264 (``encoder_preset``) with no source metadata; audio copied or dropped.
+4. Re-encode H.264 (``encoder_preset``) with no source metadata; the voice
+   anonymised (``tasks.voice``), copied or dropped (``audio``).
 5. Audit: an independent detector checks the processed (to-be-encoded) frames at
    ``audit_fps``.  Residual faces above ``audit_max_residual_frac`` quarantine
    the recording (fail-closed): its output video is deleted and it never
-   reaches later stages.  Too little decodable video (``min_decoded_coverage``)
+   reaches later stages.  OCR reads processed frames at ``text_audit_fps``:
+   any string it reads (``text_audit_score``, 3+ letters or digits)
+   quarantines it too.
+
+Burned-in text (``text: blur``): the worker thread also finds text regions
+(``tasks.burned_text``, PP-OCR) every ``text_every_s`` on a copy at most
+``text_short_side``; ``TextTracker`` keeps static overlays covered for good
+and holds the last regions until the next detection; gap fill carries them
+back to the frames before, and they are blurred like faces (not logged as
+face boxes: later stages read those as faces).  Too little decodable video (``min_decoded_coverage``)
    also quarantines it.
 
 Outputs in ``out_dir``: ``videos/<id>.mp4`` (only for recordings that
@@ -45,8 +55,9 @@ import cv2
 import numpy as np
 import pyarrow as pa
 
+from tasks.burned_text import TextDetector, TextReader, TextTracker
 from tasks.detectors import FaceBox, FaceDetector, make_detector
-from tasks.media import MediaError, Transcoder, YuvFrame, i420_planes
+from tasks.media import MediaError, Transcoder, YuvFrame, i420_planes, output_size, shrink_i420_to_rgb
 from tasks.params import DeidentifyParams
 from tasks.schema import write_table
 from tasks.voice import DEFAULT_ALPHA, VoiceAnonymizer
@@ -173,6 +184,27 @@ class _Auditor:
             self.residual += 1
 
 
+class _TextAuditor:
+    """Reads processed frames at a fixed rate with OCR; counts frames where text is still readable."""
+
+    def __init__(self, fps: float, min_score: float) -> None:
+        self.reader = TextReader() if fps > 0 else None
+        self.period, self.min_score = (1.0 / fps if fps > 0 else 0.0), min_score
+        self.next_t, self.frames, self.residual = 0.0, 0, 0
+        self.example = ""
+
+    def due(self, pts: float) -> bool:
+        return self.reader is not None and pts + 1e-6 >= self.next_t
+
+    def check(self, rgb: np.ndarray, pts: float) -> None:
+        self.next_t += self.period * (1 + int((pts - self.next_t) // self.period))
+        self.frames += 1
+        found = self.reader.readable(rgb, self.min_score)
+        if found:
+            self.residual += 1
+            self.example = self.example or f"{len(found[0].text)} characters at {pts:.1f} s"
+
+
 def deidentify_recording(rec: RecordingInput, out_dir: Path, params: DeidentifyParams, *,
                          voice_alpha: float = DEFAULT_ALPHA) -> dict:
     """De-identify one recording; returns its ``deidentified`` row (also written to results/).
@@ -193,6 +225,8 @@ def deidentify_recording(rec: RecordingInput, out_dir: Path, params: DeidentifyP
     row = dict(recording_id=rid, status="ok", reason=None, detail=None, width=0, height=0, fps=0.0,
                duration_s=rec.duration_s, n_frames=0, decoded_coverage=0.0, face_frames=0, audit_frames=0,
                audit_residual_frames=0, detector=detector.name, audit_detector=auditor.detector.name, audio="none")
+    row.update(text_frames=0, text_audit_frames=0, text_audit_residual_frames=0)
+    text_auditor = _TextAuditor(params.text_audit_fps, params.text_audit_score)
     boxes = _BoxLog()
     try:
         voice = VoiceAnonymizer(voice_alpha) if params.audio == "anonymize" else None
@@ -201,13 +235,15 @@ def deidentify_recording(rec: RecordingInput, out_dir: Path, params: DeidentifyP
             if tc.has_audio:
                 row["audio"] = "anonymized" if voice is not None else "original"
             gap = max(0, round(params.gap_fill_s * tc.fps))
-            last_pts = _blur_stream(tc, detector, auditor, params, gap, boxes, row)
+            last_pts = _blur_stream(tc, detector, (auditor, text_auditor), params, gap, boxes, row)
             row["fps"] = tc.fps
             row["n_frames"] = tc.decoded
             coverage = min(1.0, (last_pts + 1.0 / tc.fps) / rec.duration_s) if tc.decoded else 0.0
             row["decoded_coverage"] = coverage
             row["audit_frames"], row["audit_residual_frames"] = auditor.frames, auditor.residual
-            reason, detail = _verdict(row, params, tc.decode_error)
+            row["text_audit_frames"], row["text_audit_residual_frames"] = text_auditor.frames, text_auditor.residual
+            row["_text_example"] = text_auditor.example
+            reason, detail = _verdict(row, params, tc.decode_error, row.pop("_text_example"))
             if reason is None:
                 tc.commit()
             else:
@@ -250,7 +286,9 @@ def _decode_and_detect(tc: Transcoder, detector: FaceDetector, params: Deidentif
     second = None
     if params.second_detector != "none":
         second = make_detector(params.second_detector, threshold=params.second_threshold)
-    next_second = 0.0
+    next_second = next_text = 0.0
+    text = TextDetector(params.text_threshold) if params.text == "blur" else None
+    tracker = TextTracker()
     try:
         for f in tc.frames_yuv(small_short_side=params.detect_short_side):
             w, h = f.width, f.height
@@ -262,7 +300,10 @@ def _decode_and_detect(tc: Transcoder, detector: FaceDetector, params: Deidentif
                 found = found + second.detect(f.small_rgb)
             dets = [FaceBox(b.x0 * sx, b.y0 * sy, b.x1 * sx, b.y1 * sy, b.score).dilate(params.box_dilation, w, h)
                     for b in found]
-            if not _put(q, (f, dets), stop):
+            if text is not None and f.pts_s + 1e-6 >= next_text:
+                next_text = f.pts_s + params.text_every_s
+                tracker.update(_text_regions(text, f, params))
+            if not _put(q, (f, dets, tracker.boxes), stop):
                 return
         _put(q, _END, stop)
     except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which re-raises it
@@ -272,8 +313,18 @@ def _decode_and_detect(tc: Transcoder, detector: FaceDetector, params: Deidentif
             second.close()
 
 
-def _blur_stream(tc: Transcoder, detector: FaceDetector, auditor: _Auditor, params: DeidentifyParams,
-                 gap: int, boxes: _BoxLog, row: dict) -> float:
+def _text_regions(text: TextDetector, f: YuvFrame, params: DeidentifyParams) -> list[FaceBox]:
+    """Text boxes of one frame in full-frame pixels, dilated (found on a copy at most ``text_short_side``)."""
+    w, h = f.width, f.height
+    tw, th = output_size(w, h, params.text_short_side)
+    rgb = f.small_rgb if f.small_rgb.shape[:2] == (th, tw) else shrink_i420_to_rgb(f.yuv, tw, th)
+    sx, sy = w / tw, h / th
+    return [FaceBox(b.x0 * sx, b.y0 * sy, b.x1 * sx, b.y1 * sy, b.score).dilate(params.text_dilation, w, h)
+            for b in text.detect(rgb)]
+
+
+def _blur_stream(tc: Transcoder, detector: FaceDetector, auditors: tuple[_Auditor, _TextAuditor],
+                 params: DeidentifyParams, gap: int, boxes: _BoxLog, row: dict) -> float:
     """Detect, gap-fill, blur, audit and encode every frame; returns the last pts.
 
     Two threads: decode + detect (``_decode_and_detect``) feeds a bounded
@@ -283,25 +334,33 @@ def _blur_stream(tc: Transcoder, detector: FaceDetector, auditor: _Auditor, para
     """
     # Each entry: [frame, detected boxes]; a frame leaves the buffer once the
     # `gap` frames after it have been seen.
+    auditor, text_auditor = auditors
     buf: deque = deque()
     recent: deque = deque(maxlen=2 * gap + 1)  # detections of the frames around the one being emitted
+    recent_text: deque = deque(maxlen=2 * gap + 1)  # text regions, likewise
     last_pts = 0.0
 
     def emit(f: YuvFrame, own: list[FaceBox]) -> None:
         union = [b for dets in recent for b in dets]
         others = [b for b in union if not any(b is o for o in own)]
+        texts = list({id(b): b for regions in recent_text for b in regions}.values())  # held boxes repeat
         y, u, v = i420_planes(f.yuv)
-        for b in merge_boxes(union):
+        for b in merge_boxes(union + texts):
             pixelate(y, b, mode=params.blur)
             half = FaceBox(b.x0 / 2, b.y0 / 2, b.x1 / 2, b.y1 / 2, b.score)  # chroma planes are half size
             pixelate(u, half, mode=params.blur)
             pixelate(v, half, mode=params.blur)
         if union:
             row["face_frames"] += 1
+        if texts:
+            row["text_frames"] += 1
         boxes.add(f.index, f.pts_s, own, "detected")
         boxes.add(f.index, f.pts_s, others, "gapfill")
-        if auditor.due(f.pts_s):  # the audit sees exactly the planes that are encoded
-            auditor.check(cv2.cvtColor(f.yuv, cv2.COLOR_YUV2RGB_I420), f.pts_s)
+        if auditor.due(f.pts_s) or text_auditor.due(f.pts_s):  # the audits see exactly the planes that are encoded
+            rgb = cv2.cvtColor(f.yuv, cv2.COLOR_YUV2RGB_I420)
+            auditor.check(rgb, f.pts_s)
+            if text_auditor.due(f.pts_s):
+                text_auditor.check(rgb, f.pts_s)
         tc.write_yuv(f.yuv, pts_s=f.pts_s)
         row["width"], row["height"] = f.width, f.height
 
@@ -314,15 +373,17 @@ def _blur_stream(tc: Transcoder, detector: FaceDetector, auditor: _Auditor, para
         while (item := q.get()) is not _END:
             if isinstance(item, BaseException):
                 raise item  # inside the Transcoder block: the partial output is discarded
-            frame, dets = item
+            frame, dets, texts = item
             buf.append((frame, dets))
             recent.append(dets)
+            recent_text.append(texts)
             last_pts = frame.pts_s
             if len(buf) > gap:
                 # `recent` now spans the gap frames before and after the one leaving
                 emit(*buf.popleft())
         while buf:
             recent.append([])  # frames past the end contribute nothing
+            recent_text.append([])
             emit(*buf.popleft())
     finally:
         stop.set()
@@ -330,7 +391,8 @@ def _blur_stream(tc: Transcoder, detector: FaceDetector, auditor: _Auditor, para
     return last_pts
 
 
-def _verdict(row: dict, params: DeidentifyParams, decode_error: str | None) -> tuple[str | None, str]:
+def _verdict(row: dict, params: DeidentifyParams, decode_error: str | None,
+             text_example: str = "") -> tuple[str | None, str]:
     if row["n_frames"] == 0:
         return "undecodable", "no video frame could be decoded"
     if row["decoded_coverage"] < params.min_decoded_coverage:
@@ -343,4 +405,7 @@ def _verdict(row: dict, params: DeidentifyParams, decode_error: str | None) -> t
                 f"independent detector ({row['audit_detector']}) still finds faces in {row['audit_residual_frames']}"
                 f"/{row['audit_frames']} audited frames ({frac:.1%} > {params.audit_max_residual_frac:.1%})"
             )
+    if row["text_audit_residual_frames"]:
+        return "audit_failed", (f"OCR still reads text in {row['text_audit_residual_frames']}/{row['text_audit_frames']} "
+                                f"audited frames (first: {text_example})")
     return None, ""

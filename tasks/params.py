@@ -108,6 +108,16 @@ class DeidentifyParams:
     # audio stage and the model see), keep (the patient's own voice: an explicit opt-in, flagged in the
     # manifest, query.json and the report) or drop (no sound: the audio features cannot be assessed).
     audio: Literal["anonymize", "keep", "drop"] = "anonymize"
+    # Burned-in text (overlay name, MRN, date, clock, bed label): every text region PP-OCR finds is blurred
+    # (blur: none skips it, for the audit self-test).  Detection runs every text_every_s on a copy of the frame
+    # at most text_short_side; a region seen twice in a row stays covered for good (static overlay), and
+    # gap_fill_s carries boxes back to the frames before a detection, so text_every_s <= gap_fill_s leaves
+    # no frame of a new overlay uncovered.
+    text: Literal["blur", "none"] = "blur"
+    text_every_s: float = 0.5
+    text_short_side: int = 720  # pixels
+    text_threshold: float = 0.5  # PP-OCR box score
+    text_dilation: float = 0.15  # fraction of the box size added on every side
     voice_alpha: float = 0.0  # McAdams coefficient; 0 = the site's own, derived from the id key (tasks/voice.py)
     encoder_preset: str = "ultrafast"  # libx264 preset: bigger files than veryfast at the same crf, less CPU
     min_decoded_coverage: float = 0.98  # share of the duration that must decode
@@ -116,6 +126,8 @@ class DeidentifyParams:
     audit_threshold: float = 0.5
     audit_short_side: int = 480  # pixels; CenterFace cost grows with the frame area
     audit_max_residual_frac: float = 0.0  # share of audited frames allowed to show a face
+    text_audit_fps: float = 0.5  # frames per second the audit reads with OCR (0: no text audit)
+    text_audit_score: float = 0.8  # a string read this confidently (3+ letters or digits) fails the audit
 
     def __post_init__(self) -> None:
         if min(self.gap_fill_s, self.gait_gap_fill_s) < 0:

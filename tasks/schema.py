@@ -134,6 +134,9 @@ TABLES: dict[str, pa.Schema] = {
         _f("audit_residual_frames", pa.int64()),
         _f("detector", pa.string()),
         _f("audit_detector", pa.string()),
+        _f("text_frames", pa.int64()),  # frames with at least one blurred text region
+        _f("text_audit_frames", pa.int64()),  # frames the OCR audit read
+        _f("text_audit_residual_frames", pa.int64()),  # of those, frames where it still read text
         _f("audio", pa.string()),  # AUDIO_STATES: anonymized | original (deidentify.audio: keep) | none
         doc="Per-recording outcome of de-identification and its audit.",
     ),
@@ -290,6 +293,17 @@ TABLES: dict[str, pa.Schema] = {
         _f("view", pa.string()),  # frontal | profile
         BOX,
         doc="Every planted face box per frame.",
+    ),
+    "overlays": _schema(
+        _f(SOURCE_NAME, pa.string()),
+        _f("kind", pa.string()),  # name | mrn | dob | clock | bed
+        _f("text", pa.string()),  # the clock: its value at t = 0 (it runs, one second at a time)
+        _f("style", pa.string()),  # boxed | yellow | grey
+        _f("x0", pa.int32()),
+        _f("y0", pa.int32()),
+        _f("x1", pa.int32()),
+        _f("y1", pa.int32()),
+        doc="Planted burned-in overlay text per recording (pixels; the box any value of the line fits).",
     ),
     "joints": _schema(
         _f(SOURCE_NAME, pa.string()),

@@ -4,8 +4,10 @@ One small phantom (1 patient x 2 recordings, 40-45 s, 384x288 at 12 fps,
 staff visits and a head turn to profile) is rendered once per module and
 de-identified with the default params, next to three bad inputs: the same
 recording with blur disabled (the audit must catch it), a file that decodes
-only partly (ingest's index check passes it) and a clip with planted
-identifying metadata.  Real detectors check the output against the planted
+only partly (ingest's index check passes it), a clip with planted
+identifying metadata, and the first recording with text blur disabled.  The
+phantom burns overlay text (name, MRN, date, running clock, bed) into both
+recordings; OCR checks the output against the planted ``overlays`` truth.  Real detectors check the output against the planted
 ``faces`` truth.
 """
 
@@ -19,6 +21,7 @@ import numpy as np
 import pytest
 
 from tasks.deidentify import STAGE
+from tasks.burned_text import TextReader
 from tasks.face_blur import RecordingInput, deidentify_recording
 from tasks.detectors import FaceBox, iou, make_detector
 from tasks.identity import sha256_file
@@ -98,6 +101,8 @@ def run(cohort, tmp_path_factory):
     first = recs[0]
     inputs["NOBLUR"] = (cohort / "videos" / first["source_name"], first["duration_s"],
                         dataclasses.replace(PARAMS, blur="none"))
+    inputs["NOTEXT"] = (cohort / "videos" / first["source_name"], first["duration_s"],
+                        dataclasses.replace(PARAMS, text="none"))
     inputs["CORRUPT"] = (_partly_decodable(raw / "corrupt.mp4"), 10.0, PARAMS)
     inputs["TAGGED"] = (_tagged_clip(raw / "tagged.mp4"), 2.0, PARAMS)
     before = {rid: sha256_file(src) for rid, (src, _, _) in inputs.items()}
@@ -232,6 +237,52 @@ def test_audit_quarantines_a_recording_with_blur_disabled(run):
     assert not (out / "videos" / "NOBLUR.mp4").exists()
 
 
+OCR_STRIDE = 10  # the acceptance: OCR on every 10th output frame
+RAW_OCR_STRIDE = 50  # raw frames read to show the planted text is readable at all
+RAW_READ_MIN = 0.5  # share of (raw frame x planted line) the reader must get, or zero in the output proves nothing
+
+
+def _planted_read(text: str, o: dict) -> bool:
+    """Whether OCR output ``text`` holds overlay line ``o`` (the clock: its date part, which never changes here)."""
+    want = o["text"].split(" ")[0] if o["kind"] == "clock" else o["text"]
+    return want.replace(" ", "") in text.replace(" ", "")
+
+
+def test_no_planted_overlay_text_is_readable_in_the_output(run, cohort):
+    out, rows, _ = run
+    reader = TextReader()
+    overlays = read_table("overlays", cohort / "overlays.parquet").to_pylist()
+    by_rec: dict[str, list[dict]] = {}
+    for o in overlays:
+        by_rec.setdefault(o["source_name"][:-4], []).append(o)
+    assert by_rec and {o["kind"] for o in overlays} >= {"name", "mrn", "clock"}, "the phantom must plant overlays"
+    for rid, lines in by_rec.items():
+        raw = [" ".join(r.text for r in reader.read(f.rgb)) for f in iter_frames(cohort / "videos" / f"{rid}.mp4")
+               if f.index % RAW_OCR_STRIDE == 0]
+        raw_share = sum(_planted_read(t, o) for t in raw for o in lines) / (len(raw) * len(lines))
+        assert rows[rid]["status"] == "ok" and rows[rid]["text_frames"] == rows[rid]["n_frames"], rows[rid]
+        read, n = [], 0
+        for f in iter_frames(out / "videos" / f"{rid}.mp4"):
+            if f.index % OCR_STRIDE == 0:
+                n += 1
+                text = " ".join(r.text for r in reader.read(f.rgb))
+                read += [o["kind"] for o in lines if _planted_read(text, o)]
+        print(f"\n{rid}: {len(lines)} overlay lines; raw: {raw_share:.0%} read; output: {len(read)} read in {n} frames")
+        assert raw_share >= RAW_READ_MIN
+        assert read == []
+        assert rows[rid]["text_audit_frames"] > 0 and rows[rid]["text_audit_residual_frames"] == 0
+
+
+def test_audit_quarantines_a_recording_whose_text_blur_is_disabled(run):
+    out, rows, _ = run
+    row = rows["NOTEXT"]
+    print(f"\ntext blur disabled: {row['reason']}: {row['detail']}")
+    assert row["status"] == "quarantined" and row["reason"] == "audit_failed" and "OCR" in row["detail"]
+    assert row["audit_residual_frames"] == 0  # the faces were blurred: the text alone failed it
+    assert row["text_audit_residual_frames"] == row["text_audit_frames"] > 0
+    assert not (out / "videos" / "NOTEXT.mp4").exists()
+
+
 def test_partly_decodable_file_is_quarantined_corrupt(run):
     out, rows, inputs = run
     reason, _, _ = classify(probe(inputs["CORRUPT"][0]))
@@ -248,14 +299,15 @@ def test_collect_writes_the_quarantine_table(run):
     out, rows, _ = run
     STAGE.collect(out, list(rows))
     table = {r["recording_id"]: r for r in read_table("quarantine", out / "quarantine.parquet").to_pylist()}
-    assert {rid: r["reason"] for rid, r in table.items()} == {"NOBLUR": "audit_failed", "CORRUPT": "corrupt"}
+    assert {rid: r["reason"] for rid, r in table.items()} == {"NOBLUR": "audit_failed", "NOTEXT": "audit_failed",
+                                                             "CORRUPT": "corrupt"}
     assert all(r["stage"] == "deidentify" and len(r["detail"]) > 10 for r in table.values())
     assert table["CORRUPT"]["decoded_coverage"] < 0.8
     ok = {r["recording_id"] for r in read_table("deidentified", out / "deidentified.parquet").to_pylist()
           if r["status"] == "ok"}
     assert ok == set(rows) - set(table)
     assert {p.stem for p in (out / "videos").glob("*.mp4")} == ok  # only passing recordings get a video
-    assert len(read_table("deidentified", out / "deidentified.parquet")) == len(rows) and len(table) == 2
+    assert len(read_table("deidentified", out / "deidentified.parquet")) == len(rows) and len(table) == 3
 
 
 VOCAL_BAND_HZ = (100.0, 1000.0)  # where a groan's energy lies (tasks/synth/sound.py)

@@ -128,7 +128,8 @@ def test_no_person_is_flagged(tmp_path):
     write_table("deidentified", [dict(recording_id=rid, status="ok", reason=None, detail=None, width=96, height=64,
                                       fps=fps, duration_s=n / fps, n_frames=n, decoded_coverage=1.0, face_frames=0,
                                       audit_frames=n, audit_residual_frames=0, detector="mediapipe",
-                                      audit_detector="centerface")],
+                                      audit_detector="centerface", text_frames=0, text_audit_frames=0,
+                text_audit_residual_frames=0, audio="none")],
                 dd / "02_deidentify" / "deidentified.parquet")
     out = dd / "06_pose"
     summary = pose_recording(rid, dd, out, PARAMS)

@@ -45,6 +45,7 @@ from tasks.params import SeizureSynthParams
 from tasks.schema import write_table
 from tasks.synth import body as bodymod
 from tasks.synth import faces as facemod
+from tasks.synth import overlay as overlaymod
 from tasks.synth import sound as soundmod
 
 # ---- feature groups by what they move ------------------------------------
@@ -58,6 +59,7 @@ FACE_FEATURES = (
 )
 SLEEP_FEATURE = "occur_during_sleep"
 VOCAL_FEATURE = "ictal_vocalization"
+OVERLAY_STREAM = 99  # the overlay plan's random stream, apart from every other draw of a recording
 VERBAL_FEATURE = "verbal_responsiveness"
 
 EVENT_S = {  # planted event duration range, seconds (shrunk to fit short recordings)
@@ -148,6 +150,7 @@ class RecordingSpec:
     clips: tuple[soundmod.Clip, ...] = ()
     glances: tuple[Event, ...] = ()  # brief distractor head turns (not a feature)
     lights: tuple[tuple[float, float], ...] = ()  # (time s, brightness factor) steps
+    overlays: tuple[overlaymod.Overlay, ...] = ()  # burned-in text (tasks/synth/overlay.py)
 
     @property
     def n_frames(self) -> int:
@@ -393,6 +396,8 @@ def make_spec(*, source_name: str, duration_s: float, width: int, height: int, f
         wall=WALLS[int(rng.integers(len(WALLS)))], scrubs=SCRUBS[int(rng.integers(len(SCRUBS)))],
         events=tuple(sorted(events, key=lambda e: (e.t_start_s, e.feature_id))), visits=tuple(visits),
         clips=tuple(clips), glances=tuple(glances), lights=tuple(sorted(lights)),
+        # an rng of its own: adding overlays changed no other draw of existing phantoms
+        overlays=overlaymod.plan(np.random.default_rng([seed, OVERLAY_STREAM]), width, height),
     )
 
 
@@ -681,6 +686,7 @@ def render_recording(spec: RecordingSpec, path: str | Path) -> RecordingTruth:
             b = float(m["brightness"][i])
             if abs(b - 1.0) > 1e-3:
                 frame = cv2.convertScaleAbs(frame, alpha=b, beta=0.0)
+            overlaymod.draw(frame, spec.overlays, i / spec.fps)  # stamped by the recorder: room light does not dim it
             writer.write(frame)
             for k, name in enumerate(bodymod.JOINTS):
                 joints[i, k] = kps[name] if name in kps else j[name]
@@ -743,8 +749,10 @@ def _tables(specs: list[RecordingSpec], truths: list[RecordingTruth], seed: int)
     def cat(cols: dict[str, list]) -> dict[str, pa.Array]:
         return {k: pa.array(np.concatenate(v)) if v else pa.array([]) for k, v in cols.items()}
 
+    overlays = [{"source_name": s.source_name, "kind": o.kind, "text": o.text, "style": o.style,
+                 **dict(zip(("x0", "y0", "x1", "y1"), o.box))} for s in specs for o in s.overlays]
     return {"patients": list(patients.values()), "recordings": recordings, "labels": annotate(specs, seed=seed),
-            "events": events, "faces": cat(fc), "joints": cat(jc)}
+            "events": events, "faces": cat(fc), "joints": cat(jc), "overlays": overlays}
 
 
 def _render_job(args: tuple[RecordingSpec, Path]) -> RecordingTruth:

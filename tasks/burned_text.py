@@ -1,0 +1,98 @@
+"""Burned-in text (EMU overlays: name, MRN, date, clock, bed), found and read with PP-OCR, wrapped once.
+
+The models ship inside the ``rapidocr-onnxruntime`` wheel (PP-OCRv4 detection
+and recognition, ONNX, run by onnxruntime); nothing downloads.  (``rapidocr``
+3.x would pull opencv-python-headless 5, whose files overwrite our OpenCV 4.)  ``TextDetector``
+finds text regions (no reading: every region is blurred, PHI or not);
+``TextReader`` reads them, for the audit and the tests.  Both take an RGB
+uint8 frame and return boxes in its pixel grid.
+
+``TextTracker`` makes detection on a cadence enough: a region seen at two
+detections in a row is a static overlay and stays covered for the rest of
+the recording (a clock whose digits change every second keeps its place),
+and the last detection's regions are held until the next one.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from tasks.detectors import FaceBox, iou
+from tasks.errors import ModelNotFoundError
+
+DET_LIMIT_SIDE = 960  # pixels; rapidocr shrinks a frame whose long side exceeds this (never enlarges)
+STATIC_IOU = 0.3  # a region overlapping one of the previous detection this much is a static overlay
+READABLE_MIN_CHARS = 3  # a read string with at least this many letters or digits counts as readable text
+ONNX_THREADS = 1  # deidentify already overlaps decode, detection and encoding on the machine's cores
+HOW_TO = "install the project's dependencies (`make install`): rapidocr-onnxruntime ships its PP-OCR models in its wheel"
+
+
+def _engine(box_threshold: float):
+    try:
+        from rapidocr_onnxruntime import RapidOCR
+    except ImportError as exc:
+        raise ModelNotFoundError(f"burned-in text detection needs rapidocr-onnxruntime ({exc}); {HOW_TO}") from None
+    logging.getLogger("RapidOCR").setLevel(logging.ERROR)
+    return RapidOCR(det_limit_type="max", det_limit_side_len=DET_LIMIT_SIDE, det_box_thresh=box_threshold,
+                    intra_op_num_threads=ONNX_THREADS, inter_op_num_threads=ONNX_THREADS)
+
+
+def _box(poly) -> tuple[float, float, float, float]:
+    p = np.asarray(poly, dtype=np.float32).reshape(-1, 2)
+    return float(p[:, 0].min()), float(p[:, 1].min()), float(p[:, 0].max()), float(p[:, 1].max())
+
+
+class TextDetector:
+    """Text regions of a frame (PP-OCR detection), as boxes (score 1: the detector keeps boxes above its threshold)."""
+
+    def __init__(self, threshold: float = 0.5) -> None:
+        self._ocr = _engine(threshold)
+
+    def detect(self, rgb: np.ndarray) -> list[FaceBox]:
+        polys, _ = self._ocr(np.ascontiguousarray(rgb[:, :, ::-1]), use_det=True, use_cls=False, use_rec=False)
+        return [FaceBox(*_box(p), 1.0) for p in polys or []]
+
+
+@dataclass(frozen=True)
+class ReadText:
+    """One string the reader recognised, with its confidence and box."""
+
+    text: str
+    score: float
+    box: FaceBox
+
+
+class TextReader:
+    """Text regions and what they say (PP-OCR detection + recognition)."""
+
+    def __init__(self, threshold: float = 0.5) -> None:
+        self._ocr = _engine(threshold)
+
+    def read(self, rgb: np.ndarray) -> list[ReadText]:
+        found, _ = self._ocr(np.ascontiguousarray(rgb[:, :, ::-1]), use_det=True, use_cls=False, use_rec=True)
+        return [ReadText(str(t), float(sc), FaceBox(*_box(p), float(sc))) for p, t, sc in found or []]
+
+    def readable(self, rgb: np.ndarray, min_score: float) -> list[ReadText]:
+        """Strings read with at least ``min_score`` that hold ``READABLE_MIN_CHARS`` letters or digits."""
+        return [r for r in self.read(rgb) if r.score >= min_score and sum(c.isalnum() for c in r.text) >= READABLE_MIN_CHARS]
+
+
+class TextTracker:
+    """Regions to cover between detections: static overlays for good, the last detection's until the next."""
+
+    def __init__(self) -> None:
+        self.static: list[FaceBox] = []
+        self.last: list[FaceBox] = []
+
+    def update(self, found: list[FaceBox]) -> None:
+        for b in found:
+            if any(iou(b, p) > STATIC_IOU for p in self.last) and not any(iou(b, s) > STATIC_IOU for s in self.static):
+                self.static.append(b)
+        self.last = list(found)
+
+    @property
+    def boxes(self) -> list[FaceBox]:
+        return self.static + self.last
