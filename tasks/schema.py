@@ -305,6 +305,15 @@ TABLES: dict[str, pa.Schema] = {
         _f("y1", pa.int32()),
         doc="Planted burned-in overlay text per recording (pixels; the box any value of the line fits).",
     ),
+    "spoken": _schema(
+        _f(SOURCE_NAME, pa.string()),
+        _f("t_start_s", pa.float64()),
+        _f("t_end_s", pa.float64()),
+        _f("text", pa.string()),  # what the patient says
+        _f("kind", pa.string()),  # first_name | last_name | mrn | mrn_spoken | birth_year | birth_date
+        _f("identifier", pa.string()),  # a string no output outside private/ may hold
+        doc="Planted spoken identifiers (espeak-ng), one row per identifier form.",
+    ),
     "joints": _schema(
         _f(SOURCE_NAME, pa.string()),
         _f(FRAME_INDEX, pa.int64()),

@@ -45,6 +45,7 @@ from tasks.params import SeizureSynthParams
 from tasks.schema import write_table
 from tasks.synth import body as bodymod
 from tasks.synth import faces as facemod
+from tasks.synth import identifiers as idmod
 from tasks.synth import overlay as overlaymod
 from tasks.synth import sound as soundmod
 
@@ -60,6 +61,8 @@ FACE_FEATURES = (
 SLEEP_FEATURE = "occur_during_sleep"
 VOCAL_FEATURE = "ictal_vocalization"
 OVERLAY_STREAM = 99  # the overlay plan's random stream, apart from every other draw of a recording
+SPOKEN_STREAM = 98  # the spoken identifiers' random stream, likewise
+SPOKEN_TRIES = 32  # candidate start times for the spoken identifiers; the least overlapped with other sound wins
 VERBAL_FEATURE = "verbal_responsiveness"
 
 EVENT_S = {  # planted event duration range, seconds (shrunk to fit short recordings)
@@ -151,6 +154,8 @@ class RecordingSpec:
     glances: tuple[Event, ...] = ()  # brief distractor head turns (not a feature)
     lights: tuple[tuple[float, float], ...] = ()  # (time s, brightness factor) steps
     overlays: tuple[overlaymod.Overlay, ...] = ()  # burned-in text (tasks/synth/overlay.py)
+    spoken: idmod.SpokenIdentity | None = None  # identifiers the patient says (tasks/synth/identifiers.py)
+    spoken_t_s: float = 0.0  # when they start saying them
 
     @property
     def n_frames(self) -> int:
@@ -390,6 +395,19 @@ def make_spec(*, source_name: str, duration_s: float, width: int, height: int, f
     lights = []
     for _ in range(int(rng.poisson(max(0.6, d / 120.0)))):
         lights.append((round(float(rng.uniform(onset, d)), 3), round(float(rng.uniform(*LIGHT_LEVELS)), 3)))
+    # streams of their own: planting identifiers changed no other draw of existing phantoms
+    srng = np.random.default_rng([seed, SPOKEN_STREAM])
+    spoken = idmod.plan(srng) if soundmod.espeak_available() else None
+    spoken_t = 0.0
+    if spoken is not None and spoken.duration_s < d - 1.0:
+        # said when nothing else sounds (a patient answering a nurse's orientation questions), or as near as can be
+        starts = srng.uniform(0.5, d - spoken.duration_s - 0.5, size=SPOKEN_TRIES)
+        overlap = [sum(max(0.0, min(t + spoken.duration_s, c.t_end_s) - max(t, c.t_start_s)) for c in clips)
+                   for t in starts]
+        spoken_t = round(float(starts[int(np.argmin(overlap))]), 3)
+        clips.append(soundmod.Clip("spoken_phi", spoken_t, spoken.duration_s, 0.0, _sub_seed(seed, 4), spoken.text))
+    else:
+        spoken = None
     return RecordingSpec(
         source_name=source_name, patient_id=patient_id, width=width, height=height, fps=float(fps),
         sample_rate=sample_rate, duration_s=round(d, 3), seed=seed, patient=patient, staff=staff, look=look,
@@ -398,6 +416,7 @@ def make_spec(*, source_name: str, duration_s: float, width: int, height: int, f
         clips=tuple(clips), glances=tuple(glances), lights=tuple(sorted(lights)),
         # an rng of its own: adding overlays changed no other draw of existing phantoms
         overlays=overlaymod.plan(np.random.default_rng([seed, OVERLAY_STREAM]), width, height),
+        spoken=spoken, spoken_t_s=spoken_t,
     )
 
 
@@ -751,8 +770,11 @@ def _tables(specs: list[RecordingSpec], truths: list[RecordingTruth], seed: int)
 
     overlays = [{"source_name": s.source_name, "kind": o.kind, "text": o.text, "style": o.style,
                  **dict(zip(("x0", "y0", "x1", "y1"), o.box))} for s in specs for o in s.overlays]
+    spoken = [{"source_name": s.source_name, "t_start_s": s.spoken_t_s, "t_end_s": s.spoken_t_s + s.spoken.duration_s,
+               "text": s.spoken.text, "kind": kind, "identifier": value}
+              for s in specs if s.spoken is not None for kind, value in s.spoken.identifiers().items()]
     return {"patients": list(patients.values()), "recordings": recordings, "labels": annotate(specs, seed=seed),
-            "events": events, "faces": cat(fc), "joints": cat(jc), "overlays": overlays}
+            "events": events, "faces": cat(fc), "joints": cat(jc), "overlays": overlays, "spoken": spoken}
 
 
 def _render_job(args: tuple[RecordingSpec, Path]) -> RecordingTruth:

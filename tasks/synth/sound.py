@@ -1,8 +1,11 @@
 """Audio synthesis for the phantom cohort: voices, groans, alarms, room tone.
 
-No text-to-speech engine is installed, so voices are source-filter
-syntheses: a harmonic glottal source on a pitch contour, shaped by vowel
-formants per syllable, with short noise bursts as consonants.  A groan is a
+Voices are source-filter syntheses: a harmonic glottal source on a pitch
+contour, shaped by vowel formants per syllable, with short noise bursts as
+consonants.  The one exception is ``spoken_phi``: a patient saying their name,
+date of birth and record number in words, spoken by espeak-ng (planted only
+where espeak-ng is installed), so the privacy tests have identifiers a real
+speech recogniser hears.  A groan is a
 long, low, gliding voiced /o/-/u/ sound: energy in the vocal band
 (~100-1000 Hz).  Alarms are monitor beeps far above that band.
 
@@ -13,10 +16,16 @@ stream audio second by second without holding the whole track.
 
 from __future__ import annotations
 
+import io
+import shutil
+import subprocess
+import wave
 from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
+
+from tasks.dsp import resample
 
 VOWELS = {  # formant frequencies F1, F2, F3 (Hz), adult average
     "a": (730.0, 1090.0, 2440.0),
@@ -41,7 +50,12 @@ LEVELS = {  # peak amplitude per clip kind
     "reply": 0.22,
     "background_speech": 0.035,
     "alarm": 0.08,
+    "spoken_phi": 0.3,
 }
+ESPEAK = "espeak-ng"
+ESPEAK_VOICE = "en-us"
+ESPEAK_WPM = 140  # words per minute
+ESPEAK_TIMEOUT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -53,6 +67,7 @@ class Clip:
     duration_s: float
     f0_hz: float
     seed: int
+    text: str = ""  # spoken_phi: the words
 
     @property
     def t_end_s(self) -> float:
@@ -135,6 +150,26 @@ def alarm(duration_s: float, sample_rate: int) -> np.ndarray:
     return np.sin(2 * np.pi * ALARM_HZ * t) * on
 
 
+def spoken(text: str, duration_s: float, sample_rate: int) -> np.ndarray:
+    """``text`` spoken by espeak-ng, fitted to ``duration_s`` (cut or padded), peak 1."""
+    try:
+        res = subprocess.run([ESPEAK, "-v", ESPEAK_VOICE, "-s", str(ESPEAK_WPM), "--stdout", text],
+                             capture_output=True, check=True, timeout=ESPEAK_TIMEOUT_S)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise RuntimeError(f"espeak-ng could not speak a phantom clip: {exc}") from None
+    with wave.open(io.BytesIO(res.stdout), "rb") as w:
+        rate = w.getframerate()
+        x = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.float32) / 32767.0
+    x = resample(x, rate, sample_rate).astype(np.float64)
+    out = np.zeros(int(duration_s * sample_rate))
+    out[: min(out.size, x.size)] = x[: out.size]
+    return out / (np.abs(out).max() + 1e-9)
+
+
+def espeak_available() -> bool:
+    return shutil.which(ESPEAK) is not None
+
+
 @lru_cache(maxsize=32)
 def render_clip(clip: Clip, sample_rate: int) -> np.ndarray:
     """The clip's samples at its ``LEVELS`` amplitude (float64, cached)."""
@@ -145,6 +180,8 @@ def render_clip(clip: Clip, sample_rate: int) -> np.ndarray:
         sig = speech(clip.duration_s, clip.f0_hz, sample_rate, rng)
     elif clip.kind == "alarm":
         sig = alarm(clip.duration_s, sample_rate)
+    elif clip.kind == "spoken_phi":
+        sig = spoken(clip.text, clip.duration_s, sample_rate)
     else:
         raise ValueError(f"unknown clip kind {clip.kind!r}; known: {', '.join(LEVELS)}")
     sig = sig * LEVELS[clip.kind]
