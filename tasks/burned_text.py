@@ -25,7 +25,10 @@ from tasks.errors import ModelNotFoundError
 
 DET_LIMIT_SIDE = 960  # pixels; rapidocr shrinks a frame whose long side exceeds this (never enlarges)
 STATIC_IOU = 0.3  # a region overlapping one of the previous detection this much is a static overlay
-READABLE_MIN_CHARS = 3  # a read string with at least this many letters or digits counts as readable text
+READABLE_MIN_CHARS = 3  # a read string with at least this many Latin letters or digits counts as readable text
+# Overlay lines are short: a region taller than this share of the frame is not burned-in text.  The detector
+# (trained on Chinese) takes a walker's legs for the character "person" (a box ~45 % of the frame high).
+MAX_HEIGHT_FRAC = 0.15
 ONNX_THREADS = 1  # deidentify already overlaps decode, detection and encoding on the machine's cores
 HOW_TO = "install the project's dependencies (`make install`): rapidocr-onnxruntime ships its PP-OCR models in its wheel"
 
@@ -46,14 +49,16 @@ def _box(poly) -> tuple[float, float, float, float]:
 
 
 class TextDetector:
-    """Text regions of a frame (PP-OCR detection), as boxes (score 1: the detector keeps boxes above its threshold)."""
+    """Text regions of a frame (PP-OCR detection), as boxes (score 1: the detector keeps boxes above its threshold);
+    regions taller than ``MAX_HEIGHT_FRAC`` of the frame are dropped (not an overlay line)."""
 
     def __init__(self, threshold: float = 0.5) -> None:
         self._ocr = _engine(threshold)
 
     def detect(self, rgb: np.ndarray) -> list[FaceBox]:
         polys, _ = self._ocr(np.ascontiguousarray(rgb[:, :, ::-1]), use_det=True, use_cls=False, use_rec=False)
-        return [FaceBox(*_box(p), 1.0) for p in polys or []]
+        boxes = [FaceBox(*_box(p), 1.0) for p in polys or []]
+        return [b for b in boxes if b.height <= MAX_HEIGHT_FRAC * rgb.shape[0]]
 
 
 @dataclass(frozen=True)
@@ -76,8 +81,9 @@ class TextReader:
         return [ReadText(str(t), float(sc), FaceBox(*_box(p), float(sc))) for p, t, sc in found or []]
 
     def readable(self, rgb: np.ndarray, min_score: float) -> list[ReadText]:
-        """Strings read with at least ``min_score`` that hold ``READABLE_MIN_CHARS`` letters or digits."""
-        return [r for r in self.read(rgb) if r.score >= min_score and sum(c.isalnum() for c in r.text) >= READABLE_MIN_CHARS]
+        """Strings read with at least ``min_score`` that hold ``READABLE_MIN_CHARS`` Latin letters or digits."""
+        return [r for r in self.read(rgb) if r.score >= min_score
+                and sum(c.isascii() and c.isalnum() for c in r.text) >= READABLE_MIN_CHARS]
 
 
 class TextTracker:

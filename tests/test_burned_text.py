@@ -1,0 +1,72 @@
+"""tasks/burned_text.py: planted overlay lines are found and read; a walker's legs are not text; static tracking.
+
+Ground truth: overlay lines drawn by the phantom's own planner (tasks/synth/overlay.py) with known boxes,
+and a gait phantom frame (tasks/synth/gait.py) with no text at all.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tasks.burned_text import TextDetector, TextReader, TextTracker
+from tasks.detectors import FaceBox
+from tasks.media import iter_frames
+from tasks.params import DeidentifyParams, GaitSynthParams
+from tasks.synth import gait, overlay
+
+W, H = 384, 288
+COVER_MIN = 0.85  # share of a planted line's box the dilated regions cover (the box has a plate and descender room)
+
+
+def _frame_with_overlays(seed: int) -> tuple[np.ndarray, tuple]:
+    rng = np.random.default_rng(seed)
+    lines = ()
+    while not lines:
+        lines = overlay.plan(rng, W, H)
+    frame = np.full((H, W, 3), 110, np.uint8)
+    frame[90:230, 130:260] = (170, 130, 110)  # a body-ish block
+    overlay.draw(frame, lines, 3.0)
+    return frame, lines
+
+
+def _covered(box: tuple[int, int, int, int], found: list[FaceBox]) -> float:
+    x0, y0, x1, y1 = box
+    mask = np.zeros((H, W), bool)
+    for b in found:
+        mask[int(b.y0):int(np.ceil(b.y1)), int(b.x0):int(np.ceil(b.x1))] = True
+    return float(mask[y0:y1, x0:x1].mean())
+
+
+def test_every_planted_line_is_found_and_read():
+    det, reader = TextDetector(), TextReader()
+    for seed in (1, 2, 3):
+        frame, lines = _frame_with_overlays(seed)
+        found = [b.dilate(DeidentifyParams().text_dilation, W, H) for b in det.detect(frame)]  # as deidentify does
+        read = " ".join(r.text for r in reader.readable(frame, 0.5)).replace(" ", "")
+        for o in lines:
+            assert _covered(o.box, found) >= COVER_MIN, (seed, o.kind, o.text)
+        assert any(o.text.split()[-1] in read for o in lines if o.kind == "mrn"), read  # the MRN digits
+
+
+def test_a_walkers_legs_are_not_text(tmp_path):
+    """PP-OCR (trained on Chinese) reads striding legs as the character for "person": too tall to be an overlay."""
+    gait.generate_cohort(tmp_path, GaitSynthParams(subjects_per_class=1, clips_per_subject=1, width=320, height=240,
+                                                   fps=25.0, duration_s=3.2), seed=11)
+    det = TextDetector()
+    clip = sorted((tmp_path / "videos").iterdir())[0]
+    found = [b for f in iter_frames(clip) if f.index % 12 == 0 for b in det.detect(f.rgb)]
+    assert found == []
+
+
+def test_tracker_keeps_static_overlays_and_holds_the_last_regions():
+    clock = FaceBox(2, 2, 150, 20, 1.0)
+    moved = FaceBox(2, 3, 152, 21, 1.0)  # the same line, digits changed
+    t = TextTracker()
+    t.update([clock])
+    assert t.boxes == [clock] and t.static == []
+    t.update([moved])
+    assert t.static == [moved]  # seen twice in a row: static from now on
+    t.update([])  # a detection that misses it still covers it
+    assert t.boxes == [moved]
+    t.update([FaceBox(200, 250, 300, 270, 1.0)])
+    assert moved in t.boxes and len(t.boxes) == 2
