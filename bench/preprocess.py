@@ -11,7 +11,8 @@ Renders a phantom 1920x1080 30 fps H.264 recording with a moving real face
 4. naive: cv2.VideoCapture every frame, mediapipe faces Gaussian-blurred, every 15th frame kept;
 
 then deidentify alone with burned-in text redaction and voice anonymisation
-off and on (their added cost), then face recall of each output against the
+off and on (their added cost; at this commit, 20 s clip, one run: faces only
+28.9 frames/s, + text 0.62x, + voice 0.98x, both 0.60x), then face recall of each output against the
 planted ``faces`` truth (a truth
 box counts as blurred when the variance of the Laplacian inside it falls
 below ``BLURRED_RATIO`` of the raw frame's), and the peak RSS of our

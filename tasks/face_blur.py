@@ -187,9 +187,9 @@ class _Auditor:
 class _TextAuditor:
     """Reads processed frames at a fixed rate with OCR; counts frames where text is still readable."""
 
-    def __init__(self, fps: float, min_score: float) -> None:
+    def __init__(self, fps: float, min_score: float, short_side: int) -> None:
         self.reader = TextReader() if fps > 0 else None
-        self.period, self.min_score = (1.0 / fps if fps > 0 else 0.0), min_score
+        self.period, self.min_score, self.short_side = (1.0 / fps if fps > 0 else 0.0), min_score, short_side
         self.next_t, self.frames, self.residual = 0.0, 0, 0
         self.example = ""
 
@@ -199,6 +199,10 @@ class _TextAuditor:
     def check(self, rgb: np.ndarray, pts: float) -> None:
         self.next_t += self.period * (1 + int((pts - self.next_t) // self.period))
         self.frames += 1
+        h, w = rgb.shape[:2]
+        sw, sh = output_size(w, h, self.short_side)
+        if (sw, sh) != (w, h):  # read at the size text is detected at: the cost grows with the area
+            rgb = cv2.resize(rgb, (sw, sh), interpolation=cv2.INTER_AREA)
         found = self.reader.readable(rgb, self.min_score)
         if found:
             self.residual += 1
@@ -226,7 +230,7 @@ def deidentify_recording(rec: RecordingInput, out_dir: Path, params: DeidentifyP
                duration_s=rec.duration_s, n_frames=0, decoded_coverage=0.0, face_frames=0, audit_frames=0,
                audit_residual_frames=0, detector=detector.name, audit_detector=auditor.detector.name, audio="none")
     row.update(text_frames=0, text_audit_frames=0, text_audit_residual_frames=0)
-    text_auditor = _TextAuditor(params.text_audit_fps, params.text_audit_score)
+    text_auditor = _TextAuditor(params.text_audit_fps, params.text_audit_score, params.text_short_side)
     boxes = _BoxLog()
     try:
         voice = VoiceAnonymizer(voice_alpha) if params.audio == "anonymize" else None

@@ -9,6 +9,7 @@ then rename), so a killed writer never leaves a file that looks complete.
 from __future__ import annotations
 
 import threading
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -577,6 +578,7 @@ class Transcoder:
         self._out = av.open(str(self.tmp), mode="w", format="mp4")
         self._aout = None
         self._filter, self._resampler, self._n_audio = audio_filter, None, 0
+        self._raw_audio: deque = deque()  # decoded mono chunks waiting for the filter (a deque: two threads)
         if self._ain is not None and audio_filter is not None:
             self._aout = self._out.add_stream(AUDIO_CODEC, rate=audio_filter.sample_rate)
             self._aout.layout = "mono"
@@ -643,8 +645,10 @@ class Transcoder:
             for packet in self._in.demux(*streams):
                 if packet.stream is self._ain:
                     if self._filter is not None:
+                        # decoded here, filtered and encoded by the thread that encodes video (_encode): the
+                        # filter's Python work would otherwise hold up decoding, the slower side at 1080p
                         for frame in packet.decode():
-                            self._filtered(self._resampler.resample(frame))
+                            self._raw_audio.extend(f.to_ndarray()[0] for f in self._resampler.resample(frame))
                         continue
                     if packet.dts is None:
                         continue
@@ -670,9 +674,11 @@ class Transcoder:
                 for packet in packets:
                     self._out.mux(packet)
 
-    def _filtered(self, frames: list, *, flush: bool = False) -> None:
-        """Filter resampled audio frames and encode the result (``flush``: the filter's tail too)."""
-        parts = [self._filter.process(f.to_ndarray()[0]) for f in frames]
+    def _filtered(self, *, flush: bool = False) -> None:
+        """Filter the decoded audio waiting in ``_raw_audio`` and encode it (``flush``: the filter's tail too)."""
+        parts = []
+        while self._raw_audio:
+            parts.append(self._filter.process(self._raw_audio.popleft()))
         if flush:
             parts.append(self._filter.flush())
         samples = np.concatenate(parts) if parts else np.zeros(0, np.float32)
@@ -713,6 +719,8 @@ class Transcoder:
         with self._mux_lock:
             for packet in packets:
                 self._out.mux(packet)
+        if self._raw_audio:
+            self._filtered()
 
     def commit(self) -> Path:
         """Flush, close and move the output into place."""
@@ -721,7 +729,8 @@ class Transcoder:
                 for packet in self._vout.encode(None):
                     self._out.mux(packet)
                 if self._filter is not None and self._aout is not None:
-                    self._filtered(self._resampler.resample(None), flush=True)
+                    self._raw_audio.extend(f.to_ndarray()[0] for f in self._resampler.resample(None))
+                    self._filtered(flush=True)
             self._out.close()
         except av.FFmpegError as exc:
             self.discard()

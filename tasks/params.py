@@ -115,7 +115,7 @@ class DeidentifyParams:
     # no frame of a new overlay uncovered.
     text: Literal["blur", "none"] = "blur"
     text_every_s: float = 0.5
-    text_short_side: int = 720  # pixels
+    text_short_side: int = 540  # pixels (a 20 px line at 1080p is 10 px here: still found)
     text_threshold: float = 0.5  # PP-OCR box score
     text_dilation: float = 0.15  # fraction of the box size added on every side
     voice_alpha: float = 0.0  # McAdams coefficient; 0 = the site's own, derived from the id key (tasks/voice.py)
