@@ -146,6 +146,7 @@ class Reply:
     finish_reason: str
     yes_prob: float | None
     answer: str | None = None  # "yes" | "no" when the answer was chosen by constrained decoding
+    gen: dict | None = None  # the generation settings actually sent, when they differ from the configured ones
 
 
 # ---- media decoding --------------------------------------------------------------

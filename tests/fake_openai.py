@@ -23,6 +23,7 @@ class Response:
     body: dict | None = None
     headers: dict = field(default_factory=dict)
     delay_s: float = 0.0
+    raw: bytes | None = None  # sent as it is instead of ``body`` (a broken proxy's HTML, a cut-off body)
 
 
 def chat(text: str, finish_reason: str = "stop", logprobs: list[dict] | None = None) -> Response:
@@ -60,7 +61,8 @@ class FakeOpenAI:
                 resp = outer.respond(body)
                 if resp.delay_s:
                     time.sleep(resp.delay_s)
-                data = json.dumps(resp.body or {"error": {"message": f"status {resp.status}"}}).encode()
+                data = resp.raw if resp.raw is not None else json.dumps(
+                    resp.body or {"error": {"message": f"status {resp.status}"}}).encode()
                 try:
                     self.send_response(resp.status)
                     for k, v in resp.headers.items():

@@ -121,6 +121,15 @@ def test_arms_without_media_are_recorded_as_skipped(data, tmp_path):
     ("The image shows a room with a bed.", "stop", "unparsed", None),
     ('{"present": "maybe", "justification": "unclear"}', "stop", "unparsed", None),
     ("", "stop", "unparsed", None),
+    # a refusal or hedge anywhere wins over the yes/no before it (never scored)
+    ("No. I'm sorry, but I can't help with that.", "stop", "refused", None),
+    ('{"present": "no", "justification": "I am sorry, I cannot assist with this request."}', "stop", "refused", None),
+    ("Yes, no wait: I cannot determine", "stop", "unparsed", None),  # two answers are none
+    ("Yes, no. Hard to say from this angle.", "stop", "unparsed", None),
+    ('{"present": "yes", "justification": "the arm may jerk but it is unclear"}', "stop", "unparsed", None),
+    ("No. I\u2019m sorry, I can\u2019t help with that.", "stop", "refused", None),  # curly apostrophes
+    ('{"answer": "yes", "justification": "rhythmic jerks"}', "stop", "yes", True),
+    ("The request was declined.", "refusal", "refused", None),  # OpenAI message.refusal
 ])
 def test_parse_answer(text, finish, status, present):
     got = parse_answer(text, finish, ("clonic",), batched=False)["clonic"]
@@ -214,6 +223,66 @@ def test_structured_output_requested_and_dropped_when_refused(data, tmp_path):
         assert all(b.get("logprobs") for b in srv.bodies), "only the refused option is dropped"
     assert seen == [True, False, False]
     assert res["statuses"] == {"no": 2}
+
+
+def test_an_unrelated_400_drops_no_option_and_a_dropped_option_changes_the_cache_key(data, tmp_path):
+    d, rid = data
+    with FakeOpenAI(lambda b: Response(400, {"error": {"message": "prompt is too long for the context"}})) as srv:
+        params = params_for(srv.url, arms=("raw",), features=("clonic",))
+        params = replace(params, vision=replace(params.vision, concurrency=1))
+        with pytest.raises(EndpointError, match="refused the request"):
+            query_recording(rid, d, tmp_path / "a", params)
+        assert all("response_format" in b for b in srv.bodies), "an error naming no option drops none"
+
+    def named(body):
+        if "response_format" in body:
+            return Response(400, {"error": {"message": "response_format json_schema is not supported"}})
+        return chat('{"present": "no", "justification": "x"}')
+
+    with FakeOpenAI(named) as srv:
+        params = replace(params, vision=replace(params.vision, base_url=srv.url))
+        query_recording(rid, d, tmp_path / "b", params)
+    rows = read_table("answers", tmp_path / "b" / "answers" / f"{rid}.parquet").to_pylist()
+    assert all(r["status"] == "no" for r in rows)
+    cached = {p.stem for p in (tmp_path / "b" / "cache").rglob("*.json")}
+    assert {r["cache_key"] for r in rows} == cached, "answers are cached under the key of what was sent"
+    assert len(cached) == 2
+
+
+@pytest.mark.parametrize("bad", [
+    Response(200, raw=b"<html><body>502 Bad Gateway</body></html>"),
+    Response(200, {"error": {"message": "CUDA out of memory", "type": "server_error"}}),
+    Response(200, {"id": "x", "object": "chat.completion", "choices": []}),
+])
+def test_a_200_without_an_answer_is_retried_and_never_cached(data, tmp_path, bad):
+    d, rid = data
+    faults = iter([bad, bad])
+
+    def respond(body):
+        return next(faults, None) or chat('{"present": "yes", "justification": "x"}')
+
+    with FakeOpenAI(respond) as srv:
+        params = params_for(srv.url, arms=("raw",), features=("clonic",))
+        params = replace(params, vision=replace(params.vision, concurrency=1, retries=3))
+        res = query_recording(rid, d, tmp_path / "ok", params)
+    assert res["statuses"] == {"yes": 2} and res["requests"] == 2 + 2
+    with FakeOpenAI(lambda b: bad) as srv:
+        params = replace(params, vision=replace(params.vision, base_url=srv.url, retries=1))
+        with pytest.raises(EndpointError, match="HTTP 200 (with a body that is not JSON|carrying an error|with no "
+                                                "choices)"):
+            query_recording(rid, d, tmp_path / "bad", params)
+    assert not list((tmp_path / "bad" / "cache").rglob("*.json")), "a transport failure is never cached"
+
+
+def test_a_refusal_field_is_recorded_refused_with_its_words(data, tmp_path):
+    d, rid = data
+    body = {"id": "x", "object": "chat.completion", "choices": [{"index": 0, "finish_reason": "stop", "message": {
+        "role": "assistant", "content": None, "refusal": "I can not describe people in medical videos."}}]}
+    with FakeOpenAI(lambda b: Response(200, body)) as srv:
+        res = query_recording(rid, d, tmp_path, params_for(srv.url, arms=("raw",), features=("clonic",)))
+    rows = read_table("answers", tmp_path / "answers" / f"{rid}.parquet").to_pylist()
+    assert res["statuses"] == {"refused": 2}
+    assert all(r["raw_text"] == "I can not describe people in medical videos." for r in rows)
 
 
 def test_logprobs_give_yes_probability(data, tmp_path):

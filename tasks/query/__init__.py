@@ -279,6 +279,8 @@ def _ask_all(run: _Run, work: list[tuple[Question, object]], concurrency: int) -
     def one(item):
         q, parts, key = item
         reply = run.backend.ask(q, parts)
+        if reply.gen is not None and reply.gen != run.gen:  # an option was dropped: keyed on what was sent
+            key = request_key(run.backend.model_id, run.backend.name, q, reply.gen)
         # a model that read a name off the screen or heard one says it here: scrubbed before it is kept
         entry = {"text": scrub_text(reply.text), "finish_reason": reply.finish_reason, "yes_prob": reply.yes_prob,
                  "answer": reply.answer, "model_id": run.backend.model_id, "prompt_version": q.prompt_version}

@@ -19,13 +19,14 @@ from tasks.errors import ConfigError, SemioflowError
 from tasks.local_models import Media, Reply
 from tasks.media import output_size
 from tasks.params import EndpointParams, QueryParams
-from tasks.query.parse import ANSWER_SCHEMA
+from tasks.query.parse import ANSWER_SCHEMA, REFUSAL_FINISH
 from tasks.query.questions import Question
 
 
 log = logging.getLogger(__name__)
 BACKOFF_CAP_S = 30.0  # longest wait between retries (also caps Retry-After)
 VIDEO_UUID_HEX = 32  # hex digits of a video part's uuid (SHA-256 of the clip)
+STRUCTURED_WORDS = ("response_format", "json_schema", "guided", "structured", "schema")  # a 400 about that option
 
 
 class MediaParts(list):
@@ -61,9 +62,10 @@ class OpenAIBackend:
         self._client = None
 
     def gen_params(self) -> dict:
-        """Generation settings that change an answer (part of the cache key; configured, not negotiated)."""
+        """Generation settings that change an answer (part of the cache key): what requests carry now
+        (structured output stays off once the server refused it by name)."""
         return {"max_tokens": self.params.max_tokens, "temperature": self.params.temperature,
-                "structured": self.ep.structured_output, "media_format": self.ep.media_format}
+                "structured": self.structured, "media_format": self.ep.media_format}
 
     def media_parts(self, media: Media) -> MediaParts:
         """Content parts of the media, built once per window x arm and reused by every question."""
@@ -128,9 +130,16 @@ class OpenAIBackend:
                 last = f"cannot reach the endpoint ({type(exc).__name__})"
             else:
                 if r.status_code == 200:
-                    return self._reply(r.json(), q)
+                    reply, last = self._reply(r, q, body)
+                    if reply is not None:
+                        return reply
+                    # a 200 that carries no answer is a transport failure: retried, never cached
+                    attempt += 1
+                    if attempt <= self.ep.retries:
+                        time.sleep(wait_s)
+                    continue
                 last = f"HTTP {r.status_code}: {r.text[:300]}"
-                if r.status_code in (400, 422) and self._drop_optional(body):
+                if r.status_code in (400, 422) and self._drop_optional(body, r.text):
                     continue  # same attempt again without the refused option
                 if r.status_code != 429 and r.status_code < 500:
                     raise EndpointError(f"{self.ep.base_url} refused the request: {last}")
@@ -143,32 +152,52 @@ class OpenAIBackend:
         raise EndpointError(f"{self.ep.base_url} failed {self.ep.retries + 1} times, last: {last}. "
                             "Finished answers are cached; rerun to resume.")
 
-    def _drop_optional(self, sent: dict) -> bool:
-        """After a 400/422: drop structured output, else logprobs, if ``sent`` carried them (True = ask again).
+    def _drop_optional(self, sent: dict, error: str) -> bool:
+        """After a 400/422 whose ``error`` names it: drop structured output or logprobs (True = ask again).
 
-        Requests in flight may fail for an option another thread already dropped: they just ask again.
+        An error that names neither (a prompt too long, a bad model name) drops nothing: it fails the
+        request as it is.  Requests in flight may fail for an option another thread already dropped: they
+        just ask again.
         """
+        error = error.lower()
         with self._lock:
-            if "response_format" in sent:
+            if "response_format" in sent and any(w in error for w in STRUCTURED_WORDS):
                 if self.structured:
                     self.structured = False
                     log.warning("query: the server refused JSON-schema output; asking without it (%s)",
                                 self.ep.model)
                 return True
-            if "logprobs" in sent:
+            if "logprobs" in sent and "logprob" in error:
                 if self.logprobs:
                     self.logprobs = False
                     log.warning("query: the server refused logprobs; P(yes) will be empty (%s)", self.ep.model)
                 return True
         return False
 
-    def _reply(self, data: dict, q: Question) -> Reply:
-        choice = (data.get("choices") or [{}])[0]
-        content = (choice.get("message") or {}).get("content") or ""
+    def _reply(self, r, q: Question, sent: dict) -> tuple[Reply | None, str]:
+        """(the reply, "") of a 200, or (None, why it is no reply): a body that is not JSON, an error object,
+        no choices."""
+        try:
+            data = r.json()
+        except ValueError:
+            return None, f"HTTP 200 with a body that is not JSON ({len(r.content)} bytes)"
+        if not isinstance(data, dict) or "error" in data:
+            err = data.get("error") if isinstance(data, dict) else None
+            kind = err.get("type") or err.get("code") if isinstance(err, dict) else None
+            return None, f"HTTP 200 carrying an error ({kind or 'no type'}) instead of an answer"
+        choices = data.get("choices")
+        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+            return None, "HTTP 200 with no choices"
+        choice = choices[0]
+        message = choice.get("message") or {}
+        gen = {**self.gen_params(), "structured": "response_format" in sent}  # what this answer was asked with
+        if message.get("refusal"):  # the OpenAI refusal field: a refusal, its words kept as the raw text
+            return Reply(text=str(message["refusal"]), finish_reason=REFUSAL_FINISH, yes_prob=None, gen=gen), ""
+        content = message.get("content") or ""
         if isinstance(content, list):
             content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
         yes_prob = None if q.batched else yes_prob_from_logprobs((choice.get("logprobs") or {}).get("content"))
-        return Reply(text=content, finish_reason=choice.get("finish_reason") or "stop", yes_prob=yes_prob)
+        return Reply(text=content, finish_reason=choice.get("finish_reason") or "stop", yes_prob=yes_prob, gen=gen), ""
 
 
 def yes_prob_from_logprobs(tokens: list[dict] | None) -> float | None:

@@ -17,8 +17,15 @@ ANSWER_SCHEMA = {"type": "object", "properties": {"present": {"type": "string", 
                                                    "justification": {"type": "string"}},
                  "required": ["present", "justification"], "additionalProperties": False}
 _REFUSAL = re.compile(r"\b(i'?m sorry|i am sorry|i can(?:no|')t|i am (?:not able|unable)|i'm (?:not able|unable)|"
-                      r"cannot (?:help|assist|provide|comply)|as an ai)\b", re.IGNORECASE)
+                      r"i (?:will not|won't)|cannot (?:help|assist|provide|comply)|as an ai)\b", re.IGNORECASE)
+# A hedge is not an answer either, wherever it stands ("Yes, no wait: ...", "no jerks, though it is unclear").
+_HEDGE = re.compile(r"\b(no wait|not sure|unsure|uncertain|unclear|(?:cannot|can't|unable to|not possible to|hard to|"
+                    r"difficult to) (?:determine|tell|say|assess|judge)|cannot be (?:determined|assessed)|"
+                    r"insufficient (?:information|evidence))\b", re.IGNORECASE)
 _YES_NO = re.compile(r"^\W*(yes|no)\b[\s.,:;!-]*(.*)$", re.IGNORECASE | re.DOTALL)
+_OPPOSITE = re.compile(r"^\W*(yes|no)\b", re.IGNORECASE)  # "Yes, no ...": two answers are none
+_APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'", "\uff07": "'"})
+REFUSAL_FINISH = "refusal"  # finish_reason of a reply the server marked as a refusal (OpenAI message.refusal)
 
 
 # ---- answers ---------------------------------------------------------------------------
@@ -55,7 +62,7 @@ def _present(value) -> bool | None:
 def _one(obj) -> Parsed | None:
     if not isinstance(obj, dict):
         return None
-    present = _present(obj.get("present"))
+    present = _present(obj.get("present", obj.get("answer")))  # some models name the field "answer"
     if present is None:
         return None
     just = obj.get("justification")
@@ -94,8 +101,11 @@ def parse_answer(text: str, finish_reason: str | None, feature_ids: tuple[str, .
     ``answer`` ("yes" | "no"): chosen by constrained decoding (single mode); it stands even when the
     justification after it was cut, unless that justification is a refusal.
     """
+    text = (text or "").translate(_APOSTROPHES)  # a curly apostrophe is an apostrophe ("I can’t")
+    if finish_reason == REFUSAL_FINISH:
+        return {fid: Parsed("refused", None, None) for fid in feature_ids}
     if answer in SCORED and not batched:
-        return {feature_ids[0]: _constrained(text or "", finish_reason, answer)}
+        return {feature_ids[0]: _vetted(_constrained(text, finish_reason, answer), text)}
     if finish_reason == "length":
         return {fid: Parsed("truncated", None, None) for fid in feature_ids}
     obj = _json_object(text or "")
@@ -104,12 +114,30 @@ def parse_answer(text: str, finish_reason: str | None, feature_ids: tuple[str, .
     else:
         one = _one(obj)
         if one is None and obj is None:
-            m = _YES_NO.match(text or "")
+            m = _YES_NO.match(text)
             if m:
                 yes = m.group(1).lower() == "yes"
-                one = Parsed("yes" if yes else "no", yes, m.group(2).strip() or None)
-        got = {feature_ids[0]: one}
-    fallback = "refused" if _REFUSAL.search(text or "") else "unparsed"
+                rest = m.group(2)
+                opposite = _OPPOSITE.match(rest)
+                if opposite and (opposite.group(1).lower() == "yes") != yes:
+                    return {feature_ids[0]: Parsed("unparsed", None, None)}
+                one = Parsed("yes" if yes else "no", yes, rest.strip() or None)
+        got = {feature_ids[0]: _vetted(one, text) if one is not None else None}
+    if batched:  # one text answers several features: each is judged by its own justification
+        got = {fid: _vetted(p, p.justification or "") if p is not None else None for fid, p in got.items()}
+    fallback = "refused" if _REFUSAL.search(text) else "unparsed"
     return {fid: p if p is not None else Parsed(fallback, None, None) for fid, p in got.items()}
+
+
+def _vetted(p: Parsed, text: str) -> Parsed:
+    """A yes/no whose text refuses or hedges anywhere is no answer: refused or unparsed (never scored)."""
+    if p.status not in SCORED:
+        return p
+    where = f"{text}\n{p.justification or ''}"
+    if _REFUSAL.search(where):
+        return Parsed("refused", None, None)
+    if _HEDGE.search(where):
+        return Parsed("unparsed", None, None)
+    return p
 
 
