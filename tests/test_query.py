@@ -333,6 +333,25 @@ def test_permanent_failure_is_not_cached_and_rerun_resumes(data, tmp_path):
     assert res["requests"] == 4 and res["statuses"] == {"yes": 2, "no": 2}
 
 
+def test_an_endpoint_that_stays_down_ends_the_next_recordings_at_once(data, tmp_path):
+    """The circuit breaker: after one recording spent its retries, the next ones ask nothing and say why."""
+    d, rid = data
+    with FakeOpenAI(lambda b: Response(503)) as srv:
+        params = params_for(srv.url, arms=("raw",), features=("clonic", "tonic"))
+        params = replace(params, vision=replace(params.vision, retries=2, concurrency=2))
+        backends = {"vision": OpenAIBackend(params.vision, params), "audio": None}
+        with pytest.raises(EndpointError, match="failed 3 times, last: HTTP 503"):
+            query_recording(rid, d, tmp_path / "first", params, backends=backends)
+        sent = len(srv.bodies)
+        for i in range(3):  # three more recordings of the same run
+            t0 = time.monotonic()
+            with pytest.raises(EndpointError, match=r"is down \(first failure: HTTP 503.*not asked again"):
+                query_recording(rid, d, tmp_path / f"next{i}", params, backends=backends)
+            assert time.monotonic() - t0 < 2.0
+        assert len(srv.bodies) == sent, "nothing more was sent"
+    assert not list(tmp_path.rglob("cache/**/*.json"))
+
+
 def test_endpoint_dying_mid_run_keeps_answers_and_rerun_asks_only_the_rest(data, tmp_path):
     d, rid = data
     feats = tuple(VIDEO_FEATURES[:6])

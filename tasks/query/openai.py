@@ -26,6 +26,7 @@ from tasks.query.questions import Question
 log = logging.getLogger(__name__)
 BACKOFF_CAP_S = 30.0  # longest wait between retries (also caps Retry-After)
 VIDEO_UUID_HEX = 32  # hex digits of a video part's uuid (SHA-256 of the clip)
+BREAKER_COOLDOWN_S = 300.0  # an endpoint that failed for good is not asked again for this long (then once)
 STRUCTURED_WORDS = ("response_format", "json_schema", "guided", "structured", "schema")  # a 400 about that option
 
 
@@ -60,6 +61,7 @@ class OpenAIBackend:
         self.requests = 0  # HTTP attempts made (what a cached rerun must keep at zero)
         self._lock = threading.Lock()
         self._client = None
+        self._down: tuple[float, str] | None = None  # circuit breaker: (when, the first cause) once it failed for good
 
     def gen_params(self) -> dict:
         """Generation settings that change an answer (part of the cache key): what requests carry now
@@ -118,6 +120,7 @@ class OpenAIBackend:
         last = ""
         attempt = 0
         while attempt <= self.ep.retries:
+            self._check_breaker()
             with self._lock:
                 self.requests += 1
             wait_s = min(BACKOFF_CAP_S, self.ep.backoff_s * 2 ** attempt)
@@ -149,8 +152,21 @@ class OpenAIBackend:
             attempt += 1
             if attempt <= self.ep.retries:
                 time.sleep(wait_s)
+        with self._lock:
+            if self._down is None:  # open the breaker: every later question of this run fails at once
+                self._down = (time.monotonic(), last)
         raise EndpointError(f"{self.ep.base_url} failed {self.ep.retries + 1} times, last: {last}. "
                             "Finished answers are cached; rerun to resume.")
+
+    def _check_breaker(self) -> None:
+        """Fail at once while the endpoint is known to be down (the first cause in the error)."""
+        with self._lock:
+            down = self._down
+            if down is not None and time.monotonic() - down[0] >= BREAKER_COOLDOWN_S:
+                self._down = down = None  # cooled down: let one question try again
+        if down is not None:
+            raise EndpointError(f"{self.ep.base_url} is down (first failure: {down[1]}); not asked again for "
+                                f"{BREAKER_COOLDOWN_S:g} s. Finished answers are cached; rerun to resume.")
 
     def _drop_optional(self, sent: dict, error: str) -> bool:
         """After a 400/422 whose ``error`` names it: drop structured output or logprobs (True = ask again).
