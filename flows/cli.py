@@ -40,6 +40,9 @@ class CliContext:
 pass_ctx = click.make_pass_decorator(CliContext)
 
 
+PRIVATE_UMASK = 0o077  # new files 0600, new folders 0700
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--data-dir",
@@ -61,6 +64,12 @@ pass_ctx = click.make_pass_decorator(CliContext)
 @click.pass_context
 def cli(ctx: click.Context, data_dir: Path, params_path: Path, debug: bool) -> None:
     """semioflow: de-identified, versioned MLLM analysis of patient movement videos."""
+    # Everything a command writes is patient data or leads to it: files 0600, folders 0700, in this process
+    # and every one it starts (workers, the Prefect server, Dask, the commands `dvc repro` runs).
+    os.umask(PRIVATE_UMASK)
+    if data_dir.is_dir() and data_dir.stat().st_mode & 0o077:
+        click.echo(f"warning: the data folder {data_dir} can be read by other accounts (mode "
+                   f"{data_dir.stat().st_mode & 0o777:o}); make it private: chmod -R go-rwx {data_dir}", err=True)
     ctx.obj = CliContext(data_dir=data_dir, params_path=params_path, debug=debug)
     if debug:  # full third-party logs, here and in worker processes
         os.environ[quiet.DEBUG_ENV] = "1"

@@ -95,3 +95,16 @@ def test_synth_gait_via_cli_then_up_to_date(tmp_path):
     assert again.returncode == 0 and "up to date" in again.stdout
     other = run("synth", "gait", "--subjects-per-class", "1", "--out", str(out), "--seed", "5")
     assert other.returncode == 0 and "up to date" not in other.stdout
+    modes = {p.relative_to(out).as_posix(): p.stat().st_mode & 0o777 for p in [out, *out.rglob("*")]}
+    assert {m for m in modes.values()} <= {0o600, 0o700}, {k: oct(m) for k, m in modes.items() if m not in (0o600, 0o700)}
+    assert modes["."] == 0o700 and modes["videos"] == 0o700 and modes["gait_clips.parquet"] == 0o600
+
+
+def test_an_open_data_folder_is_warned_about(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir(mode=0o755)
+    data.chmod(0o755)
+    res = run("--data-dir", str(data), "features", "--format", "json")
+    assert res.returncode == 0 and "can be read by other accounts (mode 755)" in res.stderr
+    data.chmod(0o700)
+    assert "other accounts" not in run("--data-dir", str(data), "features", "--format", "json").stderr
