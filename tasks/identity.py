@@ -39,11 +39,18 @@ def load_id_key(path: str | Path | None = None) -> bytes:
     ``.semioflow/id_key`` in the working directory.  Keep it with the
     private id map: losing it changes the ids a clean rebuild produces.
     """
-    p = Path(path or os.environ.get(ID_KEY_ENV) or DEFAULT_ID_KEY)
+    return secret_file(Path(path or os.environ.get(ID_KEY_ENV) or DEFAULT_ID_KEY), "id key")
+
+
+def secret_file(p: Path, what: str) -> bytes:
+    """The random secret in file ``p`` (64 hex digits), created 0600 in a 0700 folder on first use.
+
+    Process-safe: of several processes creating it at once, exactly one wins and all read the winner.
+    """
     if p.is_file():
         key = p.read_bytes().strip()
         if len(key) < 32:
-            raise SemioflowError(f"id key file {p} is too short (need >= 32 hex characters)")
+            raise SemioflowError(f"{what} file {p} is too short (need >= 32 hex characters)")
         return key
     p.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     # Two processes may create it at once: each writes a candidate, and os.link (which fails when the

@@ -57,6 +57,7 @@ from tasks.layout import ANSWERS, EVIDENCE, LABELS, PREDICTIONS, WINDOWS, folder
 from tasks.atomic import atomic_write_text
 from tasks.catalog import load_catalog
 from tasks.errors import ConfigError, SemioflowError
+from tasks.identity import secret_file
 from tasks.params import Params, ReviewParams
 from tasks.schema import read_table, write_table
 
@@ -137,6 +138,11 @@ SECRETS = sa.Table(
 )
 
 
+SECRET_ENV = "SEMIOFLOW_REVIEW_SECRET"
+SECRET_FILE_ENV = "SEMIOFLOW_REVIEW_SECRET_FILE"
+DEFAULT_SECRET_FILE = Path(".semioflow") / "review_secret"
+
+
 class ReviewError(SemioflowError):
     """A rating, reviewer or case the review store refuses (the message says why)."""
 
@@ -200,19 +206,24 @@ def _upsert(conn: sa.Connection, table: sa.Table, keys: dict, values: dict) -> N
     conn.execute(stmt.on_conflict_do_update(index_elements=list(keys), set_=values))
 
 
-def app_secret(engine: Engine, name: str = "session") -> str:
-    """A random secret kept in the database (created on first use): signs the session cookies."""
+def session_secret() -> str:
+    """The key that signs reviewer session cookies: ``$SEMIOFLOW_REVIEW_SECRET``, else the 0600 file
+    ``$SEMIOFLOW_REVIEW_SECRET_FILE`` or ``.semioflow/review_secret`` (created on first use).
+
+    Never in the database: anyone who can read a database file (SQLite is a file) could forge a session.
+    """
+    value = os.environ.get(SECRET_ENV, "")
+    if value:
+        if len(value) < 32:
+            raise ConfigError(f"${SECRET_ENV} is too short: use at least 32 random characters")
+        return value
+    return secret_file(Path(os.environ.get(SECRET_FILE_ENV) or DEFAULT_SECRET_FILE), "review secret").decode()
+
+
+def forget_db_secrets(engine: Engine) -> int:
+    """Delete session secrets older versions kept in the database (``app_secrets``); returns how many."""
     with engine.begin() as conn:
-        row = conn.execute(sa.select(SECRETS.c.value).where(SECRETS.c.name == name)).first()
-        if row:
-            return row[0]
-    try:
-        with engine.begin() as conn:
-            conn.execute(SECRETS.insert().values(name=name, value=secrets.token_urlsafe(32)))
-    except sa.exc.IntegrityError:
-        pass  # another process created it first; read theirs
-    with engine.begin() as conn:
-        return conn.execute(sa.select(SECRETS.c.value).where(SECRETS.c.name == name)).scalar_one()
+        return conn.execute(SECRETS.delete()).rowcount or 0
 
 
 # ---- reviewers ---------------------------------------------------------------

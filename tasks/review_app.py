@@ -364,11 +364,13 @@ def create_app(engine: Engine, data_dir: Path, params: Params, *, allowed_hosts:
         Mount("/static", app=StaticFiles(directory=STATIC_DIR), name="static"),
     ]
     session_s = params.review.session_hours * SECONDS_PER_HOUR
+    secret = review.session_secret()
+    review.forget_db_secrets(engine)  # a secret an older version stored in the database signs nothing now
     hosts = list(dict.fromkeys((*LOOPBACK_HOSTS, *allowed_hosts, params.review.host)))
     middleware = [
         Middleware(TrustedHostMiddleware, allowed_hosts=hosts),
         Middleware(_SecurityHeaders),
-        Middleware(SessionMiddleware, secret_key=review.app_secret(engine), session_cookie=COOKIE,
+        Middleware(SessionMiddleware, secret_key=secret, session_cookie=COOKIE,
                    max_age=max(1, math.ceil(session_s)), same_site="strict", https_only=False),
         Middleware(_RequireLogin, session_s=session_s),
     ]

@@ -634,3 +634,55 @@ def test_cli_add_reviewer_and_stats(cohort, tmp_path):
     exported = (tmp_path / "out" / "faithfulness.parquet").read_bytes()
     assert fx.INBOX.encode() not in exported and not any(s.encode() in exported for s in fx.SOURCE.values())
     eng.dispose()
+
+
+def test_the_session_secret_lives_in_a_private_file_not_in_the_database(tmp_path, cohort, monkeypatch):
+    """A local account that can read review.sqlite must not be able to forge a reviewer session."""
+    import sqlalchemy as sa
+
+    db = tmp_path / "r.sqlite"
+    eng = review.open_db(f"sqlite:///{db}")
+    review.prepare(eng, cohort.data_dir, PARAMS)
+    _reviewers(eng)
+    with eng.begin() as conn:  # what an older version left there
+        conn.execute(review.SECRETS.insert().values(name="session", value="old-secret-in-the-database-0123456789"))
+    secret_file = tmp_path / "state" / "review_secret"
+    monkeypatch.delenv(review.SECRET_ENV, raising=False)
+    monkeypatch.setenv(review.SECRET_FILE_ENV, str(secret_file))
+    client = _client(eng, cohort.data_dir)
+    _login(client, "alice")
+    secret = secret_file.read_text().strip()
+    assert secret_file.stat().st_mode & 0o777 == 0o600 and secret_file.parent.stat().st_mode & 0o777 == 0o700
+    with eng.begin() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(review.SECRETS)).scalar_one() == 0
+    eng.dispose()
+    assert secret.encode() not in db.read_bytes() and b"old-secret-in-the-database" not in db.read_bytes()
+    # a cookie signed with the old database secret is no session
+    from itsdangerous import TimestampSigner
+    import base64
+    import json as _json
+
+    def signed(key: str) -> str:
+        payload = {"reviewer_id": 1, "name": "alice", "login_at": time.time()}
+        return TimestampSigner(key).sign(base64.b64encode(_json.dumps(payload).encode())).decode()
+
+    eng = review.open_db(f"sqlite:///{db}")
+    attacker = _client(eng, cohort.data_dir)
+    attacker.cookies.set(review_app_cookie(), signed("old-secret-in-the-database-0123456789"))
+    assert attacker.get("/").status_code == 303
+    holder = _client(eng, cohort.data_dir)  # the same cookie signed with the file's secret is a session
+    holder.cookies.set(review_app_cookie(), signed(secret))
+    assert holder.get("/").status_code == 200
+    # the environment variable wins over the file
+    monkeypatch.setenv(review.SECRET_ENV, "x" * 40)
+    assert review.session_secret() == "x" * 40
+    monkeypatch.setenv(review.SECRET_ENV, "short")
+    with pytest.raises(Exception, match="too short"):
+        review.session_secret()
+    eng.dispose()
+
+
+def review_app_cookie() -> str:
+    from tasks.review_app import COOKIE
+
+    return COOKIE
