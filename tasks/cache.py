@@ -28,6 +28,7 @@ from tasks import layout
 from tasks.atomic import atomic_write_text, remove_stale_partials
 from tasks.codehash import code_hash
 from tasks.cohorts import members
+from tasks.errors import mask_secrets
 from tasks.contract import Stage
 from tasks.identity import sha256_file
 from tasks.params import Params, build, to_dict
@@ -195,12 +196,20 @@ class RunFailed(RuntimeError):
     """A stage run raised; the message carries no file path."""
 
 
-_PATHLIKE = re.compile(r"(?:[A-Za-z]:)?[/\\][^\s'\"]+")
+_PATHLIKE = re.compile(r"(?P<url>\b[a-z][a-z0-9+.-]*://[^\s/'\"?#]+)(?P<rest>[^\s'\"]*)"
+                       r"|(?:[A-Za-z]:)?[/\\][^\s'\"]+")
+
+
+def _path_or_url(m: re.Match) -> str:
+    if m.group("url"):  # an endpoint's address stays readable; its path and query may carry anything
+        return m.group("url") + ("/<path>" if m.group("rest") else "")
+    return "<path>"
 
 
 def scrub_paths(text: str) -> str:
-    """Replace anything that looks like a file path with ``<path>``."""
-    return _PATHLIKE.sub("<path>", text)
+    """Replace anything that looks like a file path with ``<path>`` (a URL keeps its scheme and host) and
+    mask key-like strings (``tasks.errors.mask_secrets``)."""
+    return _PATHLIKE.sub(_path_or_url, mask_secrets(text))
 
 
 def run_job(stage: Stage, data_dir: Path, job: Job, params: dict) -> dict:

@@ -473,3 +473,14 @@ def test_temporary_prefect_server_ends_with_a_killed_run(tmp_path):
             break
     else:
         raise AssertionError("a process of the killed command is still running")
+
+
+def test_run_failures_keep_endpoint_hosts_and_mask_keys():
+    """What reaches Prefect's logs: paths scrubbed, a URL's host kept (not "htt<path>"), keys masked."""
+    from tasks.cache import scrub_paths
+
+    text = ("http://10.0.0.5:8000/v1 failed 4 times, last: HTTP 401: Incorrect API key provided: sk-proj-abc123DEF456ghi;"
+            " file /data/inbox/Doe_Jane.mp4")
+    out = scrub_paths(text)
+    assert out.startswith("http://10.0.0.5:8000/<path> failed") and "htt<path>" not in out
+    assert "sk-proj" not in out and "Doe_Jane" not in out and "<masked>" in out

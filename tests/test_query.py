@@ -285,6 +285,25 @@ def test_a_refusal_field_is_recorded_refused_with_its_words(data, tmp_path):
     assert all(r["raw_text"] == "I can not describe people in medical videos." for r in rows)
 
 
+def test_an_error_body_that_echoes_the_key_is_masked_and_plain_http_away_is_warned(data, tmp_path, monkeypatch,
+                                                                                    caplog):
+    d, rid = data
+    key = "sk-test-0123456789abcdefSECRET"
+    monkeypatch.setenv("SEMIOFLOW_API_KEY", key)
+    echo = {"error": {"message": f"Incorrect API key provided: {key}. Header was Bearer {key}"}}
+    with FakeOpenAI(lambda b: Response(401, echo)) as srv:
+        params = params_for(srv.url, arms=("raw",), features=("clonic",))
+        with pytest.raises(EndpointError) as err:
+            query_recording(rid, d, tmp_path, params)
+    assert "HTTP 401" in str(err.value) and key not in str(err.value) and "<masked>" in str(err.value)
+    with caplog.at_level("WARNING"):
+        OpenAIBackend(replace(params.vision, base_url="http://10.1.2.3:8000/v1"), params)
+        OpenAIBackend(replace(params.vision, base_url="http://127.0.0.1:8000/v1"), params)
+        OpenAIBackend(replace(params.vision, base_url="https://models.example.org/v1"), params)
+    warned = [r.getMessage() for r in caplog.records if "plain http" in r.getMessage()]
+    assert len(warned) == 1 and "10.1.2.3" in warned[0]
+
+
 def test_logprobs_give_yes_probability(data, tmp_path):
     d, rid = data
     lp = [{"token": '{"', "logprob": 0.0, "top_logprobs": []},
@@ -340,7 +359,7 @@ def test_an_endpoint_that_stays_down_ends_the_next_recordings_at_once(data, tmp_
         params = params_for(srv.url, arms=("raw",), features=("clonic", "tonic"))
         params = replace(params, vision=replace(params.vision, retries=2, concurrency=2))
         backends = {"vision": OpenAIBackend(params.vision, params), "audio": None}
-        with pytest.raises(EndpointError, match="failed 3 times, last: HTTP 503"):
+        with pytest.raises(EndpointError, match=r"failed 3 times, last: HTTP 503|is down \(first failure: HTTP 503"):
             query_recording(rid, d, tmp_path / "first", params, backends=backends)
         sent = len(srv.bodies)
         for i in range(3):  # three more recordings of the same run

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import ipaddress
 import hashlib
 import io
 import logging
@@ -11,11 +12,12 @@ import os
 import threading
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 
 from tasks.answers import RANDOM_TAG
-from tasks.errors import ConfigError, SemioflowError
+from tasks.errors import ConfigError, SemioflowError, mask_secrets
 from tasks.local_models import Media, Reply
 from tasks.media import output_size
 from tasks.params import EndpointParams, QueryParams
@@ -62,6 +64,12 @@ class OpenAIBackend:
         self._lock = threading.Lock()
         self._client = None
         self._down: tuple[float, str] | None = None  # circuit breaker: (when, the first cause) once it failed for good
+        self._key = os.environ.get(ep.api_key_env, "")
+        host = urlsplit(ep.base_url).hostname or ""
+        if urlsplit(ep.base_url).scheme == "http" and not _loopback(host):
+            log.warning("query: %s is plain http to another machine: frames, sound and transcripts of the "
+                        "recordings cross the network unencrypted; use https or an SSH tunnel to 127.0.0.1",
+                        ep.base_url)
 
     def gen_params(self) -> dict:
         """Generation settings that change an answer (part of the cache key): what requests carry now
@@ -114,7 +122,7 @@ class OpenAIBackend:
         import httpx
 
         if self._client is None:
-            key = os.environ.get(self.ep.api_key_env, "")
+            key = self._key
             headers = {"Authorization": f"Bearer {key}"} if key else {}
             self._client = httpx.Client(timeout=self.ep.timeout_s, headers=headers)
         last = ""
@@ -141,7 +149,8 @@ class OpenAIBackend:
                     if attempt <= self.ep.retries:
                         time.sleep(wait_s)
                     continue
-                last = f"HTTP {r.status_code}: {r.text[:300]}"
+                # an error body may echo the key (a 401) or the request: masked before it reaches any log
+                last = f"HTTP {r.status_code}: {mask_secrets(r.text[:300], self._key)}"
                 if r.status_code in (400, 422) and self._drop_optional(body, r.text):
                     continue  # same attempt again without the refused option
                 if r.status_code != 429 and r.status_code < 500:
@@ -214,6 +223,13 @@ class OpenAIBackend:
             content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
         yes_prob = None if q.batched else yes_prob_from_logprobs((choice.get("logprobs") or {}).get("content"))
         return Reply(text=content, finish_reason=choice.get("finish_reason") or "stop", yes_prob=yes_prob, gen=gen), ""
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def yes_prob_from_logprobs(tokens: list[dict] | None) -> float | None:
