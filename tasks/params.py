@@ -423,6 +423,9 @@ class ReviewParams:
     host: str = "127.0.0.1"
     port: int = 8765
     session_hours: float = 12.0  # a login lasts this long
+    # Secure session cookie (sent over https only): auto = on when the app listens beyond this machine
+    # (put it behind an https proxy then), off on loopback, where plain http never leaves the machine
+    secure_cookie: Literal["auto", "on", "off"] = "auto"
     faithfulness_arms: tuple[str, ...] = ()  # Study 1: arms whose correct predictions are reviewed; empty = all
     rationales: tuple[str, ...] = (rel("gait", "review_rationales.parquet"),)  # Study 2 inputs (table rationales)
     pass_score: int = 3  # stats: a justification scoring at least this counts as faithful

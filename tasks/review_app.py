@@ -58,8 +58,10 @@ PUBLIC_PATHS = ("/login", "/favicon.ico")
 PUBLIC_PREFIXES = ("/static/",)
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
-LOGIN_MAX_FAILURES = 10  # failed logins per name within LOGIN_WINDOW_S before further tries are refused
+LOGIN_FREE_FAILURES = 5  # failed logins per name within LOGIN_WINDOW_S before each try must wait
 LOGIN_WINDOW_S = 900.0
+LOGIN_BACKOFF_S = 1.0  # the wait after the first failure past the free ones; doubles with each more
+LOGIN_BACKOFF_CAP_S = 60.0  # never longer: a guesser slows down, the real reviewer is not locked out
 SECONDS_PER_HOUR = 3600.0
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; media-src 'self'; "
        "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
@@ -181,11 +183,16 @@ def create_app(engine: Engine, data_dir: Path, params: Params, *, allowed_hosts:
         recent = failures[name]
         while recent and now - recent[0] > LOGIN_WINDOW_S:
             recent.popleft()
-        if len(recent) >= LOGIN_MAX_FAILURES:
-            return page(request, "login.html", 429, error="Too many failed attempts; wait a few minutes.")
+        extra = len(recent) - LOGIN_FREE_FAILURES
+        if extra >= 0:
+            wait_s = min(LOGIN_BACKOFF_CAP_S, LOGIN_BACKOFF_S * 2 ** extra) - (now - recent[-1])
+            if wait_s > 0:
+                return page(request, "login.html", 429,
+                            error=f"Too many failed attempts; try again in {math.ceil(wait_s)} s.")
+        # counted before the password is checked: concurrent guesses each take a slot (no await in between)
+        recent.append(now)
         rid = await run_in_threadpool(review.authenticate, engine, name, str(form.get("password", "")))
         if rid is None:
-            recent.append(now)
             return page(request, "login.html", 401, error="Unknown name or wrong password.")
         failures.pop(name, None)
         request.session.clear()
@@ -365,13 +372,15 @@ def create_app(engine: Engine, data_dir: Path, params: Params, *, allowed_hosts:
     ]
     session_s = params.review.session_hours * SECONDS_PER_HOUR
     secret = review.session_secret()
+    mode = params.review.secure_cookie
+    secure = mode == "on" or (mode == "auto" and params.review.host not in LOOPBACK_HOSTS)
     review.forget_db_secrets(engine)  # a secret an older version stored in the database signs nothing now
     hosts = list(dict.fromkeys((*LOOPBACK_HOSTS, *allowed_hosts, params.review.host)))
     middleware = [
         Middleware(TrustedHostMiddleware, allowed_hosts=hosts),
         Middleware(_SecurityHeaders),
         Middleware(SessionMiddleware, secret_key=secret, session_cookie=COOKIE,
-                   max_age=max(1, math.ceil(session_s)), same_site="strict", https_only=False),
+                   max_age=max(1, math.ceil(session_s)), same_site="strict", https_only=secure),
         Middleware(_RequireLogin, session_s=session_s),
     ]
     return Starlette(routes=routes, middleware=middleware)

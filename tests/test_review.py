@@ -686,3 +686,51 @@ def review_app_cookie() -> str:
     from tasks.review_app import COOKIE
 
     return COOKIE
+
+
+def test_concurrent_wrong_passwords_are_counted_before_checking_and_the_reviewer_gets_back_in(
+        sqlite_engine, cohort, monkeypatch):
+    """40 guesses at once: only the free tries reach the password check; then a short, growing wait."""
+    import asyncio
+
+    import httpx
+
+    from tasks import review_app
+    from tasks.review_app import create_app
+
+    checked = []
+    real = review.authenticate
+
+    def counting(engine, name, password):
+        checked.append(name)
+        return real(engine, name, password)
+
+    monkeypatch.setattr(review, "authenticate", counting)
+    monkeypatch.setattr(review_app, "LOGIN_BACKOFF_S", 3.0)
+    app = create_app(sqlite_engine, cohort.data_dir, PARAMS)
+
+    async def attack() -> list[int]:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as c:
+            token = re.search(r'name="csrf" value="([^"]+)"', (await c.get("/login")).text).group(1)
+            rs = await asyncio.gather(*(c.post("/login", data={"name": "alice", "password": f"guess-{i}",
+                                                               "csrf": token}) for i in range(40)))
+            statuses = [r.status_code for r in rs]
+            right = {"name": "alice", "password": PASSWORD["alice"], "csrf": token}
+            statuses.append((await c.post("/login", data=right)).status_code)  # at once: still waiting
+            await asyncio.sleep(3.1)  # the first back-off step
+            statuses.append((await c.post("/login", data=right)).status_code)
+            return statuses
+
+    statuses = asyncio.run(attack())
+    assert statuses[:40].count(401) == review_app.LOGIN_FREE_FAILURES and statuses[:40].count(429) == 35
+    assert len(checked) == review_app.LOGIN_FREE_FAILURES + 1, "refused tries never reach the password check"
+    assert statuses[40:] == [429, 303], "the real reviewer is back in after a short wait, not locked out"
+
+
+@pytest.mark.parametrize("host, mode, secure", [("127.0.0.1", "auto", False), ("0.0.0.0", "auto", True),
+                                                ("127.0.0.1", "on", True), ("10.1.2.3", "off", False)])
+def test_the_session_cookie_is_secure_when_the_app_listens_beyond_this_machine(sqlite_engine, cohort, host, mode,
+                                                                               secure):
+    params = dataclasses.replace(PARAMS, review=dataclasses.replace(PARAMS.review, host=host, secure_cookie=mode))
+    cookie = _client(sqlite_engine, cohort.data_dir, params).get("/login").headers["set-cookie"].lower()
+    assert ("; secure" in cookie) == secure, cookie
