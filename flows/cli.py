@@ -67,9 +67,6 @@ def cli(ctx: click.Context, data_dir: Path, params_path: Path, debug: bool) -> N
     # Everything a command writes is patient data or leads to it: files 0600, folders 0700, in this process
     # and every one it starts (workers, the Prefect server, Dask, the commands `dvc repro` runs).
     os.umask(PRIVATE_UMASK)
-    if data_dir.is_dir() and data_dir.stat().st_mode & 0o077:
-        click.echo(f"warning: the data folder {data_dir} can be read by other accounts (mode "
-                   f"{data_dir.stat().st_mode & 0o777:o}); make it private: chmod -R go-rwx {data_dir}", err=True)
     ctx.obj = CliContext(data_dir=data_dir, params_path=params_path, debug=debug)
     if debug:  # full third-party logs, here and in worker processes
         os.environ[quiet.DEBUG_ENV] = "1"
@@ -175,7 +172,10 @@ def _synth_common(obj: CliContext, section: str, kind: str, size, fps, seed, out
     if fps is not None:
         changes["fps"] = fps
     sub = dataclasses.replace(sub, **changes)
-    out = out or layout.path(obj.data_dir, "synth", kind)
+    if out is None:  # the phantom goes into the data folder: private before anything is written there
+        if (warning := private_data_dir(obj.data_dir)) is not None:
+            click.echo(warning, err=True)
+        out = layout.path(obj.data_dir, "synth", kind)
     seed = params.base.seed if seed is None else seed
     workers = params.base.workers if workers is None else workers
     return sub, out, seed, workers
@@ -307,10 +307,26 @@ def run_cmd(obj: CliContext, inbox: Path | None, wait: bool) -> None:
     _run_flow(obj, "pipeline", wait, inbox=inbox)
 
 
+def private_data_dir(data_dir: Path) -> str | None:
+    """Make a data folder that holds no stage output yet private (0700); returns a warning for one that
+    holds outputs and other accounts can read (a site set that up: we do not change it), else None."""
+    from tasks import layout
+
+    if not data_dir.is_dir() or not data_dir.stat().st_mode & 0o077:
+        return None
+    if not any((data_dir / layout.folder(s)).exists() for s in layout.STAGES):
+        data_dir.chmod(0o700)  # a new (or git's empty) data folder: patient data is about to go in
+        return None
+    return (f"warning: the data folder {data_dir} can be read by other accounts (mode "
+            f"{data_dir.stat().st_mode & 0o777:o}); make it private: chmod -R go-rwx {data_dir}")
+
+
 def _run_flow(obj: CliContext, which: str, wait: bool, **kw) -> None:
     from flows.lock import run_lock
 
     params = obj.params()  # fail fast on bad params, before Prefect starts
+    if (warning := private_data_dir(obj.data_dir)) is not None:
+        click.echo(warning, err=True)
     inbox = kw.pop("inbox", None)
     t0 = time.monotonic()
     with run_lock(obj.data_dir, wait=wait):

@@ -100,11 +100,15 @@ def test_synth_gait_via_cli_then_up_to_date(tmp_path):
     assert modes["."] == 0o700 and modes["videos"] == 0o700 and modes["gait_clips.parquet"] == 0o600
 
 
-def test_an_open_data_folder_is_warned_about(tmp_path):
+def test_an_open_data_folder_is_made_private_when_empty_and_warned_about_when_it_holds_outputs(tmp_path):
+    from flows.cli import private_data_dir
+    from tasks import layout
+
     data = tmp_path / "data"
-    data.mkdir(mode=0o755)
-    data.chmod(0o755)
-    res = run("--data-dir", str(data), "features", "--format", "json")
-    assert res.returncode == 0 and "can be read by other accounts (mode 755)" in res.stderr
-    data.chmod(0o700)
-    assert "other accounts" not in run("--data-dir", str(data), "features", "--format", "json").stderr
+    data.mkdir()
+    data.chmod(0o755)  # what git checks out, or a shared parent's default
+    assert private_data_dir(data) is None and data.stat().st_mode & 0o777 == 0o700
+    (data / layout.folder("ingest")).mkdir()
+    data.chmod(0o750)  # a site's own setting on a folder that holds outputs: left alone, warned about
+    warning = private_data_dir(data)
+    assert "can be read by other accounts (mode 750)" in warning and data.stat().st_mode & 0o777 == 0o750
