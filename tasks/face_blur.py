@@ -165,48 +165,45 @@ class _BoxLog:
 
 
 class _Auditor:
-    """Checks processed frames at a fixed rate with an independent detector."""
+    """Checks processed frames at a fixed rate (``fps``; 0 = never) with an independent detector."""
 
-    def __init__(self, detector: FaceDetector, fps: float) -> None:
-        self.detector, self.period = detector, 1.0 / fps
+    def __init__(self, detector, fps: float) -> None:
+        self.detector, self.period = detector, (1.0 / fps if fps > 0 else 0.0)
         self.next_t, self.frames, self.residual = 0.0, 0, 0
 
     def due(self, pts: float) -> bool:
         """Whether the frame at ``pts`` is one the audit checks."""
-        return pts + 1e-6 >= self.next_t
+        return self.period > 0 and pts + 1e-6 >= self.next_t
 
     def check(self, rgb: np.ndarray, pts: float) -> None:
         if not self.due(pts):
             return
         self.next_t += self.period * (1 + int((pts - self.next_t) // self.period))
         self.frames += 1
-        if self.detector.detect(rgb):
+        if self._finds(rgb, pts):
             self.residual += 1
 
+    def _finds(self, rgb: np.ndarray, pts: float) -> bool:
+        return bool(self.detector.detect(rgb))
 
-class _TextAuditor:
-    """Reads processed frames at a fixed rate with OCR; counts frames where text is still readable."""
+
+class _TextAuditor(_Auditor):
+    """The same cadence, reading with OCR: counts frames where text is still readable."""
 
     def __init__(self, fps: float, min_score: float, short_side: int) -> None:
-        self.reader = TextReader() if fps > 0 else None
-        self.period, self.min_score, self.short_side = (1.0 / fps if fps > 0 else 0.0), min_score, short_side
-        self.next_t, self.frames, self.residual = 0.0, 0, 0
+        super().__init__(TextReader() if fps > 0 else None, fps)
+        self.min_score, self.short_side = min_score, short_side
         self.example = ""
 
-    def due(self, pts: float) -> bool:
-        return self.reader is not None and pts + 1e-6 >= self.next_t
-
-    def check(self, rgb: np.ndarray, pts: float) -> None:
-        self.next_t += self.period * (1 + int((pts - self.next_t) // self.period))
-        self.frames += 1
+    def _finds(self, rgb: np.ndarray, pts: float) -> bool:
         h, w = rgb.shape[:2]
         sw, sh = output_size(w, h, self.short_side)
         if (sw, sh) != (w, h):  # read at the size text is detected at: the cost grows with the area
             rgb = cv2.resize(rgb, (sw, sh), interpolation=cv2.INTER_AREA)
-        found = self.reader.readable(rgb, self.min_score)
-        if found:
-            self.residual += 1
-            self.example = self.example or f"{len(found[0].text)} characters at {pts:.1f} s"
+        found = self.detector.readable(rgb, self.min_score)
+        if found and not self.example:
+            self.example = f"{len(found[0].text)} characters at {pts:.1f} s"
+        return bool(found)
 
 
 def deidentify_recording(rec: RecordingInput, out_dir: Path, params: DeidentifyParams, *,
