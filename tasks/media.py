@@ -231,12 +231,8 @@ class VideoWriter:
         """Append mono float samples in [-1, 1] at ``audio_rate``."""
         if self._audio is None:
             raise MediaError("this writer has no audio stream (pass audio_rate=)")
-        samples = np.clip(np.asarray(samples, dtype=np.float32), -1.0, 1.0)
-        frame = av.AudioFrame.from_ndarray(samples[np.newaxis, :], format="fltp", layout="mono")
-        frame.sample_rate = self._audio_rate
-        frame.pts = self._n_audio
-        frame.time_base = Fraction(1, self._audio_rate)
-        self._n_audio += samples.shape[0]
+        frame = mono_frame(samples, self._audio_rate, self._n_audio)
+        self._n_audio += frame.samples
         for packet in self._audio.encode(frame):
             self._container.mux(packet)
 
@@ -522,6 +518,14 @@ def probe_with_timeout(path: str | Path, timeout_s: float) -> ProbeInfo:
 # ---- frame-by-frame transcoding (de-identification) -------------------------------
 
 
+def mono_frame(samples: np.ndarray, rate: int, pts: int) -> av.AudioFrame:
+    """Mono float samples (clipped to [-1, 1]) as an audio frame at ``rate`` Hz starting at sample ``pts``."""
+    samples = np.clip(np.asarray(samples, dtype=np.float32), -1.0, 1.0)
+    frame = av.AudioFrame.from_ndarray(samples[np.newaxis, :], format="fltp", layout="mono")
+    frame.sample_rate, frame.pts, frame.time_base = rate, pts, Fraction(1, rate)
+    return frame
+
+
 class AudioFilter(Protocol):
     """A streaming mono audio filter (``tasks.voice.VoiceAnonymizer`` is one)."""
 
@@ -683,10 +687,7 @@ class Transcoder:
             parts.append(self._filter.flush())
         samples = np.concatenate(parts) if parts else np.zeros(0, np.float32)
         if samples.size:
-            out = av.AudioFrame.from_ndarray(np.clip(samples, -1, 1).astype(np.float32)[np.newaxis, :],
-                                             format="fltp", layout="mono")
-            out.sample_rate = self._filter.sample_rate
-            out.pts, out.time_base = self._n_audio, Fraction(1, self._filter.sample_rate)
+            out = mono_frame(samples, self._filter.sample_rate, self._n_audio)
             self._n_audio += samples.size
             self._mux_audio(self._aout.encode(out))
         if flush:
