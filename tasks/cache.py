@@ -147,16 +147,16 @@ def _sections(stage: Stage, params: Params) -> dict[str, dict]:
 def recording_jobs(stage: Stage, data_dir: Path, params: Params) -> list[Job]:
     """One job per recording the stage must cover (those that came through ``stage.after``).
 
-    A stage fed straight from the source is keyed by each recording's content
-    hash; the others by the contents of their declared ``{rid}`` inputs and
+    A stage fed straight from the source is keyed by each recording's id (a
+    keyed hash of its content); the others by the contents of their declared ``{rid}`` inputs and
     the recording's duration.
     """
     section = _sections(stage, params)
     identity = stage.identity(params) if stage.identity else ""
     rids = recordings_after(stage.after, data_dir, stage.cohort)
     if stage.after == "ingest":
-        sha = {r["recording_id"]: r["content_sha256"] for r in _manifest(data_dir)}
-        return [Job(rid, cache_key(stage.name, sha[rid], section, repr(None), identity)) for rid in rids]
+        # the id is the keyed hash of the raw file's content: it names the content without publishing it
+        return [Job(rid, cache_key(stage.name, rid, section, repr(None), identity)) for rid in rids]
     dur = durations(data_dir)
     jobs = []
     for rid in rids:

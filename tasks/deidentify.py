@@ -18,7 +18,7 @@ from pathlib import Path
 from tasks import layout
 from tasks.contract import Stage, Table
 from tasks.face_blur import RecordingInput, deidentify_recording
-from tasks.identity import load_id_key, source_path
+from tasks.identity import load_id_key, source_of
 from tasks.params import Params
 from tasks.schema import GAIT, read_table, write_table
 from tasks.voice import site_alpha
@@ -33,8 +33,9 @@ def run(recording_id: str, data_dir: Path, out_dir: Path, params: Params) -> dic
     if row["cohort"] == GAIT:
         dp = dataclasses.replace(dp, gap_fill_s=dp.gait_gap_fill_s)
     alpha = dp.voice_alpha or site_alpha(load_id_key())
-    return deidentify_recording(RecordingInput(recording_id, source_path(ingest_dir, recording_id),
-                                               row["duration_s"]), out_dir, dp, voice_alpha=alpha)
+    source, sha256 = source_of(ingest_dir, recording_id)
+    return deidentify_recording(RecordingInput(recording_id, source, row["duration_s"], sha256), out_dir, dp,
+                                voice_alpha=alpha)
 
 
 def quarantine(out_dir: Path, recording_ids: list[str]) -> None:

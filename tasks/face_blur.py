@@ -44,6 +44,7 @@ frame, source detected|gapfill) and ``results/<id>.parquet`` (one
 
 from __future__ import annotations
 
+import os
 import queue
 from array import array
 import threading
@@ -57,6 +58,7 @@ import pyarrow as pa
 
 from tasks.burned_text import TextDetector, TextReader, TextTracker
 from tasks.detectors import FaceBox, FaceDetector, make_detector
+from tasks.identity import sha256_file
 from tasks.media import MediaError, Transcoder, YuvFrame, i420_planes, output_size, shrink_i420_to_rgb
 from tasks.params import DeidentifyParams
 from tasks.schema import write_table
@@ -77,6 +79,27 @@ class RecordingInput:
     recording_id: str
     source: Path  # raw file (private; never logged)
     duration_s: float
+    sha256: str | None = None  # its content hash at ingest: a file that changed since is not what was judged
+
+
+class _Changed(Exception):
+    """The source is not the file ingest judged."""
+
+
+def _source_stamp(rec: RecordingInput) -> tuple[int, int] | None:
+    """The source's (size, mtime_ns) when it is still there and its content hashes to ``rec.sha256``;
+    None when it is gone or changed (a writer that paused past ingest's settle time, then went on)."""
+    try:
+        st = os.stat(rec.source)
+        if rec.sha256 is not None and sha256_file(Path(rec.source)) != rec.sha256:
+            return None
+    except FileNotFoundError:
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
+SOURCE_CHANGED = ("the source file is gone or changed since ingest (its content hash differs); the next ingest "
+                  "gives a changed file a new id")
 
 
 def pixelate(img: np.ndarray, box: FaceBox, *, mode: str) -> None:
@@ -230,6 +253,8 @@ def deidentify_recording(rec: RecordingInput, out_dir: Path, params: DeidentifyP
     text_auditor = _TextAuditor(params.text_audit_fps, params.text_audit_score, params.text_short_side)
     boxes = _BoxLog()
     try:
+        if (stamp := _source_stamp(rec)) is None:
+            raise _Changed
         voice = VoiceAnonymizer(voice_alpha) if params.audio == "anonymize" else None
         with Transcoder(rec.source, out_dir / "videos" / f"{rid}.mp4", keep_audio=params.audio != "drop",
                         preset=params.encoder_preset, audio_filter=voice) as tc:
@@ -245,10 +270,15 @@ def deidentify_recording(rec: RecordingInput, out_dir: Path, params: DeidentifyP
             row["text_audit_frames"], row["text_audit_residual_frames"] = text_auditor.frames, text_auditor.residual
             row["_text_example"] = text_auditor.example
             reason, detail = _verdict(row, params, tc.decode_error, row.pop("_text_example"))
+            st = os.stat(rec.source)  # a missing file raises: the with block discards the output
+            if (st.st_size, st.st_mtime_ns) != stamp:  # grew or was rewritten while we read it
+                reason, detail = "source_changed", SOURCE_CHANGED
             if reason is None:
                 tc.commit()
             else:
                 row.update(status="quarantined", reason=reason, detail=detail)
+    except _Changed:
+        row.update(status="quarantined", reason="source_changed", detail=SOURCE_CHANGED)
     except MediaError as exc:
         row.update(status="quarantined", reason="undecodable", detail=str(exc).replace(str(rec.source), "<file>"))
     finally:

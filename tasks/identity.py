@@ -113,7 +113,12 @@ def source_names(ingest_dir: Path, recording_ids: set[str] | list[str]) -> dict[
 
 def source_path(ingest_dir: Path, rid: str) -> Path:
     """Original file of recording ``rid`` (reads the private id map; never log the result)."""
+    return source_of(ingest_dir, rid)[0]
+
+
+def source_of(ingest_dir: Path, rid: str) -> tuple[Path, str]:
+    """(original file, SHA-256 of its content at ingest) of recording ``rid``, from the private id map."""
     for row in read_table("id_map", Path(ingest_dir) / ID_MAP).to_pylist():
         if row["recording_id"] == rid:
-            return Path(row["source_path"])
+            return Path(row["source_path"]), row["content_sha256"]
     raise SemioflowError(f"recording {rid} is not in the id map")

@@ -19,6 +19,11 @@ not derived from names or metadata, stable across re-runs and clean
 rebuilds on the same site, and not reversible without the key.  The run is
 idempotent: known files (same path, size and mtime, or same content) add
 nothing; a file modified less than ``settle_s`` ago is left for the next run.
+A known path that comes back with other content (a writer that paused longer
+than ``settle_s``, then finished) is a new recording that supersedes its old id:
+the old id leaves the manifest and gets a ``superseded`` quarantine row.  The
+raw file is opened, hashed and probed in a timed child process, non-blocking:
+a held lease or a stalled share leaves the file for the next run.
 """
 
 from __future__ import annotations
@@ -33,10 +38,10 @@ import pyarrow.parquet as pq
 
 from tasks.atomic import is_partial
 from tasks.errors import SemioflowError
-from tasks.media import MediaError, ProbeInfo, ProbeTimeout, probe_with_timeout
+from tasks.media import Inspection, ProbeInfo, ProbeTimeout, SourceBusy, inspect_with_timeout
 from tasks.params import IngestParams, Params
 from tasks.contract import Out, Stage
-from tasks.identity import ID_MAP, load_id_key, recording_id, sha256_file, write_private
+from tasks.identity import ID_MAP, load_id_key, recording_id, write_private
 from tasks.schema import COHORTS, GAIT, SEIZURE, read_table, write_table
 
 MANIFEST = "manifest.parquet"
@@ -56,11 +61,15 @@ class IngestReport:
     pending: int = 0
     known: int = 0
     flags: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    unreadable: int = 0  # held by another program, not a regular file, or too slow to read: tried next run
+    superseded: tuple[str, ...] = ()  # old ids whose source file came back changed
 
     def describe(self) -> str:
+        extra = f", {self.unreadable} not readable now (tried again next run)" if self.unreadable else ""
+        extra += f", {len(self.superseded)} superseded by a changed file" if self.superseded else ""
         return (
             f"ingest: {len(self.accepted)} new, {len(self.quarantined)} quarantined, "
-            f"{self.known} already known, {self.pending} still being written"
+            f"{self.known} already known, {self.pending} still being written{extra}"
         )
 
 
@@ -107,6 +116,8 @@ def classify(info: ProbeInfo) -> tuple[str | None, str, list[str]]:
         flags.append("odd_dimensions")
     if info.video_codec not in ("h264",):
         flags.append(f"codec_{info.video_codec}")
+    if info.video_streams > 1:
+        flags.append("multiple_video_streams")  # the largest is read (media.video_stream)
     return None, "", flags
 
 
@@ -118,14 +129,13 @@ def _scrub(text: str, path: Path) -> str:
     return " ".join(text.split())
 
 
-def _probe_reason(path: Path, exc: MediaError) -> tuple[str, str]:
-    msg = _scrub(str(exc), path)
-    if isinstance(exc, ProbeTimeout):
+def _probe_reason(path: Path, seen: Inspection) -> tuple[str, str]:
+    msg = _scrub(seen.error or "", path)
+    if seen.timed_out:
         return "decoder_timeout", msg
     if "no video stream" in msg:
         return "no_video_stream", msg
-    with open(path, "rb") as fh:
-        head = fh.read(12)
+    head = seen.head
     if head[4:8] == b"ftyp" and ("moov" in msg or "Invalid data" in msg):
         return "truncated", f"MP4/MOV without its index (moov atom): the file was cut short ({msg})"
     return "not_a_video", msg
@@ -139,8 +149,11 @@ def _read_or_empty(name: str, path: Path) -> pa.Table:
 
 def _manifest_rows(path: Path) -> list[dict]:
     """The manifest so far; one written before cohorts existed holds seizure recordings only."""
-    if path.exists() and "cohort" not in pq.read_schema(path).names:
-        return [{**r, "cohort": SEIZURE} for r in pq.read_table(path).to_pylist()]
+    names = set(pq.read_schema(path).names) if path.exists() else {"cohort"}
+    if "cohort" not in names or "content_sha256" in names:
+        # an older manifest: add the cohort, drop the raw file's hash (it now lives in the private map only)
+        return [{**{k: v for k, v in r.items() if k != "content_sha256"}, "cohort": r.get("cohort", SEIZURE)}
+                for r in pq.read_table(path).to_pylist()]
     return _read_or_empty("manifest", path).to_pylist()
 
 
@@ -161,31 +174,46 @@ def ingest(inbox: Path, out_dir: Path, params: IngestParams, *, id_key: bytes, n
     quarantine = _read_or_empty("quarantine", out_dir / QUARANTINE).to_pylist()
     by_stat = {(r["source_path"], r["size_bytes"], r["mtime_ns"]) for r in id_map}
     by_hash = {r["content_sha256"] for r in id_map}
-    accepted, quarantined, flags_by_id, known = [], [], {}, 0
+    by_path = {r["source_path"]: r for r in id_map if r["status"] != "superseded"}
+    accepted, quarantined, flags_by_id, known, unreadable, superseded = [], [], {}, 0, 0, []
     for path in ready:
         st = path.stat()
         src = str(path.resolve())
         if (src, st.st_size, st.st_mtime_ns) in by_stat:
             known += 1
             continue
-        digest = sha256_file(path)
-        if digest in by_hash:
+        try:
+            seen = inspect_with_timeout(path, params.read_timeout_s, params.probe_timeout_s)
+        except (SourceBusy, ProbeTimeout):
+            unreadable += 1  # no id without the content hash: the next run tries again
+            continue
+        if seen.sha256 in by_hash:
             known += 1  # same content under another name: one recording, not two
             continue
-        rid = recording_id(digest, id_key)
+        rid = recording_id(seen.sha256, id_key)
         ts = dt.datetime.now(dt.timezone.utc)
-        reason, detail, flags, info = _assess(path, st.st_size, params)
+        if (old := by_path.pop(src, None)) is not None:
+            # the same path with new content: what was ingested before was this file half-written
+            old["status"] = "superseded"
+            manifest = [r for r in manifest if r["recording_id"] != old["recording_id"]]
+            quarantine.append(dict(recording_id=old["recording_id"], stage="ingest", reason="superseded",
+                                   detail=f"its source file changed after ingest (now recording {rid})",
+                                   decoded_coverage=None, quarantined_at=ts))
+            superseded.append(old["recording_id"])
+        reason, detail, flags, info = _assess(path, seen)
         status = "accepted" if reason is None else "quarantined"
-        id_map.append(dict(recording_id=rid, source_path=src, content_sha256=digest, size_bytes=st.st_size,
-                           mtime_ns=st.st_mtime_ns, status=status, ingested_at=ts))
-        by_hash.add(digest)
+        row = dict(recording_id=rid, source_path=src, content_sha256=seen.sha256, size_bytes=seen.size,
+                   mtime_ns=st.st_mtime_ns, status=status, ingested_at=ts)
+        id_map.append(row)
+        by_path[src] = row
+        by_hash.add(seen.sha256)
         if reason is not None:
             coverage = info.index_coverage if info is not None else None
             quarantine.append(dict(recording_id=rid, stage="ingest", reason=reason, detail=detail,
                                    decoded_coverage=coverage, quarantined_at=ts))
             quarantined.append((rid, reason))
             continue
-        manifest.append(_manifest_row(rid, cohort, digest, st.st_size, info, flags, ts))
+        manifest.append(_manifest_row(rid, cohort, seen.size, info, flags, ts))
         accepted.append(rid)
         flags_by_id[rid] = tuple(flags)
     # The private map is written first: a crash after it re-derives the same ids (write_private makes its
@@ -194,24 +222,22 @@ def ingest(inbox: Path, out_dir: Path, params: IngestParams, *, id_key: bytes, n
     write_table("manifest", manifest, out_dir / MANIFEST)
     write_table("quarantine", quarantine, out_dir / QUARANTINE)
     return IngestReport(accepted=tuple(accepted), quarantined=tuple(quarantined), pending=len(pending),
-                        known=known, flags=flags_by_id)
+                        known=known, flags=flags_by_id, unreadable=unreadable, superseded=tuple(superseded))
 
 
-def _assess(path: Path, size: int, params: IngestParams) -> tuple[str | None, str, list[str], ProbeInfo | None]:
-    if size == 0:
+def _assess(path: Path, seen: Inspection) -> tuple[str | None, str, list[str], ProbeInfo | None]:
+    if seen.size == 0:
         return "empty_file", "the file has zero bytes", [], None
-    try:
-        info = probe_with_timeout(path, params.probe_timeout_s)
-    except MediaError as exc:
-        reason, detail = _probe_reason(path, exc)
+    if seen.info is None:
+        reason, detail = _probe_reason(path, seen)
         return reason, detail, [], None
-    reason, detail, flags = classify(info)
-    return reason, _scrub(detail, path), flags, info
+    reason, detail, flags = classify(seen.info)
+    return reason, _scrub(detail, path), flags, seen.info
 
 
-def _manifest_row(rid: str, cohort: str, digest: str, size: int, info: ProbeInfo, flags: list[str], ts) -> dict:
+def _manifest_row(rid: str, cohort: str, size: int, info: ProbeInfo, flags: list[str], ts) -> dict:
     return dict(
-        recording_id=rid, cohort=cohort, content_sha256=digest, size_bytes=size, container=info.container,
+        recording_id=rid, cohort=cohort, size_bytes=size, container=info.container,
         video_codec=info.video_codec, width=info.width, height=info.height, fps=info.fps,
         duration_s=info.duration_s, n_frames=info.n_frames, rotation_deg=info.rotation_deg, vfr=info.vfr,
         has_audio=info.has_audio, audio_codec=info.audio_codec, sample_rate=info.sample_rate, flags=flags,

@@ -34,11 +34,32 @@ DEFAULT_PRESET = "veryfast"
 X264_PARAMS = "mbtree=0"
 AUDIO_BITRATE = 64_000  # bit/s, mono speech-grade AAC
 VFR_TICKS_PER_FRAME = 100  # time-base ticks per nominal frame, so pts can be uneven
+HASH_CHUNK = 1 << 20  # bytes read at a time when hashing a source
 FULL_RANGE = 2  # AVCOL_RANGE_JPEG: 0-255 luma, which the limited-range yuv420p output must not copy as is
 
 
 class MediaError(SemioflowError):
     """FFmpeg/PyAV could not read or write a media file."""
+
+
+def camera_streams(container) -> list:
+    """The video streams that are moving pictures: attached pictures (cover art, thumbnails) are not."""
+    return [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic]
+
+
+def video_stream(container):
+    """The camera stream every reader uses: the largest moving-picture stream (then the default one, then the
+    longest).  A recorder that adds a small preview stream or a second camera must not make ingest judge one
+    stream and de-identification read another.  Raises ``MediaError`` when there is none."""
+    streams = camera_streams(container)
+    if not streams:
+        raise MediaError("file has no video stream")
+
+    def rank(s) -> tuple:
+        seconds = float(s.duration * s.time_base) if s.duration and s.time_base else 0.0
+        return (s.codec_context.width * s.codec_context.height,
+                bool(s.disposition & av.stream.Disposition.default), seconds, -s.index)
+    return max(streams, key=rank)
 
 
 @dataclass(frozen=True)
@@ -276,7 +297,7 @@ def iter_frames(path: str | Path, *, width: int | None = None, height: int | Non
     """
     try:
         with av.open(str(path)) as container:
-            stream = container.streams.video[0]
+            stream = video_stream(container)
             stream.thread_type = "AUTO"
             tb = stream.time_base
             for i, frame in enumerate(container.decode(stream)):
@@ -288,8 +309,6 @@ def iter_frames(path: str | Path, *, width: int | None = None, height: int | Non
                 yield DecodedFrame(index=i, pts_s=pts, rgb=rgb)
     except av.FFmpegError as exc:
         raise MediaError(f"cannot decode video: {exc}") from None
-    except IndexError:
-        raise MediaError("file has no video stream") from None
 
 
 def read_audio(path: str | Path, *, sample_rate: int = 16_000) -> np.ndarray:
@@ -342,6 +361,7 @@ class ProbeInfo:
     first_frame_ok: bool
     header_durations_s: tuple[float, ...]  # container, stream, frames/fps, last packet end (where known)
     index_coverage: float | None  # share of indexed video samples whose bytes exist in the file
+    video_streams: int = 1  # moving-picture streams (attached pictures not counted); the largest is read
 
 
 def probe(path: str | Path) -> ProbeInfo:
@@ -355,27 +375,29 @@ def probe(path: str | Path) -> ProbeInfo:
     except av.FFmpegError as exc:
         raise MediaError(f"not a readable media file: {exc}") from None
     with container:
-        if not container.streams.video:
-            raise MediaError("file has no video stream")
-        v = container.streams.video[0]
+        v = video_stream(container)
         rate = v.average_rate or v.guessed_rate or v.base_rate
         fps = float(rate) if rate else 0.0
         durations = []
-        if container.duration:
-            durations.append(container.duration / 1e6)
         if v.duration and v.time_base:
             durations.append(float(v.duration * v.time_base))
         n_frames = int(v.frames) if v.frames else None
         if n_frames and fps:
             durations.append(n_frames / fps)
         a = container.streams.audio[0] if container.streams.audio else None
-        codec = v.codec_context.name
+        codec = v.codec_context.codec.canonical_name  # the codec (av1), not the decoder (libdav1d)
+        n_streams = len(camera_streams(container))
         width, height = v.codec_context.width, v.codec_context.height
         coverage = _index_coverage(v, Path(path).stat().st_size)
         vfr = _is_vfr(container, v)
-        last = _last_pts_s(container, v, max(durations) if durations else 0.0)
+        last = _last_pts_s(container, v, max(durations + [container.duration / 1e6 if container.duration else 0.0]))
         if last is not None:
             durations.append(last)
+        # the container's duration spans every stream (a sound track a little longer than the picture): it
+        # judges the header, but the recording's duration is the video stream's own wherever that is known
+        duration = max(durations) if durations else (container.duration or 0) / 1e6
+        if container.duration:
+            durations.insert(0, container.duration / 1e6)
     rotation, first_ok = _first_frame(path)
     if rotation % 180:
         width, height = height, width
@@ -385,7 +407,7 @@ def probe(path: str | Path) -> ProbeInfo:
         width=width,
         height=height,
         fps=fps,
-        duration_s=max(durations) if durations else 0.0,
+        duration_s=duration,
         n_frames=n_frames,
         rotation_deg=rotation,
         vfr=vfr,
@@ -395,6 +417,7 @@ def probe(path: str | Path) -> ProbeInfo:
         first_frame_ok=first_ok,
         header_durations_s=tuple(durations),
         index_coverage=coverage,
+        video_streams=n_streams,
     )
 
 
@@ -458,7 +481,7 @@ def _last_pts_s(container, stream, declared_s: float) -> float | None:
 def _first_frame(path) -> tuple[int, bool]:
     try:
         with av.open(str(path)) as c:
-            for frame in c.decode(c.streams.video[0]):
+            for frame in c.decode(video_stream(c)):
                 return int(round(frame.rotation or 0)) % 360, True
     except av.FFmpegError:
         pass
@@ -471,9 +494,60 @@ def upright(rgb: np.ndarray, rotation_deg: int) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(rgb, k)) if k else rgb
 
 
-def _probe_worker(path: str, conn) -> None:
+@dataclass(frozen=True)
+class Inspection:
+    """One look at a source file: its content hash, size and first bytes, read through one open file, and
+    the probe (``info``) or why there is none (``error``; ``timed_out`` when the decoder did not answer)."""
+
+    sha256: str
+    size: int
+    head: bytes
+    info: ProbeInfo | None = None
+    error: str | None = None
+    timed_out: bool = False
+
+
+class SourceBusy(MediaError):
+    """Opening the file would block (another program holds a lease on it) or it is not a regular file."""
+
+
+class ProbeTimeout(MediaError):
+    """The file system did not deliver the file's bytes within the time limit."""
+
+
+def _hash_source(path: str) -> Inspection:
+    """Open non-blocking, check it is a regular file, hash it.  Where another program holds a lease on
+    the file (a recorder, a sync client) a plain ``open`` would wait for that program; this one fails at
+    once with ``SourceBusy``, as does a path that is not a regular file (a FIFO put where a recording was)."""
+    import errno
+    import hashlib
+    import os
+    import stat
+
     try:
-        conn.send(("ok", probe(path)))
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise SourceBusy("another program holds the file (a lease): left for the next run") from None
+        raise SourceBusy(f"cannot open the file: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            raise SourceBusy("not a regular file")
+        h, head = hashlib.sha256(), b""
+        while chunk := fh.read(HASH_CHUNK):
+            head = head or chunk[:12]
+            h.update(chunk)
+        return Inspection(h.hexdigest(), fh.tell(), head)
+
+
+def _inspect_worker(path: str, conn) -> None:
+    try:
+        seen = _hash_source(path)
+        conn.send(("hash", seen))
+        if seen.size:
+            conn.send(("ok", probe(path)))
+    except SourceBusy as exc:
+        conn.send(("busy", str(exc)))
     except MediaError as exc:
         conn.send(("error", str(exc)))
     except Exception as exc:  # noqa: BLE001 - report any decoder crash to the parent as data
@@ -482,37 +556,55 @@ def _probe_worker(path: str, conn) -> None:
         conn.close()
 
 
-class ProbeTimeout(MediaError):
-    """The demuxer/decoder did not answer within the time limit."""
+def inspect_with_timeout(path: str | Path, read_timeout_s: float, probe_timeout_s: float) -> Inspection:
+    """Hash and probe a source file in a separate process: killed when the hash takes more than
+    ``read_timeout_s`` seconds, or the probe after it more than ``probe_timeout_s``.
 
-
-def probe_with_timeout(path: str | Path, timeout_s: float) -> ProbeInfo:
-    """``probe`` in a separate process, killed after ``timeout_s`` seconds.
-
-    A decoder that hangs (a stalled network share, a pathological file)
-    raises ``ProbeTimeout`` instead of stopping the batch.
+    Everything that touches the file's bytes (open, hash, demux, decode) runs in the child, so a stalled
+    share, a held lease or a pathological file cannot stop the batch.  Raises ``SourceBusy`` (held, not
+    a regular file, unreadable) or ``ProbeTimeout`` (no hash in time): the file gets no id this run.  A
+    probe that fails or times out after the hash comes back as ``error`` (``timed_out``) with the hash.
     """
     import multiprocessing as mp
+    import time
 
     ctx = mp.get_context("spawn")  # fork is unsafe once torch/av threads exist
     parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_probe_worker, args=(str(path), child), daemon=True)
+    proc = ctx.Process(target=_inspect_worker, args=(str(path), child), daemon=True)
+    deadline = time.monotonic() + read_timeout_s
     proc.start()
     child.close()
+    seen = None
     try:
-        if not parent.poll(timeout_s):
-            raise ProbeTimeout(f"no answer from the decoder within {timeout_s:g} s")
-        status, payload = parent.recv()
+        while True:
+            if not parent.poll(max(0.0, deadline - time.monotonic())):
+                if seen is None:
+                    raise ProbeTimeout(f"the file's bytes did not arrive within {read_timeout_s:g} s")
+                return Inspection(seen.sha256, seen.size, seen.head, error=f"no answer from the decoder within "
+                                  f"{probe_timeout_s:g} s", timed_out=True)
+            status, payload = parent.recv()
+            if status == "hash":
+                seen = payload
+                deadline = time.monotonic() + probe_timeout_s
+                if not seen.size:
+                    return seen
+            elif status == "ok":
+                return Inspection(seen.sha256, seen.size, seen.head, info=payload)
+            elif status == "busy":
+                raise SourceBusy(payload)
+            elif seen is None:
+                raise SourceBusy(payload)
+            else:
+                return Inspection(seen.sha256, seen.size, seen.head, error=payload)
     except EOFError:
-        raise MediaError("the decoder process crashed") from None
+        if seen is None:
+            raise SourceBusy("the reading process crashed") from None
+        return Inspection(seen.sha256, seen.size, seen.head, error="the decoder process crashed")
     finally:
         if proc.is_alive():
             proc.kill()
         proc.join(5)
         parent.close()
-    if status == "error":
-        raise MediaError(payload)
-    return payload
 
 
 # ---- frame-by-frame transcoding (de-identification) -------------------------------
@@ -573,10 +665,11 @@ class Transcoder:
             self._in = av.open(str(src))
         except av.FFmpegError as exc:
             raise MediaError(f"cannot open video: {exc}") from None
-        if not self._in.streams.video:
+        try:
+            self._vin = video_stream(self._in)
+        except MediaError:
             self._in.close()
-            raise MediaError("file has no video stream")
-        self._vin = self._in.streams.video[0]
+            raise
         self._vin.thread_type = "AUTO"
         self._ain = self._in.streams.audio[0] if (keep_audio and self._in.streams.audio) else None
         self._out = av.open(str(self.tmp), mode="w", format="mp4")
@@ -789,7 +882,7 @@ def sample_frames(path: str | Path, *, fps: float, short_side: int) -> Iterator[
     """
     try:
         with av.open(str(path)) as container:
-            stream = container.streams.video[0]
+            stream = video_stream(container)
             stream.thread_type = "AUTO"
             tb = stream.time_base
             t0, last_slot, kept = None, -1, 0

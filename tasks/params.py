@@ -82,7 +82,10 @@ class IngestParams:
     gait_inbox: str = "data/" + rel("synth", "gait", "videos")
     extensions: tuple[str, ...] = (".mp4", ".mov", ".mkv", ".avi")
     settle_s: float = 10.0  # a file modified more recently is still being written
-    probe_timeout_s: float = 60.0
+    # seconds to open and hash one file; a share that stalls or a lease another program holds leaves the
+    # file for the next run (it gets no id yet)
+    read_timeout_s: float = 300.0
+    probe_timeout_s: float = 60.0  # seconds for the decoder to probe it once read (then: decoder_timeout)
 
 
 @dataclass(frozen=True)

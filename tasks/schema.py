@@ -71,7 +71,6 @@ TABLES: dict[str, pa.Schema] = {
     "manifest": _schema(
         _f(RECORDING_ID, pa.string()),
         _f("cohort", pa.string()),  # one of COHORTS
-        _f("content_sha256", pa.string()),
         _f("size_bytes", pa.int64()),
         _f("container", pa.string()),
         _f("video_codec", pa.string()),
@@ -87,7 +86,8 @@ TABLES: dict[str, pa.Schema] = {
         _f("sample_rate", pa.int32(), nullable=True),
         _f("flags", pa.list_(pa.string())),
         _f("ingested_at", UTC_TS),
-        doc="One row per accepted recording; pseudonymous ids, no file names.",
+        doc="One row per accepted recording; pseudonymous ids, no file names, no raw file hash (that would "
+            "link a raw file to its id: it is in the private id map only).",
     ),
     "id_map": _schema(
         _f(RECORDING_ID, pa.string()),
@@ -95,7 +95,7 @@ TABLES: dict[str, pa.Schema] = {
         _f("content_sha256", pa.string()),
         _f("size_bytes", pa.int64()),
         _f("mtime_ns", pa.int64()),
-        _f("status", pa.string()),  # accepted | quarantined
+        _f("status", pa.string()),  # accepted | quarantined | superseded (its path came back changed)
         _f("ingested_at", UTC_TS),
         doc="PRIVATE: recording id -> original path. Kept in a 0600 file, never logged.",
     ),

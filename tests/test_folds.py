@@ -87,7 +87,7 @@ def _deid_row(rid: str, status: str) -> dict:
 
 
 def _manifest_row(rid: str, now, cohort: str) -> dict:
-    return dict(recording_id=rid, cohort=cohort, content_sha256="0" * 64, size_bytes=1, container="mp4",
+    return dict(recording_id=rid, cohort=cohort, size_bytes=1, container="mp4",
                 video_codec="h264", width=384, height=288, fps=12.0, duration_s=60.0, n_frames=720, rotation_deg=0,
                 vfr=False, has_audio=True, audio_codec="aac", sample_rate=16000, flags=[], ingested_at=now)
 

@@ -9,6 +9,7 @@ import time
 import wave
 from pathlib import Path
 
+import av
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -53,6 +54,37 @@ def make_rotated(path: Path) -> Path:
     return path
 
 
+def make_streams(path: Path, cameras: tuple[tuple[int, int, int], ...], *, cover: int = 0) -> Path:
+    """Video streams (width, height, seconds) in this order; ``cover`` > 0 adds an attached picture (cover
+    art) of that size, larger than any camera."""
+    with av.open(str(path), "w") as c:
+        streams = []
+        if cover:
+            s = c.add_stream("mjpeg", rate=1)
+            s.width, s.height, s.pix_fmt = cover, cover, "yuvj420p"
+            s.disposition = av.stream.Disposition.attached_pic
+            streams.append((s, cover, cover, 1))
+        for w, h, sec in cameras:
+            s = c.add_stream("libx264", rate=FPS)
+            s.width, s.height, s.pix_fmt = w, h, "yuv420p"
+            streams.append((s, w, h, sec * FPS))
+        for s, w, h, n in streams:
+            for img in _frames(w, h, n):
+                c.mux(s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
+            c.mux(s.encode())
+    return path
+
+
+def make_audio_longer(path: Path, seconds: int = 3, extra_s: float = 0.064) -> Path:
+    """A valid clip whose sound track runs ``extra_s`` past its last frame (common in camera files)."""
+    with VideoWriter(path, width=64, height=48, fps=FPS, audio_rate=SR) as vw:
+        t = np.arange(int(SR * (seconds + extra_s))) / SR
+        vw.write_audio(0.2 * np.sin(2 * np.pi * 220 * t))
+        for img in _frames(64, 48, seconds * FPS):
+            vw.write(img)
+    return path
+
+
 def make_vfr(path: Path) -> Path:
     t = 0.0
     with VideoWriter(path, width=64, height=48, fps=FPS) as vw:
@@ -93,6 +125,11 @@ EXPECTED = {
     "doe_jane_vfr.mp4": (None, {"vfr"}),
     "doe_jane_odd_dims_mjpeg.avi": (None, {"odd_dimensions", "codec_mjpeg"}),
     "doe_jane_hevc.mkv": (None, {"codec_hevc"}),
+    "doe_jane_av1.mkv": (None, {"codec_av1"}),  # the codec, not the decoder (libdav1d)
+    "doe_jane_preview_then_camera.mp4": (None, {"multiple_video_streams"}),
+    "doe_jane_two_cameras.mp4": (None, {"multiple_video_streams"}),
+    "doe_jane_cover_art.mp4": (None, set()),
+    "doe_jane_audio_longer.mp4": (None, set()),
     "doe_jane_truncated.mp4": ("truncated", None),
     "doe_jane_cut_midway_faststart.mp4": ("corrupt", None),
     "doe_jane_zero.mp4": ("empty_file", None),
@@ -111,6 +148,11 @@ def inbox(tmp_path_factory) -> Path:
     make_vfr(d / "doe_jane_vfr.mp4")
     make_clip(d / "doe_jane_odd_dims_mjpeg.avi", w=65, h=49, audio=False, codec="mjpeg", pix_fmt="yuvj444p")
     make_clip(d / "doe_jane_hevc.mkv", codec="libx265", audio=False)
+    make_clip(d / "doe_jane_av1.mkv", codec="libsvtav1", audio=False)
+    make_streams(d / "doe_jane_preview_then_camera.mp4", ((32, 24, 1), (64, 48, SECONDS)))
+    make_streams(d / "doe_jane_two_cameras.mp4", ((64, 48, SECONDS), (128, 96, SECONDS)))
+    make_streams(d / "doe_jane_cover_art.mp4", ((64, 48, SECONDS),), cover=160)
+    make_audio_longer(d / "doe_jane_audio_longer.mp4")
     full = make_clip(d / "src_full.mp4", seconds=8)  # moov at the end (ffmpeg default)
     (d / "doe_jane_truncated.mp4").write_bytes(full.read_bytes()[: full.stat().st_size // 2])
     fast = make_clip(d / "src_fast.mp4", seconds=8, container_options={"movflags": "faststart"})
@@ -181,6 +223,35 @@ def test_manifest_probe_values(ingested):
     assert m[names["doe_jane_vfr.mp4"]]["vfr"] and not good["vfr"]
 
 
+def test_every_reader_takes_the_largest_moving_picture_stream(ingested, inbox):
+    out, _ = ingested
+    names = _by_name(out)
+    m = {r["recording_id"]: r for r in read_table("manifest", out / MANIFEST).to_pylist()}
+    preview = m[names["doe_jane_preview_then_camera.mp4"]]
+    assert (preview["width"], preview["height"], preview["duration_s"]) == (64, 48, SECONDS)
+    two = m[names["doe_jane_two_cameras.mp4"]]
+    assert (two["width"], two["height"]) == (128, 96)  # not silently the first, smaller one
+    cover = m[names["doe_jane_cover_art.mp4"]]
+    assert (cover["width"], cover["height"]) == (64, 48) and "multiple_video_streams" not in cover["flags"]
+    frames = list(iter_frames(inbox / "doe_jane_two_cameras.mp4"))
+    assert len(frames) == SECONDS * FPS and frames[0].rgb.shape[:2] == (96, 128)
+    assert next(iter(iter_frames(inbox / "doe_jane_cover_art.mp4"))).rgb.shape[:2] == (48, 64)
+
+
+def test_duration_is_the_video_streams_own(ingested, inbox, tmp_path):
+    """A sound track 64 ms longer than the picture must not make the video look 2 % short (corrupt)."""
+    out, _ = ingested
+    rid = _by_name(out)["doe_jane_audio_longer.mp4"]
+    row = {r["recording_id"]: r for r in read_table("manifest", out / MANIFEST).to_pylist()}[rid]
+    assert abs(row["duration_s"] - 3.0) < 0.01, row["duration_s"]
+    from tasks.face_blur import RecordingInput, deidentify_recording
+    from tasks.params import DeidentifyParams
+
+    res = deidentify_recording(RecordingInput(rid, inbox / "doe_jane_audio_longer.mp4", row["duration_s"]),
+                               tmp_path, DeidentifyParams(text="none", audio="drop"))
+    assert res["status"] == "ok" and res["decoded_coverage"] > 0.99, res
+
+
 def test_rotated_frames_come_out_upright(inbox):
     frame = next(iter(iter_frames(inbox / "doe_jane_rotated.mp4")))
     assert frame.rgb.shape[:2] == (48, 64)
@@ -203,6 +274,9 @@ def test_no_file_name_or_path_outside_the_private_map(ingested, inbox):
         text = str(pq.read_table(out / table).to_pylist())
         assert str(inbox) not in text
         assert "doe" not in text.lower() and "jane" not in text.lower(), table
+        # nor the raw file's plain SHA-256: anyone holding the raw file could link it to its pseudonym
+        for p in inbox.iterdir():
+            assert sha256_file(p) not in text, (table, p.name)
 
 
 def test_private_map_is_owner_only(ingested):
@@ -362,3 +436,89 @@ def test_two_inboxes_two_cohorts_through_the_stage(inbox, tmp_path, monkeypatch)
     with pytest.raises(Exception, match="no inbox to scan"):
         stage.run(tmp_path, out, dataclasses.replace(params, ingest=dataclasses.replace(params.ingest, inbox="",
                                                                                           gait_inbox="")))
+
+
+def test_a_file_that_grows_after_ingest_supersedes_its_old_id(inbox, tmp_path):
+    """A writer that pauses longer than settle_s: the half file got an id; the finished file replaces it."""
+    box, out = tmp_path / "box", tmp_path / "out"
+    box.mkdir()
+    (box / "night.mp4").write_bytes((inbox / "doe_jane_good.mp4").read_bytes())  # "half written"
+    os.utime(box / "night.mp4", (OLD, OLD))
+    first = ingest(box, out, IngestParams(settle_s=5), id_key=KEY)
+    assert len(first.accepted) == 1
+    old = first.accepted[0]
+    make_clip(box / "night.mp4", seconds=6)  # the writer went on: same path, more content
+    os.utime(box / "night.mp4", (OLD + 60, OLD + 60))
+    second = ingest(box, out, IngestParams(settle_s=5), id_key=KEY)
+    assert len(second.accepted) == 1 and second.accepted[0] != old and second.superseded == (old,)
+    manifest = [r["recording_id"] for r in read_table("manifest", out / MANIFEST).to_pylist()]
+    assert manifest == [second.accepted[0]]
+    q = {r["recording_id"]: r for r in read_table("quarantine", out / QUARANTINE).to_pylist()}
+    assert q[old]["reason"] == "superseded" and second.accepted[0] in q[old]["detail"]
+    status = {r["recording_id"]: r["status"] for r in read_table("id_map", out / ID_MAP).to_pylist()}
+    assert status == {old: "superseded", second.accepted[0]: "accepted"}
+    assert ingest(box, out, IngestParams(settle_s=5), id_key=KEY).known == 1  # and stays settled
+
+
+def test_deidentify_refuses_a_source_that_changed_since_ingest(inbox, tmp_path):
+    from tasks.face_blur import RecordingInput, deidentify_recording
+    from tasks.params import DeidentifyParams
+
+    src = tmp_path / "grows.mp4"
+    src.write_bytes((inbox / "doe_jane_good.mp4").read_bytes())
+    digest = sha256_file(src)
+    make_clip(src, seconds=6)  # grown since ingest hashed it
+    params = DeidentifyParams(text="none", audio="drop")
+    res = deidentify_recording(RecordingInput("R0000000001", src, SECONDS, digest), tmp_path / "out", params)
+    assert (res["status"], res["reason"]) == ("quarantined", "source_changed")
+    assert not (tmp_path / "out" / "videos" / "R0000000001.mp4").exists()
+    src.unlink()
+    res = deidentify_recording(RecordingInput("R0000000001", src, SECONDS, digest), tmp_path / "out", params)
+    assert res["reason"] == "source_changed"  # gone is not "undecodable": the detail says what happened
+
+
+LEASE_HOLDER = """
+import fcntl, os, signal, sys, time
+signal.signal(signal.SIGIO, signal.SIG_IGN)  # a holder that does not give the file up when asked
+fd = os.open(sys.argv[1], os.O_RDONLY)
+fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_file_another_program_holds_does_not_stall_ingest(inbox, tmp_path):
+    """A held write lease makes a plain open() wait for the holder (45 s lease-break time here, more on a
+    share); ingest leaves that file for the next run and finishes the batch at once."""
+    import subprocess
+    import sys
+
+    box, out = tmp_path / "box", tmp_path / "out"
+    box.mkdir()
+    for name in ("held.mp4", "free.mp4"):
+        shutil.copy2(inbox / ("doe_jane_good.mp4" if name == "held.mp4" else "doe_jane_no_audio.mp4"), box / name)
+    holder = subprocess.Popen([sys.executable, "-c", LEASE_HOLDER, str(box / "held.mp4")], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        if holder.stdout.readline().strip() != "held":
+            pytest.skip("this file system does not grant leases")
+        t0 = time.monotonic()
+        report = ingest(box, out, IngestParams(settle_s=5), id_key=KEY)
+        assert time.monotonic() - t0 < 20
+        assert (len(report.accepted), report.unreadable) == (1, 1)
+        assert "not readable now" in report.describe()
+    finally:
+        holder.kill()
+        holder.wait()
+    again = ingest(box, out, IngestParams(settle_s=5), id_key=KEY)
+    assert (len(again.accepted), again.unreadable, again.known) == (1, 0, 1)
+
+
+def test_a_fifo_where_a_recording_was_is_not_read(tmp_path):
+    from tasks.media import SourceBusy, inspect_with_timeout
+
+    os.mkfifo(tmp_path / "pipe.mp4")
+    t0 = time.monotonic()
+    with pytest.raises(SourceBusy, match="not a regular file"):
+        inspect_with_timeout(tmp_path / "pipe.mp4", 30, 30)
+    assert time.monotonic() - t0 < 20
