@@ -333,8 +333,10 @@ def _run_flow(obj: CliContext, which: str, wait: bool, **kw) -> None:
         pipeline = _prefect(obj)
         from flows.settings import api_session
 
+        from flows.settings import inbox_ref
+
         args = dict(data_dir=str(obj.data_dir), params_path=str(obj.params_path),
-                    inbox=str(inbox) if inbox else None, **kw)
+                    inbox_ref=inbox_ref(inbox) if inbox else None, **kw)
         f = pipeline.pipeline if which == "pipeline" else pipeline.stage_flow
         try:
             with api_session():
@@ -552,7 +554,7 @@ def schedule(obj: CliContext, cron: str, inbox: Path | None, publish: bool, regi
 
     nightly.register_and_serve(cron=cron, data_dir=str(obj.data_dir.resolve()),
                                params_path=str(obj.params_path.resolve()),
-                               inbox=str(inbox.resolve()) if inbox else None, publish=publish,
+                               inbox_ref=settings.inbox_ref(inbox) if inbox else None, publish=publish,
                                keep_serving=not register_only)
 
 

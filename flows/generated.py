@@ -79,6 +79,18 @@ def _outs(stage: Stage) -> list[str]:
     return lines
 
 
+def _keys_but_paths(stage: Stage) -> list[str]:
+    """The ``section.key`` params of a stage's sections except its ``external`` path keys."""
+    import dataclasses
+    import typing
+
+    from tasks.params import Params
+
+    hints = typing.get_type_hints(Params)
+    return [f"{sec}.{f.name}" for sec in stage.sections for f in dataclasses.fields(hints[sec])
+            if f"{sec}.{f.name}" not in stage.external]
+
+
 def render() -> str:
     """The text of ``dvc.yaml``."""
     synth_code = sorted(set(_code("tasks.synth.seizure") + _code("tasks.synth.gait")))
@@ -86,11 +98,18 @@ def render() -> str:
                                   seizure=f"{DATA}/{layout.rel('synth', 'seizure')}",
                                   gait=f"{DATA}/{layout.rel('synth', 'gait')}")]
     for stage in registry.pipeline_stages():
-        deps = [f"${{{k}}}" for k in stage.external if k not in stage.optional] + _data_deps(stage) \
-            + list(stage.assets) + _code(f"tasks.{stage.name}")
-        lines = ["", f"  {stage.name}:", f"    cmd: semioflow stage {stage.name}", "    deps:"]
-        lines += [f"      - {d}" for d in deps]
-        lines += ["    params:"] + [f"      - {s}" for s in stage.sections]
+        source = stage.kind == "source"
+        # the source stage reads the raw inboxes: their paths (and every raw file name under them) must not
+        # reach dvc.lock, which the nightly job commits, nor DVC's state: no path deps, no path params, and
+        # it always runs (finding new files is its job; its outputs' hashes decide what runs after it)
+        # (the phantom's folders stand in as deps, so DVC still makes the demo's phantom before ingest reads it)
+        external = [f"{DATA}/{layout.rel('synth', c)}" for c in ("seizure", "gait")] if source else \
+            [f"${{{k}}}" for k in stage.external if k not in stage.optional]
+        deps = external + _data_deps(stage) + list(stage.assets) + _code(f"tasks.{stage.name}")
+        lines = ["", f"  {stage.name}:", f"    cmd: semioflow stage {stage.name}"]
+        lines += ["    always_changed: true"] if source else []
+        lines += ["    deps:"] + [f"      - {d}" for d in deps]
+        lines += ["    params:"] + [f"      - {s}" for s in (_keys_but_paths(stage) if source else stage.sections)]
         lines += _outs(stage)
         parts.append("\n".join(lines) + "\n")
     return "".join(parts)

@@ -49,11 +49,12 @@ def publish(project: Path) -> str:
 
 
 @flow(name="semioflow-nightly", log_prints=True)
-def nightly(data_dir: str, params_path: str, inbox: str | None = None, publish_results: bool = True) -> list[str]:
+def nightly(data_dir: str, params_path: str, inbox_ref: str | None = None, publish_results: bool = True) -> list[str]:
     """One scheduled run (waits for a manual run to finish rather than failing)."""
     params = load_params(params_path)
     with run_lock(Path(data_dir), wait=True):
-        lines = with_runner(pipeline, params, data_dir)(data_dir=data_dir, params_path=params_path, inbox=inbox)
+        lines = with_runner(pipeline, params, data_dir)(data_dir=data_dir, params_path=params_path,
+                                                          inbox_ref=inbox_ref)
     if publish_results:
         lines.append(publish(Path(params_path).resolve().parent))
     for line in lines:
@@ -61,12 +62,13 @@ def nightly(data_dir: str, params_path: str, inbox: str | None = None, publish_r
     return lines
 
 
-def register_and_serve(*, cron: str, data_dir: str, params_path: str, inbox: str | None, publish: bool,
+def register_and_serve(*, cron: str, data_dir: str, params_path: str, inbox_ref: str | None, publish: bool,
                        keep_serving: bool = True) -> None:
     """Register the deployment (idempotent) and, unless ``keep_serving`` is False, serve it."""
     dep = nightly.to_deployment(
         name=DEPLOYMENT, cron=cron,
-        parameters={"data_dir": data_dir, "params_path": params_path, "inbox": inbox, "publish_results": publish},
+        parameters={"data_dir": data_dir, "params_path": params_path, "inbox_ref": inbox_ref,
+                    "publish_results": publish},
         description="Nightly semioflow run: new recordings only, then publish data versions.",
     )
     if keep_serving:

@@ -24,6 +24,7 @@ from prefect.task_runners import ProcessPoolTaskRunner
 
 from flows.lock import worker_guard
 from flows.progress import stage_line
+from flows.settings import inbox_path
 from flows.stages import ingest_task, stage_task
 from tasks import registry
 from tasks.atomic import remove_stale_partials
@@ -240,9 +241,11 @@ RUN_TOKEN: dict[str, str] = {}
 
 
 @flow(name="semioflow", log_prints=True)
-def pipeline(data_dir: str = "data", params_path: str = "params.yaml", inbox: str | None = None) -> list[str]:
-    """All stages in order; returns one summary line per stage."""
+def pipeline(data_dir: str = "data", params_path: str = "params.yaml", inbox_ref: str | None = None) -> list[str]:
+    """All stages in order; returns one summary line per stage.  ``inbox_ref`` names an ``--inbox`` folder
+    (``flows.settings.inbox_ref``): a raw path must not be a flow parameter, which Prefect stores."""
     params = load_params(params_path)
+    inbox = inbox_path(inbox_ref)
     _token(data_dir)
     lines = []
     for stage in registry.names():
@@ -251,8 +254,10 @@ def pipeline(data_dir: str = "data", params_path: str = "params.yaml", inbox: st
 
 
 @flow(name="semioflow-stage", log_prints=True)
-def stage_flow(stage: str, data_dir: str = "data", params_path: str = "params.yaml", inbox: str | None = None) -> str:
+def stage_flow(stage: str, data_dir: str = "data", params_path: str = "params.yaml",
+               inbox_ref: str | None = None) -> str:
     """One stage (what dvc.yaml runs)."""
+    inbox = inbox_path(inbox_ref)
     if stage not in registry.names():
         raise SemioflowError(f"unknown stage {stage!r}; stages: {', '.join(registry.names())}")
     _token(data_dir)

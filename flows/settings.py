@@ -31,6 +31,44 @@ def state_dir(root: Path | None = None) -> Path:
     return d
 
 
+INBOXES = "inboxes"  # under .semioflow/: one owner-only file per inbox folder given with --inbox
+
+
+def inbox_ref(path: Path, root: Path | None = None) -> str:
+    """An opaque name for an inbox folder given on the command line (``--inbox``).
+
+    Flows and deployments take this name, never the path: Prefect keeps flow-run and deployment
+    parameters in its database and shows them in the UI, and an inbox path often names a ward or a
+    study.  The name is a keyed hash of the path (site id key); the path is in
+    ``.semioflow/inboxes/<name>`` (0600).  ``inbox_path`` reads it back.
+    """
+    import hashlib
+    import hmac
+
+    from tasks.atomic import atomic_write_text
+    from tasks.identity import load_id_key
+
+    resolved = str(Path(path).resolve())
+    ref = "inbox-" + hmac.new(load_id_key(), b"inbox:" + resolved.encode(), hashlib.sha256).hexdigest()[:12]
+    d = state_dir(root) / INBOXES
+    d.mkdir(mode=0o700, exist_ok=True)
+    atomic_write_text(d / ref, resolved)
+    os.chmod(d / ref, 0o600)
+    return ref
+
+
+def inbox_path(ref: str | None, root: Path | None = None) -> str | None:
+    """The inbox folder an ``inbox_ref`` name stands for (None for None)."""
+    if ref is None:
+        return None
+    f = state_dir(root) / INBOXES / ref
+    if "/" in ref or not f.is_file():
+        from tasks.errors import SemioflowError
+
+        raise SemioflowError(f"unknown inbox name {ref!r}: give the folder again with --inbox")
+    return f.read_text(encoding="utf-8")
+
+
 def prefect_home(root: Path | None = None) -> Path:
     home = state_dir(root) / "prefect"
     home.mkdir(parents=True, exist_ok=True)

@@ -278,5 +278,5 @@ STAGE = Stage(
     "ingest", "source", run, "new inbox files probed, pseudonymised (keyed HMAC ids) or quarantined with a reason",
     external=("ingest.inbox", "ingest.gait_inbox"),
     outs=(Out(MANIFEST), Out(QUARANTINE)),
-    note="the private id map (private/) is deliberately not tracked; a DVC setup without a gait study points "
-         "ingest.gait_inbox at an empty folder (DVC needs a path)")
+    note="the raw inboxes are not DVC deps (their paths and file names would reach dvc.lock and DVC's state): "
+         "the stage always runs; the private id map (private/) is deliberately not tracked")

@@ -329,6 +329,23 @@ def test_prefect_state_is_private_and_holds_no_names(proj, phantom):
     assert not any(n in text for n in names)
 
 
+def test_an_inbox_given_on_the_command_line_stays_out_of_prefect(proj):
+    """Prefect stores flow-run (and deployment) parameters and shows them in its UI: an --inbox path (it often
+    names a ward or a study) must not be one of them, nor anywhere in Prefect's database."""
+    box = proj / "ward7_doe_inbox"
+    box.mkdir()
+    (box / "notes.mp4").write_text("not a video\n" * 40)
+    os.utime(box / "notes.mp4", (OLD, OLD))
+    out = sf(proj, "stage", "ingest", "--inbox", str(box)).stdout
+    assert "1 quarantined" in out, out  # the folder was read
+    runs = httpx.post(f"{api(proj)}/flow_runs/filter", json={"limit": 200}).json()
+    assert runs and "ward7" not in json.dumps(runs)
+    blobs = [f for f in (proj / ".semioflow" / "prefect").rglob("*") if f.is_file()]
+    assert blobs and not [f for f in blobs if b"ward7" in f.read_bytes()]
+    (ref,) = list((proj / ".semioflow" / "inboxes").iterdir())  # where the path is: owner-only
+    assert ref.read_text() == str(box.resolve()) and ref.stat().st_mode & 0o777 == 0o600
+
+
 def run_nightly_once(proj: Path, *global_args: str) -> str:
     """Serve the nightly deployment (``semioflow [global_args] schedule --no-publish``), trigger one run through
     the server's API, wait for it to end; returns its final state type.  Checks the registered cron."""
@@ -380,6 +397,8 @@ def dvc_proj(tmp_path_factory, proj) -> Path:
     # 16 clips: two subjects per class, so the subject-disjoint split has a test side
     p["synth"]["gait"].update(subjects_per_class=2, clips_per_subject=1, duration_s=3.2)
     p["ingest"]["settle_s"] = 0.0
+    # a site's inbox is outside the project: its path and file names must not reach dvc.lock or DVC's state
+    p["ingest"]["inbox"] = str(tmp_path_factory.mktemp("ward7_doe_dvc_inbox"))
     (d / "params.yaml").write_text(yaml.safe_dump(p))
     shutil.copytree(proj / "models", d / "models")
     # share the test server: every `semioflow` DVC runs reports to it
@@ -387,7 +406,8 @@ def dvc_proj(tmp_path_factory, proj) -> Path:
     shutil.copy2(proj / ".semioflow" / "server.json", d / ".semioflow" / "server.json")
     for args in (["git", "init", "-q"], ["dvc", "init", "-q"]):
         subprocess.run(args, cwd=d, env=_env(), check=True, capture_output=True)
-    shutil.copy2(REPO / ".dvcignore", d / ".dvcignore")  # after `dvc init`, which writes its own
+    for name in (".dvcignore", ".dvc/config"):  # after `dvc init`, which writes its own
+        shutil.copy2(REPO / name, d / name)
     for args in (["git", "add", "-A"], ["git", "commit", "-qm", "init"]):
         subprocess.run(args, cwd=d, env=_env(), check=True, capture_output=True)
     return d
@@ -408,8 +428,10 @@ def test_dvc_dag_shows_the_stages(dvc_proj):
 def test_dvc_repro_after_semioflow_run_does_no_redundant_work(dvc_proj):
     sf(dvc_proj, "synth", "seizure")
     sf(dvc_proj, "synth", "gait")
+    inbox = Path(yaml.safe_load((dvc_proj / "params.yaml").read_text())["ingest"]["inbox"])
     for p in (dvc_proj / "data" / "00_synth" / "seizure" / "videos").iterdir():
-        os.utime(p, (OLD, OLD))
+        shutil.copy2(p, inbox / f"ward7_doe_{p.name}")
+        os.utime(inbox / f"ward7_doe_{p.name}", (OLD, OLD))
     sf(dvc_proj, "run")
     t0 = time.time()
     dvc(dvc_proj, "repro")
@@ -423,7 +445,15 @@ def test_dvc_repro_after_semioflow_run_does_no_redundant_work(dvc_proj):
         cohort.update({k: v for k, v in every.items() if k in COHORT})
     assert states and set(states.values()) == {"Cached"}, states
     assert set(cohort) == set(COHORT) and set(cohort.values()) == {"Cached"}, cohort
-    assert "up to date" in dvc(dvc_proj, "repro").stdout.lower()
+    again = dvc(dvc_proj, "repro").stdout
+    # ingest always runs (finding new files is its job); nothing new, so its outputs and all after it stand
+    ran = re.findall(r"Running stage '(\w+)'", again)
+    assert ran == ["ingest"] and "didn't change, skipping" in again, again
+    # no raw path or file name in what DVC writes: dvc.lock (committed nightly) and its site cache
+    assert "ward7" not in (dvc_proj / "dvc.lock").read_text()
+    site = dvc_proj / ".semioflow" / "dvc-site"
+    blobs = [f for f in site.rglob("*") if f.is_file()]
+    assert blobs and not [f for f in blobs if b"ward7" in f.read_bytes()], "DVC's site cache names raw files"
     # what holds identifiers (the raw transcripts) is on disk but not in DVC (nor, so, in any remote)
     assert list((dvc_proj / "data" / "08_transcript" / "private").glob("*.parquet"))
     lock = yaml.safe_load((dvc_proj / "dvc.lock").read_text())["stages"]["transcript"]["outs"]
