@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.semioflow-installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-slow lock clean-venv speech-tools browser-tools
+.PHONY: install demo test test-slow lock clean-venv speech-tools browser-tools db-tools
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] in ((3, 11), (3, 12)), "semioflow needs Python 3.11 or 3.12"'
@@ -35,13 +35,20 @@ browser-tools:
 	  && { apt-get update -qq && apt-get install -y -qq chromium chromium-driver; } >/dev/null 2>&1; } \
 	  || echo "chromium not installed: the browser tests (report, review app) will skip"
 
+# PostgreSQL server binaries: the review database and the Prefect server are tested on a throwaway
+# PostgreSQL (tests/pg_server.py); installed here when apt-get can (root), otherwise those tests skip.
+db-tools:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || { [ "$$(id -u)" = 0 ] \
+	  && command -v apt-get >/dev/null && { apt-get update -qq && apt-get install -y -qq postgresql; } >/dev/null 2>&1; } \
+	  || echo "postgresql not installed: the PostgreSQL tests (review database, Prefect server) will skip"
+
 # Tests run with empty, temporary per-user caches (model cache, XDG cache: Hugging Face, torch,
 # matplotlib), so a first use that races or needs a missing install step fails here, not on a user's
 # fresh machine. The folder is removed afterwards.
 FRESH_CACHES = c=$$(mktemp -d -t semioflow-test-caches.XXXXXX) && trap 'rm -rf "$$c"' EXIT && \
 	export SEMIOFLOW_MODEL_CACHE="$$c/models" XDG_CACHE_HOME="$$c/xdg" MPLCONFIGDIR="$$c/mpl" &&
 
-test: install speech-tools browser-tools  ## the default test suite (slow tests excluded), empty caches
+test: install speech-tools browser-tools db-tools  ## the default test suite (slow tests excluded), empty caches
 	@$(FRESH_CACHES) echo "test caches: $$c (empty)" && $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-slow: install  ## only the tests marked slow, empty caches

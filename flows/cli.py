@@ -605,7 +605,21 @@ def review_add_reviewer(obj: CliContext, name: str, password_file: Path | None, 
     else:
         password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
     rv.add_reviewer(engine, name, password, replace=reset)
-    click.echo(f"reviewer {name} {'updated' if reset else 'added'}")
+    click.echo(f"reviewer {name} {'updated (every session of the old password ended)' if reset else 'added'}")
+
+
+@review_group.command("logout")
+@click.argument("name")
+@_database_option
+@pass_ctx
+def review_logout(obj: CliContext, name: str, database: str | None) -> None:
+    """End every session of reviewer NAME now (a lost laptop, a shared screen)."""
+    _, rv, engine = _review_db(obj, database)
+    try:
+        n = rv.end_sessions(engine, name)
+    except rv.ReviewError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"reviewer {name}: {n} session(s) ended")
 
 
 @review_group.command("serve")

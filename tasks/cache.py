@@ -22,7 +22,7 @@ import re
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from tasks import layout
 from tasks.atomic import atomic_write_text, remove_stale_partials
@@ -83,6 +83,21 @@ def write_marker(out_dir: Path, marker: str, key: str, files: list[Path], result
     entries = {f.relative_to(out_dir).as_posix(): sha256_file(f) for f in files if f.is_file()}
     atomic_write_text(_marker_path(out_dir, marker), json.dumps({"key": key, "files": entries, "result": result},
                                                                sort_keys=True))
+
+
+def recorded_digest(out_dir: Path, rel: str) -> str | None:
+    """The SHA-256 a marker of ``out_dir`` recorded for output ``rel`` (relative to ``out_dir``) when the
+    stage wrote it, else None.  The marker named after the file's stem (its recording) is read first."""
+    done = Path(out_dir) / "done"
+    stem = f"{PurePosixPath(rel).stem}.json"
+    for p in sorted(done.glob("*.json"), key=lambda p: p.name != stem):
+        try:
+            digest = json.loads(p.read_text()).get("files", {}).get(rel)
+        except (OSError, ValueError):
+            continue
+        if digest:
+            return digest
+    return None
 
 
 def marker_ids(out_dir: Path) -> list[str]:

@@ -57,7 +57,8 @@ from tasks.layout import ANSWERS, EVIDENCE, LABELS, PREDICTIONS, WINDOWS, folder
 from tasks.atomic import atomic_write_text
 from tasks.catalog import load_catalog
 from tasks.errors import ConfigError, SemioflowError
-from tasks.identity import secret_file
+from tasks.cache import recorded_digest
+from tasks.identity import secret_file, sha256_file
 from tasks.params import Params, ReviewParams
 from tasks.schema import read_table, write_table
 
@@ -130,6 +131,13 @@ CHOICES = sa.Table(
     sa.Column("second", sa.String(200), nullable=True),
     sa.Column("comment", sa.Text, nullable=True),
     sa.Column("rated_at", sa.DateTime(timezone=True), nullable=False),
+)
+SESSIONS = sa.Table(
+    "sessions", metadata,
+    # the SHA-256 of the cookie's session token: a copy of the database holds no usable session
+    sa.Column("token_hash", sa.String(64), primary_key=True),
+    sa.Column("reviewer_id", sa.Integer, sa.ForeignKey("reviewers.reviewer_id"), nullable=False, index=True),
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
 )
 SECRETS = sa.Table(
     "app_secrets", metadata,
@@ -246,6 +254,8 @@ def add_reviewer(engine: Engine, name: str, password: str, *, replace: bool = Fa
         hashed = _hasher().hash(password)
         if row:
             conn.execute(REVIEWERS.update().where(REVIEWERS.c.reviewer_id == row[0]).values(password_hash=hashed))
+            # a new password ends every session of the old one (a leaked password or a stolen cookie)
+            conn.execute(SESSIONS.delete().where(SESSIONS.c.reviewer_id == row[0]))
             return int(row[0])
         return int(conn.execute(REVIEWERS.insert().values(name=name, password_hash=hashed, created_at=_now())
                                 ).inserted_primary_key[0])
@@ -265,6 +275,44 @@ def authenticate(engine: Engine, name: str, password: str) -> int | None:
     except (VerificationError, InvalidHashError):
         return None
     return int(row[0]) if row else None
+
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def start_session(engine: Engine, reviewer_id: int) -> str:
+    """A new session for ``reviewer_id``; returns its token (for the signed cookie; only its hash is stored)."""
+    token = secrets.token_urlsafe(32)
+    with engine.begin() as conn:
+        conn.execute(SESSIONS.insert().values(token_hash=_token_hash(token), reviewer_id=reviewer_id,
+                                              started_at=_now()))
+    return token
+
+
+def session_reviewer(engine: Engine, token: str, max_age_s: float) -> int | None:
+    """The reviewer of a live session ``token`` (started less than ``max_age_s`` ago, not ended), else None."""
+    with engine.begin() as conn:
+        row = conn.execute(sa.select(SESSIONS.c.reviewer_id, SESSIONS.c.started_at)
+                           .where(SESSIONS.c.token_hash == _token_hash(token))).first()
+    if row is None or (_now() - _utc(row[1])).total_seconds() >= max_age_s:
+        return None
+    return int(row[0])
+
+
+def end_session(engine: Engine, token: str) -> None:
+    """Log a session out: its cookie no longer works, even a copy of it."""
+    with engine.begin() as conn:
+        conn.execute(SESSIONS.delete().where(SESSIONS.c.token_hash == _token_hash(token)))
+
+
+def end_sessions(engine: Engine, name: str) -> int:
+    """End every session of reviewer ``name`` (``semioflow review logout NAME``); returns how many."""
+    with engine.begin() as conn:
+        rid = conn.execute(sa.select(REVIEWERS.c.reviewer_id).where(REVIEWERS.c.name == name)).scalar()
+        if rid is None:
+            raise ReviewError(f"no reviewer named {name!r}")
+        return conn.execute(SESSIONS.delete().where(SESSIONS.c.reviewer_id == rid)).rowcount
 
 
 _DUMMY: list[str] = []
@@ -307,7 +355,19 @@ def deidentified_media(data_dir: Path, rel: str) -> Path:
         raise ReviewError("media path leaves its de-identified layer")
     if not path.is_file():
         raise ReviewError("media file is missing")
+    # a file put there by hand (a hard link to a raw recording passes every path check) is not what the
+    # stage wrote: serve only bytes whose hash its marker recorded
+    st = path.stat()
+    stamp = (str(path), st.st_ino, st.st_size, st.st_mtime_ns)
+    if stamp not in _VERIFIED:
+        expected = recorded_digest(base.parent, path.relative_to(base.parent).as_posix())  # the stage's folder
+        if expected is None or sha256_file(path) != expected:
+            raise ReviewError("media file is not one the pipeline wrote (its hash is not in the stage's marker)")
+        _VERIFIED.add(stamp)
     return path
+
+
+_VERIFIED: set[tuple] = set()  # (path, inode, size, mtime) of media whose hash matched (hashing once per file)
 
 
 # ---- case sampling ----------------------------------------------------------

@@ -18,7 +18,9 @@ The browser only ever sees slot letters, never variant names or model ids,
 and only the logged-in reviewer's own ratings.
 
 Security: argon2 password hashes; sessions in a signed cookie (HttpOnly,
-SameSite=Strict, absolute lifetime ``review.session_hours``); a per-session
+SameSite=Strict, absolute lifetime ``review.session_hours``) that carries a
+session token the database must still know: logout, a password reset and
+``semioflow review logout NAME`` end sessions for good (a copied cookie too); a per-session
 CSRF token on every POST (form field or ``X-CSRF-Token`` header) plus an
 Origin / Sec-Fetch-Site check; a Host allow-list (DNS rebinding); a strict
 Content-Security-Policy (no inline script); no caching of pages.
@@ -103,9 +105,10 @@ class _SecurityHeaders:
 class _RequireLogin:
     """Every path but the login page and static assets needs a live session; POSTs must come from this origin."""
 
-    def __init__(self, app, *, session_s: float) -> None:
+    def __init__(self, app, *, session_s: float, engine: Engine) -> None:
         self.app = app
         self.session_s = session_s
+        self.engine = engine
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -120,8 +123,10 @@ class _RequireLogin:
             await self.app(scope, receive, send)
             return
         session = scope.get("session", {})
-        fresh = time.time() - float(session.get("login_at", 0)) < self.session_s
-        if not session.get("reviewer_id") or not fresh:
+        token = session.get("token")
+        live = token is not None and await run_in_threadpool(review.session_reviewer, self.engine, str(token),
+                                                             self.session_s) == session.get("reviewer_id")
+        if not session.get("reviewer_id") or not live:
             session.clear()
             if path.startswith("/api/") or request.method not in SAFE_METHODS:
                 response: Response = JSONResponse({"error": "not logged in"}, status_code=401)
@@ -196,7 +201,8 @@ def create_app(engine: Engine, data_dir: Path, params: Params, *, allowed_hosts:
             return page(request, "login.html", 401, error="Unknown name or wrong password.")
         failures.pop(name, None)
         request.session.clear()
-        request.session.update(reviewer_id=rid, name=name, login_at=time.time())
+        token = await run_in_threadpool(review.start_session, engine, rid)
+        request.session.update(reviewer_id=rid, name=name, token=token)
         _new_csrf(request)
         return RedirectResponse("/", status_code=303)
 
@@ -204,6 +210,8 @@ def create_app(engine: Engine, data_dir: Path, params: Params, *, allowed_hosts:
         form = await request.form()
         if not _csrf_ok(request, form.get("csrf")):
             return PlainTextResponse("invalid form token", status_code=403)
+        if request.session.get("token"):
+            await run_in_threadpool(review.end_session, engine, str(request.session["token"]))
         request.session.clear()
         return RedirectResponse("/login", status_code=303)
 
@@ -381,7 +389,7 @@ def create_app(engine: Engine, data_dir: Path, params: Params, *, allowed_hosts:
         Middleware(_SecurityHeaders),
         Middleware(SessionMiddleware, secret_key=secret, session_cookie=COOKIE,
                    max_age=max(1, math.ceil(session_s)), same_site="strict", https_only=secure),
-        Middleware(_RequireLogin, session_s=session_s),
+        Middleware(_RequireLogin, session_s=session_s, engine=engine),
     ]
     return Starlette(routes=routes, middleware=middleware)
 

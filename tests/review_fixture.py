@@ -23,6 +23,7 @@ from tasks.aggregate import aggregate
 from tasks.media import VideoWriter
 from tasks.params import AggregateParams, WindowParams
 from tasks.answers import RANDOM_BANNER, RANDOM_TAG
+from tasks.cache import write_marker
 from tasks.schema import write_table
 from tasks.window import window_bounds
 
@@ -132,6 +133,9 @@ def build(tmp: Path, *, videos: bool = True) -> Cohort:
         for rid, d in DURATIONS.items():
             _video(data / "02_deidentify" / "videos" / f"{rid}.mp4", d, FULL_FPS, FULL_SIZE, audio=True)
             _video(data / "03_downsample" / "videos" / f"{rid}.mp4", d, LOW_FPS, LOW_SIZE, audio=False)
+        for stage in ("02_deidentify", "03_downsample"):  # as the stages record what they wrote
+            for rid in DURATIONS:
+                write_marker(data / stage, rid, "fixture", [data / stage / "videos" / f"{rid}.mp4"], {})
     return Cohort(data, events_path, windows, answers, preds)
 
 

@@ -497,3 +497,35 @@ def test_video_part_and_audio_part_formats(data, tmp_path):
     audio_body = next(b for b in srv.bodies if b["messages"][1]["content"][0]["type"] == "input_audio")
     wav = base64.b64decode(audio_body["messages"][1]["content"][0]["input_audio"]["data"])
     assert wav[:4] == b"RIFF" and len(wav) > 16000 * 2 * 20, "about 30 s of 16 kHz 16-bit audio"
+
+
+def test_each_windows_first_question_goes_alone_to_warm_the_prefix_cache(data, tmp_path):
+    """A window x arm's questions share their media; vLLM reuses that prefix only once one request has filled
+    its cache.  The first of each goes alone, the rest go concurrently once it has returned."""
+    import threading
+
+    d, rid = data
+    delay = 0.15
+    log: list[tuple[str, float]] = []
+    lock = threading.Lock()
+    answer = yes_for(set())
+
+    def respond(body: dict) -> Response:
+        media = json.dumps([p for p in body["messages"][-1]["content"] if p.get("type") != "text"])
+        with lock:
+            log.append((media, time.monotonic()))
+        return replace(answer(body), delay_s=delay)
+
+    with FakeOpenAI(respond) as srv:
+        params = params_for(srv.url, arms=("raw", "face_crop"))
+        res = query_recording(rid, d, tmp_path, params)
+    groups: dict[str, list[float]] = {}
+    for media, t in log:
+        groups.setdefault(media, []).append(t)
+    assert len(groups) == 4 and res["requests"] == len(log) == 2 * (18 + 7)  # 2 windows x 2 arms
+    for times in groups.values():
+        first, rest = times[0], sorted(times[1:])
+        assert rest[0] - first >= delay * 0.9, "a question went before its window's first had returned"
+    # the rest still go 4 at a time: far less than one by one
+    span = max(t for _, t in log) - min(t for _, t in log) + delay
+    assert span < 0.6 * len(log) * delay, span

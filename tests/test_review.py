@@ -7,17 +7,12 @@ import dataclasses
 import itertools
 import json
 import os
-import pwd
 import re
 import shutil
 import socket
-import subprocess
-import tempfile
 import threading
 import time
-import uuid
 from contextlib import contextmanager
-from glob import glob
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +25,7 @@ from tasks import review
 from tasks.params import Params, ReviewParams
 from tasks.schema import read_table, write_table
 from tests import review_fixture as fx
+from tests.pg_server import pg_database as _pg_database
 
 CHROMIUM = Path(os.environ.get("SEMIOFLOW_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -52,68 +48,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _pg_bindir() -> Path | None:
-    found = shutil.which("initdb")
-    cands = ([Path(found).resolve().parent] if found else []) + [Path(p).parent for p in
-                                                                   sorted(glob("/usr/lib/postgresql/*/bin/initdb"))]
-    return next((d for d in cands if (d / "pg_ctl").is_file()), None)
-
-
-@pytest.fixture(scope="module")
-def postgres_server():
-    """A throwaway PostgreSQL server on a free port (as a non-root user when run as root); skips if impossible."""
-    bindir = _pg_bindir()
-    if bindir is None:
-        pytest.skip("no PostgreSQL server binaries (initdb, pg_ctl) on this machine")
-    pytest.importorskip("psycopg", reason="psycopg is not installed")
-    tmp = Path(tempfile.mkdtemp(prefix="semioflow-pg-"))
-    run_as: list[str] = []
-    if os.geteuid() == 0:  # postgres refuses to run as root
-        runuser = shutil.which("runuser")
-        user = next((u for u in ("postgres", "nobody") if _user_exists(u)), None)
-        if not runuser or not user:
-            shutil.rmtree(tmp)
-            pytest.skip("running as root without runuser or a postgres/nobody user to start PostgreSQL as")
-        pw = pwd.getpwnam(user)
-        os.chown(tmp, pw.pw_uid, pw.pw_gid)
-        run_as = [runuser, "-u", user, "--"]
-    os.chmod(tmp, 0o700)
-    data, port = tmp / "data", _free_port()
-    try:
-        init = subprocess.run(run_as + [str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "semio",
-                                        "--no-sync", "-E", "UTF8"], capture_output=True, text=True, timeout=120)
-        if init.returncode:
-            pytest.skip(f"initdb failed: {init.stderr.strip()[-300:]}")
-        options = f"-p {port} -k {tmp} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off"
-        start = subprocess.run(run_as + [str(bindir / "pg_ctl"), "-D", str(data), "-l", str(tmp / "log"), "-w", "-t",
-                                         str(START_TIMEOUT_S), "-o", options, "start"],
-                               capture_output=True, text=True, timeout=START_TIMEOUT_S + 30)
-        if start.returncode:
-            pytest.skip(f"PostgreSQL did not start: {start.stderr.strip()[-300:]}")
-        yield f"postgresql+psycopg://semio@127.0.0.1:{port}"
-        subprocess.run(run_as + [str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"],
-                       capture_output=True, timeout=60)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _user_exists(name: str) -> bool:
-    try:
-        pwd.getpwnam(name)
-    except KeyError:
-        return False
-    return True
-
-
-def _pg_database(server: str) -> str:
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    return f"{server}/{name}"
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -195,6 +129,31 @@ def test_study1_true_negatives_are_a_seeded_random_draw(tmp_path):
     assert len(set(orders)) > 1, "cases are shown in a shuffled order, not all true positives first"
     assert review.faithfulness_cases(data, dataclasses.replace(PARAMS, base=dataclasses.replace(PARAMS.base, seed=0))) \
         == review.faithfulness_cases(data, dataclasses.replace(PARAMS, base=dataclasses.replace(PARAMS.base, seed=0)))
+
+
+def test_a_hard_link_to_a_raw_file_in_a_media_folder_is_not_served(cohort):
+    """A hard link passes every path check (it is a regular file inside the layer): only bytes whose hash the
+    stage's marker recorded are served."""
+    videos = cohort.data_dir / "02_deidentify" / "videos"
+    raw = cohort.data_dir.parent / "raw_inbox"
+    raw.mkdir(exist_ok=True)
+    fx._video(raw / "patient.mp4", 2.0, fx.FULL_FPS, fx.FULL_SIZE, audio=True)  # not what deidentify wrote
+    planted = videos / "R9999999999.mp4"
+    os.link(raw / "patient.mp4", planted)
+    real = videos / f"{fx.RC}.mp4"
+    kept = real.read_bytes()
+    try:
+        with pytest.raises(review.ReviewError, match="not one the pipeline wrote"):
+            review.deidentified_media(cohort.data_dir, "02_deidentify/videos/R9999999999.mp4")
+        real.unlink()
+        os.link(raw / "patient.mp4", real)  # in place of a real output, under its name
+        with pytest.raises(review.ReviewError, match="not one the pipeline wrote"):
+            review.deidentified_media(cohort.data_dir, f"02_deidentify/videos/{fx.RC}.mp4")
+    finally:
+        planted.unlink()
+        real.unlink()
+        real.write_bytes(kept)
+    assert review.deidentified_media(cohort.data_dir, f"02_deidentify/videos/{fx.RC}.mp4") == real.resolve()
 
 
 def test_study2_cases_refuse_more_than_three_variants_and_undeidentified_media(cohort, tmp_path):
@@ -469,6 +428,36 @@ def test_only_deidentified_media_is_served(sqlite_engine, cohort):
     assert client.get("/media/nostudy/G1").status_code == 404
 
 
+def test_logout_a_password_reset_and_review_logout_end_sessions_for_good(sqlite_engine, cohort):
+    """A stateless signed cookie stays valid for its whole lifetime after logout: a copy of it (a shared
+    machine, a proxy log) would still open the app.  Sessions here are tokens the database must still know."""
+    def copy_of(client) -> str:
+        return client.cookies.get(review_app_cookie())
+
+    alice = _client(sqlite_engine, cohort.data_dir)
+    csrf = _login(alice, "alice")
+    stolen = copy_of(alice)
+    thief = _client(sqlite_engine, cohort.data_dir)
+    thief.cookies.set(review_app_cookie(), stolen)
+    assert thief.get("/").status_code == 200  # the copy works while the session lives
+    assert alice.post("/logout", data={"csrf": csrf}).status_code == 303
+    assert thief.get("/").status_code == 303, "a logged-out session's cookie still opens the app"
+
+    bob = _client(sqlite_engine, cohort.data_dir)
+    _login(bob, "bob")
+    thief.cookies.set(review_app_cookie(), copy_of(bob))
+    review.add_reviewer(sqlite_engine, "bob", PASSWORD["bob"] + "-new", replace=True)
+    assert bob.get("/").status_code == 303 and thief.get("/").status_code == 303
+
+    again = _client(sqlite_engine, cohort.data_dir)
+    _login(again, "alice")
+    assert review.end_sessions(sqlite_engine, "alice") == 1
+    assert again.get("/").status_code == 303
+    with sqlite_engine.begin() as conn:  # the database holds hashes of tokens, not the tokens
+        hashes = [r[0] for r in conn.execute(sa.select(review.SESSIONS.c.token_hash))]
+    assert all(len(h) == 64 for h in hashes)
+
+
 def test_sessions_expire(tmp_path, cohort):
     eng = review.open_db(f"sqlite:///{tmp_path / 'x.sqlite'}")
     review.prepare(eng, cohort.data_dir, PARAMS)
@@ -670,9 +659,10 @@ def test_the_session_secret_lives_in_a_private_file_not_in_the_database(tmp_path
     attacker = _client(eng, cohort.data_dir)
     attacker.cookies.set(review_app_cookie(), signed("old-secret-in-the-database-0123456789"))
     assert attacker.get("/").status_code == 303
-    holder = _client(eng, cohort.data_dir)  # the same cookie signed with the file's secret is a session
+    # nor is one signed with the file's secret itself: a session is a token the database knows (revocable)
+    holder = _client(eng, cohort.data_dir)
     holder.cookies.set(review_app_cookie(), signed(secret))
-    assert holder.get("/").status_code == 200
+    assert holder.get("/").status_code == 303
     # the environment variable wins over the file
     monkeypatch.setenv(review.SECRET_ENV, "x" * 40)
     assert review.session_secret() == "x" * 40

@@ -51,7 +51,7 @@ import io
 import json
 import logging
 import math
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -292,18 +292,34 @@ def _ask_all(run: _Run, work: list[tuple[Question, object]], concurrency: int) -
             run.rows.extend(one(item))
             run.asked += 1
         return
+    # Prefix-cache warm-up: a window x arm's questions share its media and system prompt, which a server like
+    # vLLM encodes once and reuses from its prefix cache, but only once a first request has filled it.  Sent
+    # all at once, they would each encode the same frames.  So each window x arm's first question goes
+    # alone; its others are sent, concurrently, when it has returned.
+    groups: dict[tuple, list] = {}
+    for item in todo:
+        groups.setdefault((item[0].window_index, item[0].arm), []).append(item)
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        futures = [pool.submit(one, item) for item in todo]
-        done, pending = wait(futures, return_when=FIRST_EXCEPTION)
-        for fut in pending:
-            fut.cancel()
-        errors = [f.exception() for f in done if f.exception() is not None]
-        for fut in done:
-            if fut.exception() is None:
+        running = {pool.submit(one, g[0]): g[1:] for g in groups.values()}
+        error = None
+        while running and error is None:
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for fut in done:
+                rest = running.pop(fut)
+                if fut.exception() is not None:
+                    error = error or fut.exception()
+                    continue
                 run.rows.extend(fut.result())
                 run.asked += 1
-        if errors:
-            raise errors[0]
+                running.update({pool.submit(one, item): [] for item in rest})
+        if error is not None:
+            for fut in running:
+                fut.cancel()
+            for fut in running:  # finished ones are cached: count them, as before
+                if not fut.cancelled() and fut.exception() is None:
+                    run.rows.extend(fut.result())
+                    run.asked += 1
+            raise error
 
 
 def query_recording(rid: str, data_dir: Path, out_dir: Path, params: QueryParams, *, backends: dict | None = None
