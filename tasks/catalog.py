@@ -27,6 +27,7 @@ GROUPS = ("facial", "limb_body", "audio")
 GROUP_SIZES = {"facial": 7, "limb_body": 11, "audio": 2}
 MODALITIES = ("video", "audio")
 ENHANCEMENTS = ("face_crop", "pose_overlay", "denoise_transcript")
+METRICS = ("f1_yes", "macro_f1")  # F1 of "yes" (default); macro F1 over yes and no (S3 scores verbal responsiveness so)
 
 Group = Literal["facial", "limb_body", "audio"]
 Modality = Literal["video", "audio"]
@@ -43,6 +44,8 @@ class Feature:
     enhancement: str
     prompt: str
     version: int
+    aliases: tuple[str, ...] = ()  # other datasets' names for it (S3's close_eyes); never asked, only read
+    metric: str = "f1_yes"  # how it is scored (METRICS): F1 of "yes", or macro F1 over yes/no (S3's rule)
 
     def to_dict(self) -> dict:
         return {
@@ -86,6 +89,14 @@ class Catalog:
             if f.id == feature_id:
                 return f
         raise CatalogError(f"unknown feature id {feature_id!r}; known: {', '.join(self.ids)}")
+
+    def resolve(self, name: str) -> str:
+        """The feature id ``name`` is (an id or a declared alias); ``CatalogError`` naming it otherwise."""
+        for f in self.features:
+            if name == f.id or name in f.aliases:
+                return f.id
+        raise CatalogError(f"unknown feature {name!r}: not a feature id or alias in features.yaml (ids: "
+                           f"{', '.join(self.ids)}); declare another dataset's name under the feature's `aliases`")
 
     def in_group(self, group: str) -> tuple[Feature, ...]:
         return tuple(f for f in self.features if f.group == group)
@@ -136,7 +147,9 @@ def parse_catalog(raw_features: dict, raw_templates: dict) -> Catalog:
         group_enh[g] = enh
     feats: list[Feature] = []
     seen: set[str] = set()
-    allowed = {"id", "name", "group", "modality", "version", "prompt"}
+    required = {"id", "name", "group", "modality", "version", "prompt"}
+    allowed = required | {"aliases", "metric"}
+    names: set[str] = set()
     for i, item in enumerate(features_raw):
         fid = item.get("id") if isinstance(item, dict) else None
         label = f"{where}: feature #{i} ({fid})"
@@ -145,7 +158,7 @@ def parse_catalog(raw_features: dict, raw_templates: dict) -> Catalog:
         extra = set(item) - allowed
         if extra:
             raise CatalogError(f"{label}: unknown key(s) {sorted(extra)}")
-        for key in sorted(allowed):
+        for key in sorted(required):
             _require(item, key, label)
         if not isinstance(fid, str) or not fid.isidentifier() or fid != fid.lower():
             raise CatalogError(f"{label}: id must be a lower-case identifier")
@@ -158,6 +171,16 @@ def parse_catalog(raw_features: dict, raw_templates: dict) -> Catalog:
             raise CatalogError(f"{label}: modality {item['modality']!r} not in {MODALITIES}")
         if not isinstance(item["version"], int) or item["version"] < 1:
             raise CatalogError(f"{label}: version must be a positive integer")
+        aliases = item.get("aliases", [])
+        if not isinstance(aliases, list) or not all(isinstance(a, str) and a for a in aliases):
+            raise CatalogError(f"{label}: aliases must be a list of names")
+        for name in [fid, *aliases]:
+            if name in names:
+                raise CatalogError(f"{label}: {name!r} already names another feature (ids and aliases are one set)")
+            names.add(name)
+        metric = item.get("metric", METRICS[0])
+        if metric not in METRICS:
+            raise CatalogError(f"{label}: metric {metric!r} not in {METRICS}")
         prompt = " ".join(str(item["prompt"]).split())
         if not prompt.endswith("?"):
             raise CatalogError(f"{label}: prompt must be a yes/no question ending in '?'")
@@ -170,6 +193,8 @@ def parse_catalog(raw_features: dict, raw_templates: dict) -> Catalog:
                 enhancement=group_enh[item["group"]],
                 prompt=prompt,
                 version=item["version"],
+                aliases=tuple(aliases),
+                metric=metric,
             )
         )
     for g, size in GROUP_SIZES.items():

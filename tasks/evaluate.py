@@ -10,7 +10,8 @@ recording positive) is added as a reference.
 
 Per arm x feature, on the recordings that have both a label and a
 prediction: accuracy, precision, recall, F1 (scikit-learn's definitions,
-``zero_division=0``) with a percentile CI from a patient-level bootstrap:
+``zero_division=0``; a feature whose catalog ``metric`` is ``macro_f1``, verbal
+responsiveness as S³ scores it, has the mean F1 of yes and of no as its F1) with a percentile CI from a patient-level bootstrap:
 patients are drawn with replacement and bring all their recordings, so
 recordings of one patient never count as independent.  Every arm uses the
 same resamples (seeded by ``base.seed``), which makes differences paired.
@@ -94,11 +95,21 @@ def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     return np.divide(num, den, out=np.zeros(np.broadcast(num, den).shape), where=den > 0)
 
 
-def scores(counts: np.ndarray) -> dict[str, np.ndarray]:
-    """Accuracy, precision, recall, F1 from ``[..., 4]`` counts (tp, fp, fn, tn); 0 where undefined."""
+def scores(counts: np.ndarray, metric: str = "f1_yes") -> dict[str, np.ndarray]:
+    """Accuracy, precision, recall, F1 from ``[..., 4]`` counts (tp, fp, fn, tn); 0 where undefined.
+
+    ``metric`` is the feature's catalog metric: ``f1`` is the F1 of "yes" (``f1_yes``) or the mean of the
+    F1 of "yes" and of "no" (``macro_f1``, S³'s score for verbal responsiveness).  Precision and recall stay
+    those of "yes".
+    """
     tp, fp, fn, tn = (counts[..., i] for i in range(4))
+    f1 = _ratio(2 * tp, 2 * tp + fp + fn)
+    if metric == "macro_f1":
+        f1 = (f1 + _ratio(2 * tn, 2 * tn + fn + fp)) / 2
+    elif metric != "f1_yes":
+        raise SemioflowError(f"unknown feature metric {metric!r}")
     return {"accuracy": _ratio(tp + tn, tp + fp + fn + tn), "precision": _ratio(tp, tp + fp),
-            "recall": _ratio(tp, tp + fn), "f1": _ratio(2 * tp, 2 * tp + fp + fn)}
+            "recall": _ratio(tp, tp + fn), "f1": f1}
 
 
 def bootstrap_weights(n_patients: int, n_boot: int, seed: int) -> np.ndarray:
@@ -127,10 +138,10 @@ class Estimate:
     high: float
 
 
-def with_ci(per_patient: np.ndarray, weights: np.ndarray, ci: float) -> dict[str, Estimate]:
+def with_ci(per_patient: np.ndarray, weights: np.ndarray, ci: float, metric: str = "f1_yes") -> dict[str, Estimate]:
     """Point estimates and percentile CIs of every metric from per-patient counts and bootstrap weights."""
-    point = scores(per_patient.sum(0))
-    boot = scores(weights @ per_patient)  # (B, 4) counts per resample
+    point = scores(per_patient.sum(0), metric)
+    boot = scores(weights @ per_patient, metric)  # (B, 4) counts per resample
     q = ((1 - ci) / 2, 1 - (1 - ci) / 2)
     return {m: Estimate(float(point[m]), *(float(x) for x in np.quantile(boot[m], q))) for m in METRICS}
 
@@ -165,6 +176,7 @@ class Evaluated:
     truth: dict[str, bool]  # recording -> label
     predicted: dict[str, bool]  # recording -> prediction
     estimates: dict[str, Estimate]
+    metric: str = "f1_yes"  # the feature's catalog metric: what "f1" means here
 
     def correct(self, rid: str) -> bool:
         return self.truth[rid] == self.predicted[rid]
@@ -192,12 +204,14 @@ class Resampling:
                               len(self.patients))
 
 
-def evaluate_all(labels: list[dict], preds: list[dict], *, n_boot: int, ci: float, seed: int
-                 ) -> tuple[dict[tuple[str, str], Evaluated], Resampling]:
+def evaluate_all(labels: list[dict], preds: list[dict], *, n_boot: int, ci: float, seed: int,
+                 catalog: Catalog | None = None) -> tuple[dict[tuple[str, str], Evaluated], Resampling]:
     """Every (arm, feature) with at least one labelled prediction, plus the ``always_yes`` reference.
 
-    Returns the evaluations keyed by (arm, feature_id) and the shared resampling.
+    Each feature is scored by its catalog metric (``Feature.metric``).  Returns the evaluations keyed by
+    (arm, feature_id) and the shared resampling.
     """
+    catalog = catalog or load_catalog()
     truth = {(r["recording_id"], r["feature_id"]): bool(r["label"]) for r in labels}
     patient_of = {r["recording_id"]: r["patient_id"] for r in labels}
     patients = sorted(set(patient_of.values()))
@@ -222,8 +236,10 @@ def evaluate_all(labels: list[dict], preds: list[dict], *, n_boot: int, ci: floa
             continue
         y = np.array([truth[(r, fid)] for r in rids])
         yhat = np.array([cell[r] for r in rids])
+        metric = catalog.by_id(fid).metric
         out[(arm, fid)] = Evaluated(arm, base[arm], fid, rids, {r: truth[(r, fid)] for r in rids},
-                                    {r: cell[r] for r in rids}, with_ci(rs.counts(rids, y, yhat), rs.weights, ci))
+                                    {r: cell[r] for r in rids},
+                                    with_ci(rs.counts(rids, y, yhat), rs.weights, ci, metric), metric)
     return out, rs
 
 
@@ -249,8 +265,8 @@ def paired(a: Evaluated, b: Evaluated, rs: Resampling) -> dict:
     truth = np.array([a.truth[r] for r in common], bool)
     ca = rs.counts(common, truth, np.array([a.predicted[r] for r in common], bool))
     cb = rs.counts(common, truth, np.array([b.predicted[r] for r in common], bool))
-    delta = scores(ca.sum(0))["f1"] - scores(cb.sum(0))["f1"]
-    boot = scores(rs.weights @ ca)["f1"] - scores(rs.weights @ cb)["f1"]
+    delta = scores(ca.sum(0), a.metric)["f1"] - scores(cb.sum(0), a.metric)["f1"]
+    boot = scores(rs.weights @ ca, a.metric)["f1"] - scores(rs.weights @ cb, a.metric)["f1"]
     q = ((1 - rs.ci) / 2, 1 - (1 - rs.ci) / 2)
     lo, hi = np.quantile(boot, q)
     return {"a": a.arm, "b": b.arm, "f1_a": a.estimates["f1"].value, "f1_b": b.estimates["f1"].value,
@@ -311,8 +327,11 @@ def markdown(evals: dict[tuple[str, str], Evaluated], catalog: Catalog, summary:
     lines = ["# Evaluation", ""]
     if banner:
         lines += [f"**{banner}**", ""]
+    macro = [f.name for f in catalog.features if f.metric == "macro_f1"]
     lines += [f"Recording-level results per feature; F1 with its {ci:.0%} patient-level bootstrap CI "
-              f"({n_boot} resamples). Best F1 per row in bold (reference excluded).", "",
+              f"({n_boot} resamples). Best F1 per row in bold (reference excluded)."
+              + (f" F1 of {', '.join(macro)} is the macro F1 (mean of the F1 of yes and of no), as S³ "
+                 "scores it." if macro else ""), "",
               f"**{summary['line']}**", ""]
     for group, number in TABLE_NUMBERS.items():
         feats = catalog.in_group(group)

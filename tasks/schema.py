@@ -19,9 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tasks.atomic import atomic_path
+from tasks.catalog import load_catalog
 from tasks.errors import SchemaError
 
 # ---- shared column names ---------------------------------------------------
@@ -37,6 +39,18 @@ WINDOW_INDEX = "window_index"
 SEIZURE, GAIT = "seizure", "gait"
 COHORTS = (SEIZURE, GAIT)
 AUDIO_STATES = ("anonymized", "original", "none")  # deidentified.audio: what the de-identified video carries
+ANSWER_STATUSES = ("yes", "no", "unparsed", "refused", "truncated", "skipped")  # answers.status
+FEATURE_IDS = "<catalog>"  # stands for the catalog's feature ids in CLOSED
+# Columns whose values form a closed set: any other value is a SchemaError naming it.  An unknown feature id or
+# status would otherwise pass through and silently vanish from every summary that groups by the known ones.
+CLOSED: dict[str, dict[str, tuple[str, ...] | str]] = {
+    "manifest": {"cohort": COHORTS},
+    "deidentified": {"audio": AUDIO_STATES},
+    "answers": {"status": ANSWER_STATUSES, FEATURE_ID: FEATURE_IDS},
+    "predictions": {FEATURE_ID: FEATURE_IDS},
+    "labels": {FEATURE_ID: FEATURE_IDS},
+    "recording_labels": {FEATURE_ID: FEATURE_IDS},
+}
 
 UTC_TS = pa.timestamp("us", tz="UTC")
 # Gait track columns.  Joint angles in degrees per frame (definitions in tasks/kinematics.py); spatiotemporal
@@ -594,7 +608,14 @@ def validate(name: str, data: TableLike) -> pa.Table:
         if not field.nullable and arr.null_count:
             raise SchemaError(f"table {name!r}: column {field.name!r} is required but has {arr.null_count} null(s)")
         arrays.append(arr)
-    return pa.Table.from_arrays(arrays, schema=schema)
+    table = pa.Table.from_arrays(arrays, schema=schema)
+    for col, allowed in CLOSED.get(name, {}).items():
+        known = load_catalog().ids if allowed == FEATURE_IDS else allowed
+        bad = sorted(set(pc.unique(table[col]).drop_null().to_pylist()) - set(known))
+        if bad:
+            raise SchemaError(f"table {name!r}: column {col!r} has unknown value(s) {', '.join(map(repr, bad[:5]))}"
+                              f"{' …' if len(bad) > 5 else ''} (allowed: {', '.join(known)})")
+    return table
 
 
 def _column_array(table: str, field: pa.Field, values: Any) -> pa.ChunkedArray:

@@ -34,6 +34,26 @@ def test_metrics_equal_sklearn(seed):
         assert float(got[m]) == pytest.approx(fn(y, p)), m
 
 
+def test_macro_f1_by_hand_and_the_catalog_picks_it_per_feature():
+    """y = 1 1 0 0 0, p = 1 0 0 0 1: F1(yes) = 2/4 = 0.5, F1(no) = 4/6; macro = 7/12.  S³ scores verbal
+    responsiveness by macro F1; the catalog says so and evaluate follows it."""
+    y, p = np.array([1, 1, 0, 0, 0], bool), np.array([1, 0, 0, 0, 1], bool)
+    counts = evaluate.confusion(y, p)
+    assert float(evaluate.scores(counts)["f1"]) == pytest.approx(0.5)
+    assert float(evaluate.scores(counts, "macro_f1")["f1"]) == pytest.approx(7 / 12)
+    assert float(evaluate.scores(counts, "macro_f1")["precision"]) == pytest.approx(0.5)  # still that of yes
+    assert CATALOG.by_id("verbal_responsiveness").metric == "macro_f1" and CATALOG.by_id("tonic").metric == "f1_yes"
+    rids = [f"R{i:010x}" for i in range(5)]
+    labels = [dict(recording_id=r, patient_id=f"P{i:010x}", feature_id=f, label=bool(y[i]))
+              for i, r in enumerate(rids) for f in ("verbal_responsiveness", "tonic")]
+    preds = [dict(recording_id=r, feature_id=f, arm="audio_raw" if f == "verbal_responsiveness" else "raw",
+                  model_id="m", rule="x", predicted=bool(p[i]), score=0.5, n_windows=1, n_yes=0, evidence_windows=[])
+             for i, r in enumerate(rids) for f in ("verbal_responsiveness", "tonic")]
+    evals, _ = evaluate.evaluate_all(labels, preds, n_boot=50, ci=0.95, seed=0)
+    assert evals[("audio_raw", "verbal_responsiveness")].estimates["f1"].value == pytest.approx(7 / 12)
+    assert evals[("raw", "tonic")].estimates["f1"].value == pytest.approx(0.5)
+
+
 def _cohort(n_patients: int, per_patient: int, seed: int = 0):
     rng = np.random.default_rng(seed)
     patient = np.repeat(np.arange(n_patients), per_patient)
@@ -136,7 +156,9 @@ def test_stage_reports_planted_outcomes_in_the_studys_layout(tmp_path):
     f1 = {(m["arm"], m["feature_id"]): m["value"] for m in metrics if m["metric"] == "f1"}
     for f in ALL:
         pos = sum(truth[(r, g)] for r, g in truth if g == f)
-        assert f1[("always_yes", f)] == pytest.approx(2 * pos / (30 + pos))  # precision = prevalence, recall 1
+        yes = 2 * pos / (30 + pos)  # precision = prevalence, recall 1
+        # a macro-F1 feature (verbal responsiveness) adds the F1 of "no": 0 when every answer is yes
+        assert f1[("always_yes", f)] == pytest.approx(yes / 2 if CATALOG.by_id(f).metric == "macro_f1" else yes)
     assert summary["mllm_beats_baseline"] == len(MLLM_WINS) and summary["mllm_vs_baseline_features"] == 18
     assert summary["enhancement_improves"] == len(ENHANCED_WINS) and summary["enhancement_features"] == 20
     assert len(metrics) == 4 * (2 * 18 + 20 + 20 + 20)  # baselines, raw/audio_raw, enhanced, always_yes

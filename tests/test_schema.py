@@ -16,7 +16,8 @@ import pytest
 
 from tasks.atomic import atomic_path, is_partial, remove_stale_partials
 from tasks.errors import SchemaError
-from tasks.schema import TABLES, empty_table, read_table, validate, write_table
+from tasks.catalog import load_catalog
+from tasks.schema import CLOSED, FEATURE_IDS, TABLES, empty_table, read_table, validate, write_table
 
 
 def _sample(typ: pa.DataType, i: int):
@@ -35,8 +36,24 @@ def _sample(typ: pa.DataType, i: int):
     raise AssertionError(f"no sample for {typ}")
 
 
+def _allowed(name: str, column: str) -> tuple[str, ...]:
+    allowed = CLOSED[name][column]
+    return load_catalog().ids if allowed == FEATURE_IDS else allowed
+
+
 def sample_rows(name: str, n: int = 3) -> list[dict]:
-    return [{f.name: _sample(f.type, i) for f in TABLES[name]} for i in range(n)]
+    closed = CLOSED.get(name, {})
+    return [{f.name: _allowed(name, f.name)[i % len(_allowed(name, f.name))] if f.name in closed
+             else _sample(f.type, i) for f in TABLES[name]} for i in range(n)]
+
+
+@pytest.mark.parametrize("name, column", [(n, c) for n, cols in sorted(CLOSED.items()) for c in cols])
+def test_a_value_outside_a_closed_set_is_refused_naming_it(name, column):
+    """An unknown feature id or status must not pass: it would vanish from every summary by the known ones."""
+    rows = sample_rows(name)
+    rows[1][column] = "close_eyes_typo"
+    with pytest.raises(SchemaError, match=f"{column}.*'close_eyes_typo'"):
+        validate(name, rows)
 
 
 @pytest.mark.parametrize("name", sorted(TABLES))
