@@ -570,6 +570,34 @@ def report(obj: CliContext, out: Path | None) -> None:
     click.echo(f"report written to {path}")
 
 
+@cli.group("labels")
+def labels_group() -> None:
+    """Reference labels: import a study's annotations (S³'s layout or ours) for the folds stage."""
+
+
+@labels_group.command("import")
+@click.argument("source", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["s3", "semioflow"]), required=True,
+              help="s3: Seizure-Semiology-Suite labels CSV; semioflow: CSV/Parquet with source_name, feature_id, "
+                   "label (+ optional patient_id, annotator_1..3, onset_s, offset_s, justification).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("annotations"),
+              show_default=True, help="Folder for labels.parquet and patients.parquet (keep it with the raw "
+                                      "recordings: it names their files).")
+@click.option("--patient-pattern", default=None, metavar="REGEX",
+              help="Regular expression whose 'patient' (or first) group is the patient code in a file name "
+                   "(default: S³'s, the text before the first '@').")
+def labels_import(source: Path, fmt: str, out: Path, patient_pattern: str | None) -> None:
+    """Turn SOURCE into the labels tables folds.labels / folds.recordings point at."""
+    from tasks.annotations import import_labels
+    from tasks.s3 import DEFAULT_PATIENT_PATTERN
+
+    counts = import_labels(fmt, source, out, patient_pattern=patient_pattern or DEFAULT_PATIENT_PATTERN)
+    click.echo(f"labels: {counts['files']} files of {counts['patients']} patients, {counts['yes']} yes, "
+               f"{counts['no']} no, {counts['not_assessable']} not assessable, {counts['with_onset']} with an onset")
+    click.echo(f"set in params.yaml: folds.labels: {out / 'labels.parquet'}  folds.recordings: "
+               f"{out / 'patients.parquet'}")
+
+
 @cli.group("review")
 def review_group() -> None:
     """Blinded expert review: Study 1 (faithfulness) and Study 2 (comparison of rationales)."""

@@ -6,8 +6,9 @@ to one fold, so no patient is ever on both sides of a split.
 
 Inputs:
 
-* ``folds.labels`` (params; table ``labels``: source_name, feature_id, label,
-  annotator_1..3) and ``folds.recordings`` (table with source_name,
+* ``folds.labels`` (params; table ``labels``: source_name, feature_id, label
+  (null = not assessable), optionally onset_s/offset_s; e.g. written by
+  ``semioflow labels import``) and ``folds.recordings`` (table with source_name,
   patient_id, e.g. the phantom's ``recordings``).  Relative paths are
   relative to the working directory, like ``ingest.inbox``.
 * ``data_dir/01_ingest/private/id_map.parquet`` (PRIVATE: recording_id ->
@@ -21,7 +22,10 @@ Outputs (``out_dir`` = ``data_dir/11_folds``):
   feature_id, label) with patient ids pseudonymised as ``P`` + 10 hex of
   HMAC-SHA256(site key, patient id), like recording ids;
 * ``folds.parquet`` (table ``folds``: recording_id, patient_id, fold 0..k-1);
-* ``folds.json``: counts only (recordings, patients, unlabelled, per fold
+* ``onsets.parquet`` (table ``onsets``): the annotated onset (and offset) of
+  each present feature, where the labels carry one (S³ Task 4's truth);
+* ``folds.json``: counts only (recordings, patients, unlabelled, labels not
+  assessable per feature (null ``label``: excluded from every score), per fold
   recordings/patients/positives per feature).
 
 Stratification: 20 binary labels and a handful of patients cannot all be
@@ -51,6 +55,7 @@ from tasks.schema import SEIZURE, read_table, read_user_table, write_table
 
 LABELS = "labels.parquet"
 FOLDS = "folds.parquet"
+ONSETS = "onsets.parquet"
 SUMMARY = "folds.json"
 SIZE_WEIGHT = 10.0  # fold-size balance counts as much as ten features' positive balance together
 
@@ -116,16 +121,23 @@ def run(data_dir: Path, out_dir: Path, params: Params) -> dict:
     deid = [r for r in read_table("deidentified", layout.path(data_dir, "deidentify", "deidentified.parquet")).to_pylist()
             if r["recording_id"] in seizure]
     name_of = source_names(layout.stage_dir(data_dir, "ingest"), {r["recording_id"] for r in deid if r["status"] == "ok"})
-    labels = read_user_table(fp.labels, ("source_name", "feature_id", "label"), "folds.labels")
+    labels = read_user_table(fp.labels, ("source_name", "feature_id", "label"), "folds.labels",
+                             optional=("onset_s", "offset_s"))
     patient_of_name = {r["source_name"]: r["patient_id"]
                        for r in read_user_table(fp.recordings, ("source_name", "patient_id"), "folds.recordings")}
     unknown = sorted({r["feature_id"] for r in labels} - set(catalog.ids))
     if unknown:
         raise SemioflowError(f"labels table has feature ids not in the catalog: {', '.join(unknown)}")
     by_name: dict[str, dict[str, bool]] = defaultdict(dict)
+    onset_by_name: dict[str, dict[str, tuple[float, float | None]]] = defaultdict(dict)
+    unassessable_by_name: dict[str, list[str]] = defaultdict(list)
     for r in labels:
-        if r["label"] is not None:
-            by_name[r["source_name"]][r["feature_id"]] = bool(r["label"])
+        if r["label"] is None:  # not assessable (e.g. the patient is off camera): no truth either way
+            unassessable_by_name[r["source_name"]].append(r["feature_id"])
+            continue
+        by_name[r["source_name"]][r["feature_id"]] = bool(r["label"])
+        if r["label"] and r.get("onset_s") is not None:
+            onset_by_name[r["source_name"]][r["feature_id"]] = (float(r["onset_s"]), r.get("offset_s"))
 
     key = load_id_key()
     rid_labels: dict[str, dict[str, bool]] = {}
@@ -152,6 +164,13 @@ def run(data_dir: Path, out_dir: Path, params: Params) -> dict:
     ], out_dir / LABELS)
     write_table("folds", [dict(recording_id=rid, patient_id=rid_patient[rid], fold=fold_of[rid_patient[rid]])
                           for rid in sorted(rid_patient)], out_dir / FOLDS)
+    write_table("onsets", [dict(recording_id=rid, feature_id=f, onset_s=on, offset_s=off)
+                           for rid in sorted(rid_labels) for f, (on, off) in sorted(onset_by_name[name_of[rid]].items())],
+                out_dir / ONSETS)
+    not_assessable = {f: 0 for f in catalog.ids}
+    for rid in rid_labels:
+        for f in unassessable_by_name[name_of[rid]]:
+            not_assessable[f] += 1
 
     per_fold = []
     for k in range(fp.n_folds):
@@ -160,7 +179,7 @@ def run(data_dir: Path, out_dir: Path, params: Params) -> dict:
                          "positives": {f: sum(rid_labels[r].get(f, False) for r in rids) for f in catalog.ids}})
     summary = {"recordings": len(rid_patient), "patients": len(counts), "unlabelled": unlabelled,
                "no_patient": no_patient, "not_deidentified": len(deid) - len(name_of), "n_folds": fp.n_folds,
-               "label_rows": sum(len(v) for v in rid_labels.values()),
+               "label_rows": sum(len(v) for v in rid_labels.values()), "not_assessable": not_assessable,
                "fold_recordings": [f["recordings"] for f in per_fold]}
     atomic_write_text(out_dir / SUMMARY, json.dumps({**summary, "folds": per_fold}, indent=2, sort_keys=True))
     return summary

@@ -50,6 +50,7 @@ CLOSED: dict[str, dict[str, tuple[str, ...] | str]] = {
     "predictions": {FEATURE_ID: FEATURE_IDS},
     "labels": {FEATURE_ID: FEATURE_IDS},
     "recording_labels": {FEATURE_ID: FEATURE_IDS},
+    "onsets": {FEATURE_ID: FEATURE_IDS},
 }
 
 UTC_TS = pa.timestamp("us", tz="UTC")
@@ -285,11 +286,27 @@ TABLES: dict[str, pa.Schema] = {
     "labels": _schema(
         _f(SOURCE_NAME, pa.string()),
         _f(FEATURE_ID, pa.string()),
-        _f("label", pa.bool_()),
-        _f("annotator_1", pa.bool_()),
-        _f("annotator_2", pa.bool_()),
-        _f("annotator_3", pa.bool_()),
-        doc="Recording x feature labels: majority of three annotators, plus each one.",
+        _f("label", pa.bool_(), nullable=True),  # the consensus (majority); null = not assessable
+        _f("annotator_1", pa.bool_(), nullable=True),  # each annotator's, where known (S³: a consensus only)
+        _f("annotator_2", pa.bool_(), nullable=True),
+        _f("annotator_3", pa.bool_(), nullable=True),
+        _f("onset_s", pa.float64(), nullable=True),  # when the feature starts / ends, where annotated
+        _f("offset_s", pa.float64(), nullable=True),
+        _f("justification", pa.string(), nullable=True),  # the annotator's words, where given
+        doc="Recording x feature labels (keyed by the file's own name: annotation side, never in data/): the "
+            "consensus, each annotator where known, onset/offset where annotated; null label = not assessable.",
+    ),
+    "annotation_patients": _schema(
+        _f(SOURCE_NAME, pa.string()),
+        _f(PATIENT_ID, pa.string()),  # the study's own patient code (annotation side; folds pseudonymises it)
+        doc="Annotated file -> patient (semioflow labels import); what folds.recordings points at.",
+    ),
+    "onsets": _schema(
+        _f(RECORDING_ID, pa.string()),
+        _f(FEATURE_ID, pa.string()),
+        _f("onset_s", pa.float64()),
+        _f("offset_s", pa.float64(), nullable=True),
+        doc="Annotated onset (and offset) of a present feature per de-identified recording (S³ Task 4 truth).",
     ),
     "events": _schema(
         _f(SOURCE_NAME, pa.string()),
@@ -672,9 +689,11 @@ def write_table(name: str, data: TableLike, path: str | Path) -> Path:
     return path
 
 
-def read_user_table(path: str | Path, columns: tuple[str, ...], param: str) -> list[dict]:
-    """Rows of a user-supplied table (an annotation table named by params key ``param``): only ``columns``,
-    extra columns ignored.  Raises ``SchemaError`` naming ``param`` when the file or a column is missing."""
+def read_user_table(path: str | Path, columns: tuple[str, ...], param: str, *,
+                    optional: tuple[str, ...] = ()) -> list[dict]:
+    """Rows of a user-supplied table (an annotation table named by params key ``param``): only ``columns``
+    and those of ``optional`` it has (the others read as None), extra columns ignored.  Raises
+    ``SchemaError`` naming ``param`` when the file or a required column is missing."""
     path = Path(path)
     if not path.is_file():
         raise SchemaError(f"no table at {path} (set {param} in params.yaml)")
@@ -682,7 +701,8 @@ def read_user_table(path: str | Path, columns: tuple[str, ...], param: str) -> l
     missing = [c for c in columns if c not in table.column_names]
     if missing:
         raise SchemaError(f"the table of {param} ({path}) lacks column(s) {', '.join(missing)}")
-    return table.select(list(columns)).to_pylist()
+    present = [c for c in optional if c in table.column_names]
+    return [{**{c: None for c in optional}, **r} for r in table.select(list(columns) + present).to_pylist()]
 
 
 def read_table(name: str, path: str | Path) -> pa.Table:

@@ -112,9 +112,13 @@ def _cohort(tmp_path, *, n_patients=7, per_patient=3):
             deid.append(_deid_row(rid, "ok"))
             for f in catalog.ids:
                 lab = bool(rng.random() < 0.4)
-                label_rows.append(dict(source_name=name, feature_id=f, label=lab, annotator_1=lab, annotator_2=lab,
-                                       annotator_3=not lab))
-                truth[(rid, f)] = (lab, f"P{p + 1:02d}")
+                # every 5th present label carries an annotated onset (S3 Task 4); every 7th cell is not assessable
+                onset = 3.0 + r if lab and (p + r) % 5 == 0 else None
+                na = (p * per_patient + r + catalog.ids.index(f)) % 7 == 0
+                label_rows.append(dict(source_name=name, feature_id=f, label=None if na else lab, annotator_1=lab,
+                                       annotator_2=lab, annotator_3=not lab, onset_s=None if na else onset,
+                                       offset_s=None if na or onset is None else onset + 4, justification=None))
+                truth[(rid, f)] = (None if na else lab, f"P{p + 1:02d}", None if na else onset)
     def extra(rid: str, path: str, sha: str, status: str, patient: str | None) -> None:
         """A recording beside the labelled ones; ``patient``: its file name carries labels of this patient."""
         id_rows.append(dict(recording_id=rid, source_path=path, content_sha256=sha * 64, size_bytes=1, mtime_ns=0,
@@ -123,7 +127,8 @@ def _cohort(tmp_path, *, n_patients=7, per_patient=3):
         if patient:
             name = Path(path).name
             label_rows.extend(dict(source_name=name, feature_id=f, label=True, annotator_1=True, annotator_2=True,
-                                   annotator_3=True) for f in catalog.ids)
+                                   annotator_3=True, onset_s=None, offset_s=None, justification=None)
+                              for f in catalog.ids)
             rec_rows.append(dict(source_name=name, patient_id=patient, duration_s=60.0, fps=12.0, width=384,
                                  height=288, seed=0))
 
@@ -168,10 +173,17 @@ def test_stage_moves_labels_onto_pseudonyms_without_leakage(tmp_path, site_key):
     assert all(len(v) == 1 for v in fold_of_patient.values())
     assert sorted({r["fold"] for r in fold_rows}) == [0, 1, 2]
     # labels arrive on the right recording (joined through the private id map's file names)
+    # (not-assessable cells are left out of the labels and counted per feature)
     assert {(r["recording_id"], r["feature_id"]): r["label"] for r in label_rows} == \
-        {k: v[0] for k, v in truth.items()}
+        {k: v[0] for k, v in truth.items() if v[0] is not None}
+    not_assessable = {f: sum(1 for (_, g), v in truth.items() if g == f and v[0] is None) for f in load_catalog().ids}
+    assert summary["not_assessable"] == not_assessable and sum(not_assessable.values()) > 20
+    # annotated onsets of present features arrive on the pseudonymous ids (S3 Task 4's truth)
+    onsets = read_table("onsets", data / "11_folds" / folds.ONSETS).to_pylist()
+    assert {(r["recording_id"], r["feature_id"]): (r["onset_s"], r["offset_s"]) for r in onsets} == \
+        {k: (v[2], v[2] + 4) for k, v in truth.items() if v[2] is not None} != {}
     # patient ids are HMAC pseudonyms of the annotation table's ids; raw ids appear nowhere
-    expected = {rid: patient_pseudonym(raw, site_key) for (rid, _), (_, raw) in truth.items()}
+    expected = {rid: patient_pseudonym(raw, site_key) for (rid, _), (_, raw, _) in truth.items()}
     assert {r["recording_id"]: r["patient_id"] for r in fold_rows} == expected
     assert all(p.startswith("P") and len(p) == 11 and int(p[1:], 16) >= 0 for p in expected.values())
     text = json.dumps(summary) + (data / "11_folds" / folds.SUMMARY).read_text()

@@ -100,3 +100,77 @@ def test_times_are_minutes_seconds_and_hundredths():
     assert s3.parse_time("", "x") is None and s3.parse_time("02:03", "x") == 123.0
     with pytest.raises(s3.S3FormatError):
         s3.parse_time("00:61:00", "x")
+
+
+# ---- import -> folds --------------------------------------------------------------------------------------------
+C = "C0003@2-02-2023@ZZ0000AA@sz_v1_1.mp4"
+
+
+def test_an_s3_labels_file_imported_reaches_the_folds_stage_on_pseudonyms(tmp_path, monkeypatch):
+    """`semioflow labels import --format s3`: aliases resolved, a consensus label without annotators, not
+    assessable kept out of the labels and counted, onsets carried, patients parsed from S3's names."""
+    import datetime as dt
+
+    from click.testing import CliRunner
+
+    from flows.cli import cli
+    from tasks import folds
+    from tasks.identity import ID_MAP, patient_pseudonym
+    from tasks.params import FoldsParams, Params
+    from tasks.schema import SEIZURE, read_table, write_table
+    from tests.test_folds import KEY, _deid_row, _manifest_row
+
+    key_file = tmp_path / "id_key"
+    key_file.write_bytes(KEY)
+    monkeypatch.setenv("SEMIOFLOW_ID_KEY_FILE", str(key_file))
+    csv_text = LABELS + f"{C},,,,,no,,,,no,\n"
+    src = _write(tmp_path, "s3_labels.csv", csv_text)
+    out = tmp_path / "annotations"
+    res = CliRunner().invoke(cli, ["labels", "import", "--format", "s3", str(src), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "3 files of 3 patients, 3 yes, 4 no, 2 not assessable, 2 with an onset" in res.output
+    data, now = tmp_path / "data", dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
+    rids = {A: "R000000000a", B: "R000000000b", C: "R000000000c"}
+    write_table("id_map", [dict(recording_id=r, source_path=f"/secure/s3/{n}", content_sha256="0" * 64, size_bytes=1,
+                                mtime_ns=0, status="accepted", ingested_at=now) for n, r in rids.items()],
+                data / "01_ingest" / ID_MAP)
+    write_table("manifest", [_manifest_row(r, now, SEIZURE) for r in rids.values()],
+                data / "01_ingest" / "manifest.parquet")
+    write_table("deidentified", [_deid_row(r, "ok") for r in rids.values()],
+                data / "02_deidentify" / "deidentified.parquet")
+    params = Params(folds=FoldsParams(labels=str(out / "labels.parquet"), recordings=str(out / "patients.parquet"),
+                                      n_folds=2))
+    summary = folds.run(data, data / "11_folds", params)
+    assert summary["recordings"] == 3 and summary["patients"] == 2 + 1
+    assert summary["not_assessable"]["verbal_responsiveness"] == 1 and summary["not_assessable"]["closed_eyes"] == 1
+    labels = {(r["recording_id"], r["feature_id"]): r["label"]
+              for r in read_table("recording_labels", data / "11_folds" / folds.LABELS).to_pylist()}
+    assert labels == {(rids[A], "closed_eyes"): True, (rids[A], "figure4_arms"): False,
+                      (rids[B], "closed_eyes"): False, (rids[B], "figure4_arms"): True,
+                      (rids[B], "verbal_responsiveness"): True,
+                      (rids[C], "figure4_arms"): False, (rids[C], "verbal_responsiveness"): False}
+    onsets = {(r["recording_id"], r["feature_id"]): r["onset_s"]
+              for r in read_table("onsets", data / "11_folds" / folds.ONSETS).to_pylist()}
+    assert onsets == {(rids[A], "closed_eyes"): 12.0, (rids[B], "figure4_arms"): 40.0}
+    patients = {r["recording_id"]: r["patient_id"] for r in read_table("folds", data / "11_folds" / folds.FOLDS).to_pylist()}
+    assert patients[rids[A]] == patient_pseudonym("A0002", KEY)
+    for f in (data / "11_folds").rglob("*"):
+        if f.is_file():
+            assert b"A0002" not in f.read_bytes() and b"UA6693LK" not in f.read_bytes(), f
+
+
+def test_our_own_csv_format_imports_too_and_a_twice_labelled_pair_is_refused(tmp_path):
+    from tasks.annotations import import_labels
+    from tasks.schema import read_table
+
+    text = ("source_name,patient_id,feature_id,label,annotator_1,annotator_2,annotator_3,onset_s\n"
+            "a.mp4,P1,tonic,yes,yes,yes,no,4.5\n"
+            "a.mp4,P1,close_eyes,,,,,\n"
+            "b.mp4,P2,tonic,no,no,no,no,\n")
+    counts = import_labels("semioflow", _write(tmp_path, "l.csv", text), tmp_path / "out")
+    assert (counts["files"], counts["yes"], counts["no"], counts["not_assessable"]) == (2, 1, 1, 1)
+    rows = {(r["source_name"], r["feature_id"]): r for r in read_table("labels", tmp_path / "out" / "labels.parquet").to_pylist()}
+    assert rows[("a.mp4", "tonic")]["annotator_3"] is False and rows[("a.mp4", "tonic")]["onset_s"] == 4.5
+    assert rows[("a.mp4", "closed_eyes")]["label"] is None
+    with pytest.raises(Exception, match="labelled twice"):
+        import_labels("semioflow", _write(tmp_path, "l.csv", text + "b.mp4,P2,tonic,yes,,,,\n"), tmp_path / "out")

@@ -722,7 +722,11 @@ def render_recording(spec: RecordingSpec, path: str | Path) -> RecordingTruth:
 
 # ---- truth tables ----------------------------------------------------------
 def annotate(specs: list[RecordingSpec], *, seed: int) -> list[dict]:
-    """Label rows: three annotators each flip a planted label with ``ANNOTATOR_FLIP_P``; label = majority."""
+    """Label rows: three annotators each flip a planted label with ``ANNOTATOR_FLIP_P``; label = majority.
+
+    A planted feature labelled present gets its onset and offset (first event start, last event end), as
+    annotators mark them (S³ Task 4's truth); a feature labelled present that was not planted has none.
+    """
     rows = []
     ids = feature_ids()
     for i, spec in enumerate(specs):
@@ -730,8 +734,13 @@ def annotate(specs: list[RecordingSpec], *, seed: int) -> list[dict]:
         for fid in ids:
             planted = fid in spec.features
             votes = [planted != bool(rng.random() < ANNOTATOR_FLIP_P) for _ in range(3)]
-            rows.append({"source_name": spec.source_name, "feature_id": fid, "label": sum(votes) >= 2,
-                         "annotator_1": votes[0], "annotator_2": votes[1], "annotator_3": votes[2]})
+            label = sum(votes) >= 2
+            times = [(e.t_start_s, e.t_end_s) for e in spec.events if e.feature_id == fid]
+            rows.append({"source_name": spec.source_name, "feature_id": fid, "label": label,
+                         "annotator_1": votes[0], "annotator_2": votes[1], "annotator_3": votes[2],
+                         "onset_s": min(t for t, _ in times) if label and times else None,
+                         "offset_s": max(t for _, t in times) if label and times else None,
+                         "justification": None})
     return rows
 
 

@@ -143,6 +143,23 @@ def test_default_cohort_prevalence_in_band(seed):
     assert 0.0 < flips < 0.1
 
 
+def test_labels_carry_the_planted_onsets_of_present_features():
+    """S3 Task 4's truth: a present, planted feature's onset is its first event's start, offset its last end."""
+    specs = sz.plan_cohort(SeizureSynthParams(), seed=SEED)
+    labels = {(r["source_name"], r["feature_id"]): r for r in sz.annotate(specs, seed=SEED)}
+    checked = 0
+    for spec in specs:
+        for fid in sz.feature_ids():
+            row = labels[(spec.source_name, fid)]
+            times = [(e.t_start_s, e.t_end_s) for e in spec.events if e.feature_id == fid]
+            if row["label"] and times:
+                assert (row["onset_s"], row["offset_s"]) == (min(t for t, _ in times), max(t for _, t in times))
+                checked += 1
+            else:
+                assert row["onset_s"] is None and row["offset_s"] is None
+    assert checked > 100
+
+
 def test_several_recordings_per_patient():
     specs = sz.plan_cohort(SeizureSynthParams(), seed=SEED)
     per_patient = {}

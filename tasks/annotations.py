@@ -1,0 +1,115 @@
+"""Annotation import: a study's labels, in S³'s layout or ours, turned into the tables the folds stage reads.
+
+``import_labels(fmt, source, out_dir)`` writes, in ``out_dir`` (the
+annotation side: it names source files, so it is kept with the raw
+recordings, never under ``data/``):
+
+* ``labels.parquet`` (table ``labels``): one row per file x feature;
+  ``label`` true/false, or null where the annotators marked the feature not
+  assessable; annotators where known (S³ has one consensus label); onset and
+  offset in seconds where annotated; the annotator's justification;
+* ``patients.parquet`` (table ``annotation_patients``): file -> patient id,
+  from a ``patient_id`` column or parsed from the file name by a regular
+  expression (S³'s names start with the patient code: ``A0002@…``).
+
+Point ``folds.labels`` and ``folds.recordings`` at them; the folds stage
+matches file names to ingested recordings through the private id map and
+pseudonymises patient ids like recording ids.
+
+Formats: ``s3`` (``tasks.s3.read_labels``) and ``semioflow``: a CSV (or
+Parquet) with ``source_name``, ``feature_id`` (ids or catalog aliases),
+``label`` (yes / no / empty, or true/false/null), and optionally
+``patient_id``, ``annotator_1..3``, ``onset_s``, ``offset_s``,
+``justification``.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections import Counter
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from tasks.catalog import Catalog, load_catalog
+from tasks.errors import SemioflowError
+from tasks.s3 import DEFAULT_PATIENT_PATTERN, patient_of, read_labels
+from tasks.schema import write_table
+
+FORMATS = ("s3", "semioflow")
+LABELS = "labels.parquet"
+PATIENTS = "patients.parquet"
+_BOOL = {"yes": True, "true": True, "1": True, "no": False, "false": False, "0": False, "": None}
+OPTIONAL = ("annotator_1", "annotator_2", "annotator_3", "onset_s", "offset_s", "justification")
+
+
+def _flag(value, where: str) -> bool | None:
+    if value is None or isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text not in _BOOL:
+        raise SemioflowError(f"{where}: {value!r} is not yes, no or empty")
+    return _BOOL[text]
+
+
+def _seconds(value, where: str) -> float | None:
+    if value is None or str(value).strip() == "":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise SemioflowError(f"{where}: {value!r} is not a number of seconds") from None
+
+
+def _ours(path: Path, catalog: Catalog) -> list[dict]:
+    if path.suffix.lower() == ".parquet":
+        rows = pq.read_table(path).to_pylist()
+    else:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            rows = list(csv.DictReader(fh))
+    out = []
+    for line, r in enumerate(rows, start=2):
+        where = f"{path.name} row {line}"
+        missing = [c for c in ("source_name", "feature_id", "label") if c not in r]
+        if missing:
+            raise SemioflowError(f"{where}: no column(s) {', '.join(missing)}")
+        out.append(dict(source_name=str(r["source_name"]).strip(), feature_id=catalog.resolve(str(r["feature_id"]).strip()),
+                        label=_flag(r["label"], where), patient_id=r.get("patient_id") or None,
+                        **{f"annotator_{k}": _flag(r.get(f"annotator_{k}"), where) for k in (1, 2, 3)},
+                        onset_s=_seconds(r.get("onset_s"), where), offset_s=_seconds(r.get("offset_s"), where),
+                        justification=(str(r.get("justification") or "").strip() or None)))
+    return out
+
+
+def import_labels(fmt: str, source: Path, out_dir: Path, *, patient_pattern: str = DEFAULT_PATIENT_PATTERN,
+                  catalog: Catalog | None = None) -> dict:
+    """Read ``source`` (format ``fmt``) and write ``out_dir/labels.parquet`` + ``patients.parquet``.
+
+    Returns counts only (files, patients, rows, per state): no file name, no patient code.
+    """
+    if fmt not in FORMATS:
+        raise SemioflowError(f"unknown labels format {fmt!r} (formats: {', '.join(FORMATS)})")
+    catalog = catalog or load_catalog()
+    source, out_dir = Path(source), Path(out_dir)
+    if fmt == "s3":
+        rows = [dict(source_name=r.file_name, feature_id=r.feature_id,
+                     label=None if r.state == "not_assessable" else r.state == "yes", patient_id=None,
+                     annotator_1=None, annotator_2=None, annotator_3=None, onset_s=r.onset_s, offset_s=r.offset_s,
+                     justification=r.justification) for r in read_labels(source, catalog)]
+    else:
+        rows = _ours(source, catalog)
+    seen = Counter((r["source_name"], r["feature_id"]) for r in rows)
+    if (twice := sum(n > 1 for n in seen.values())):
+        raise SemioflowError(f"{source.name}: {twice} file x feature pair(s) labelled twice")
+    patients = {}
+    for r in rows:
+        pid = r.pop("patient_id") or patient_of(r["source_name"], patient_pattern)
+        if patients.setdefault(r["source_name"], pid) != pid:
+            raise SemioflowError(f"{source.name}: one file is given two patient ids")
+    write_table("labels", rows, out_dir / LABELS)
+    write_table("annotation_patients", [dict(source_name=n, patient_id=p) for n, p in sorted(patients.items())],
+                out_dir / PATIENTS)
+    states = Counter("not_assessable" if r["label"] is None else "yes" if r["label"] else "no" for r in rows)
+    return {"files": len(patients), "patients": len(set(patients.values())), "rows": len(rows),
+            "yes": states["yes"], "no": states["no"], "not_assessable": states["not_assessable"],
+            "with_onset": sum(r["onset_s"] is not None for r in rows)}
