@@ -53,7 +53,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks import layout
+from tasks import layout, onset
 from tasks.contract import Out, Stage
 from tasks.layout import rel
 from tasks.answers import is_random
@@ -400,7 +400,7 @@ def run(data_dir: Path, out_dir: Path, params: Params) -> dict:
     labels = read_table("recording_labels", layout.path(data_dir, "folds", "labels.parquet")).to_pylist()
     preds: list[dict] = []
     sources = 0
-    for source in STAGE.inputs[1:] + STAGE.optional:  # the predictions tables
+    for source in PREDICTIONS:
         path = data_dir / source
         if path.is_file():
             preds += read_table("predictions", path).to_pylist()
@@ -409,6 +409,7 @@ def run(data_dir: Path, out_dir: Path, params: Params) -> dict:
             raise SemioflowError(f"evaluate needs {source} (run the stage that writes it first)")
     evals, rs = evaluate_all(labels, preds, n_boot=ep.bootstrap, ci=ep.ci, seed=params.base.seed)
     summary, tests = compare(evals, catalog, rs)
+    onsets = _onsets(data_dir, preds, rs, ep.ci)
 
     order = {f: i for i, f in enumerate(catalog.ids)}
     keys = sorted(evals, key=lambda k: (_order(k[0]), k[0], order.get(k[1], len(order))))
@@ -423,7 +424,8 @@ def run(data_dir: Path, out_dir: Path, params: Params) -> dict:
                         "f1_ci_high": e.estimates["f1"].high, "n": len(e.recordings)}
     random = any(is_random(p["model_id"]) for p in preds)
     banner = "Some predictions come from random-weight smoke models: not clinical results" if random else ""
-    doc = {**nested, "summary": {**summary, "random_weights": random}, "paired": tests}
+    doc = {**nested, "summary": {**summary, "random_weights": random}, "paired": tests,
+           "onset": {arm: o.to_dict() for arm, o in onsets.items()}}
     atomic_write_text(out_dir / "metrics.json", json.dumps(doc, indent=2, sort_keys=True))
     atomic_write_text(out_dir / "plots" / "f1.csv", _csv(
         ["arm", "feature", "f1", "ci_low", "ci_high"],
@@ -438,7 +440,7 @@ def run(data_dir: Path, out_dir: Path, params: Params) -> dict:
             [[f, *(round(getattr(evals[(arm, f)].estimates["f1"], k), 6) for k in ("value", "low", "high"))]
              for f in catalog.ids if (arm, f) in evals]))
     atomic_write_text(out_dir / "tables.md", markdown(evals, catalog, summary, tests, ci=ep.ci, n_boot=ep.bootstrap,
-                                                      banner=banner))
+                                                      banner=banner) + onset_markdown(onsets, ci=ep.ci))
     return {"arms": len(arms), "features": len(feats), "recordings": len(rs.patient_of), "patients": len(rs.patients),
             "prediction_sources": sources, "metric_rows": len(keys) * len(METRICS),
             "mllm_beats_baseline": summary["mllm_vs_baseline"]["wins"],
@@ -447,10 +449,48 @@ def run(data_dir: Path, out_dir: Path, params: Params) -> dict:
             "enhancement_features": summary["enhanced_vs_raw"]["features"]}
 
 
+def _onsets(data_dir: Path, preds: list[dict], rs: Resampling, ci: float) -> dict[str, onset.OnsetScore]:
+    """Onset MAE per MLLM arm (S³ Task 4) where the labels carry onsets and the windows table is there."""
+    truth_path, windows_path = data_dir / ONSETS, data_dir / WINDOWS
+    if not truth_path.is_file() or not windows_path.is_file():
+        return {}
+    truth = {(r["recording_id"], r["feature_id"]): r["onset_s"] for r in read_table("onsets", truth_path).to_pylist()
+             if r["recording_id"] in rs.patient_of}
+    windows: dict[str, dict[int, tuple[float, float]]] = defaultdict(dict)
+    for r in read_table("windows", windows_path).to_pylist():
+        windows[r["recording_id"]][r["window_index"]] = (r["t_start_s"], r["t_end_s"])
+    names = _arm_names(preds)
+    mllm = [dict(p, arm=names[(p["arm"], p["model_id"])]) for p in preds if p["arm"] not in BASELINE_ARMS]
+    return onset.score(mllm, windows, truth, rs.patient_of, rs.patients, rs.weights, ci)
+
+
+def onset_markdown(onsets: dict[str, onset.OnsetScore], *, ci: float) -> str:
+    """The onset-timing table of tables.md (empty without annotated onsets)."""
+    if not onsets:
+        return ""
+    lines = ["", "## Onset timing (S³ Task 4)", "",
+             f"Mean absolute error (s) of the onset estimated from the first window that said yes, on the "
+             f"recordings an arm found present whose onset is annotated, with its {ci:.0%} patient-level bootstrap "
+             "CI; the constant baseline gives every recording the median onset of that feature among the other "
+             "patients.", "",
+             "| Arm | n | MAE (s) | Constant baseline MAE (s) |", "|---|---|---|---|"]
+    for arm in _arms_sorted(onsets):
+        o = onsets[arm]
+        better = "**" if o.mae < o.baseline_mae else ""
+        lines.append(f"| {_display(arm)} | {o.n} | {better}{o.mae:.1f}{better} ({o.ci_low:.1f}–{o.ci_high:.1f}) | "
+                     f"{o.baseline_mae:.1f} ({o.baseline_ci_low:.1f}–{o.baseline_ci_high:.1f}) |")
+    return "\n".join(lines) + "\n"
+
+
+PREDICTIONS = (rel("train", "predictions.parquet"), rel("aggregate", "predictions.parquet"))
+ONSETS = rel("folds", "onsets.parquet")
+WINDOWS = rel("window", "windows.parquet")
+
 STAGE = Stage(
     "evaluate", "cohort", run, "F1 and friends per feature and arm against the labels, with patient-level bootstrap",
     inputs=(rel("folds", "labels.parquet"), rel("train", "predictions.parquet")),
-    optional=(rel("aggregate", "predictions.parquet"),),  # evaluated when present
+    # evaluated when present: MLLM predictions; annotated onsets with the windows (onset timing)
+    optional=(rel("aggregate", "predictions.parquet"), rel("folds", "onsets.parquet"), rel("window", "windows.parquet")),
     params=("evaluate", "base.seed"),
     outs=(Out("metrics.parquet"), Out("tables.md"), Out("metrics.json", "metrics", {"cache": False}),
           Out("plots/arms", "plots", {"x": "f1", "y": "feature", "template": "bar_horizontal", "cache": False})))

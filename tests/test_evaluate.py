@@ -210,3 +210,55 @@ def test_several_models_on_one_arm_are_kept_apart_and_baselines_are_required(tmp
     (data / "12_train" / "predictions.parquet").unlink()
     with pytest.raises(SemioflowError, match="12_train/predictions.parquet"):
         evaluate.run(data, data / "13_evaluate", Params())
+
+
+# ---- onset timing (S3 Task 4) ------------------------------------------------------------------------------------
+def test_onset_estimate_by_hand():
+    from tasks.onset import estimate
+
+    w = {0: (0.0, 30.0), 1: (25.0, 55.0), 2: (50.0, 80.0)}
+    assert estimate([1, 2], w) == pytest.approx((30.0 + 55.0) / 2)  # window 0 said no: onset in [30, 55]
+    assert estimate([0, 1], w) == pytest.approx(15.0)  # the first window: [0, 30]
+    assert estimate([], w) is None
+
+
+def test_onset_mae_beats_the_constant_baseline_on_planted_onsets(tmp_path):
+    """Planted onsets, windows of 30 s every 25 s, an arm whose yes windows are those that overlap the feature
+    (what a perfect window-level model says): its MAE is bounded by half a window's new span and beats the
+    leave-one-patient-out median onset; both come with a CI."""
+    rng = np.random.default_rng(5)
+    data = tmp_path / "data"
+    rids = [f"R{i:010x}" for i in range(24)]
+    patient = {r: f"P{i // 2:010x}" for i, r in enumerate(rids)}
+    onset_of = {r: float(rng.uniform(5, 170)) for r in rids}
+    windows, preds, labels, onsets = [], [], [], []
+    for r in rids:
+        spans = [(k * 25.0, k * 25.0 + 30.0) for k in range(8)]  # 0..205 s
+        windows += [dict(recording_id=r, window_index=k, t_start_s=a, t_end_s=b, frame_start=k * 50,
+                         frame_end=k * 50 + 60) for k, (a, b) in enumerate(spans)]
+        t0 = onset_of[r]
+        yes = [k for k, (a, b) in enumerate(spans) if a < t0 + 10 and b > t0]
+        for arm in ("raw", "pose_overlay"):
+            preds.append(dict(recording_id=r, feature_id="clonic", arm=arm, model_id="m", rule="any_yes", predicted=True,
+                              score=1.0, n_windows=8, n_yes=len(yes), evidence_windows=yes))
+        labels.append(dict(recording_id=r, patient_id=patient[r], feature_id="clonic", label=True))
+        onsets.append(dict(recording_id=r, feature_id="clonic", onset_s=t0, offset_s=t0 + 10))
+    write_table("recording_labels", labels, data / "11_folds" / "labels.parquet")
+    write_table("onsets", onsets, data / "11_folds" / "onsets.parquet")
+    write_table("windows", windows, data / "04_window" / "windows.parquet")
+    write_table("predictions", [dict(p, arm="r2plus1d") for p in preds[::2]], data / "12_train" / "predictions.parquet")
+    write_table("predictions", preds, data / "10_aggregate" / "predictions.parquet")
+    evaluate.run(data, data / "13_evaluate", Params())
+    doc = json.loads((data / "13_evaluate" / "metrics.json").read_text())
+    assert set(doc["onset"]) == {"raw", "pose_overlay"}  # the baselines have no windows: no onset
+    o = doc["onset"]["raw"]
+    assert o["n"] == 24 and o["mae"] <= 12.5 and o["mae"] < o["baseline_mae"], o
+    assert o["ci_low"] <= o["mae"] <= o["ci_high"] and o["baseline_ci_low"] <= o["baseline_mae"] <= o["baseline_ci_high"]
+    # by hand: the first yes window k spans [25k, 25k + 30]; window k - 1 ended at 25k + 5, so the onset lies in
+    # [25k + 5, 25k + 30] (k = 0: [0, 30]) and the estimate is that interval's middle
+    def by_hand(t0: float) -> float:
+        k = min(k for k in range(8) if k * 25.0 < t0 + 10 and k * 25.0 + 30 > t0)
+        lo = k * 25.0 + 5 if k else 0.0
+        return abs((lo + k * 25.0 + 30) / 2 - t0)
+    assert o["mae"] == pytest.approx(np.mean([by_hand(onset_of[r]) for r in rids]))
+    assert "## Onset timing (S³ Task 4)" in (data / "13_evaluate" / "tables.md").read_text()
