@@ -598,6 +598,23 @@ def labels_import(source: Path, fmt: str, out: Path, patient_pattern: str | None
                f"{out / 'patients.parquet'}")
 
 
+@cli.command("export")
+@click.option("--format", "fmt", type=click.Choice(["s3"]), required=True, help="s3: S³'s per-video layout.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="The CSV to write. It names the original files (S³ matches on them): keep it with the raw "
+                   "recordings.")
+@click.option("--video-arm", default="raw", show_default=True, help="The arm whose answers the video features take.")
+@click.option("--audio-arm", default="audio_raw", show_default=True, help="The arm the audio features take.")
+@pass_ctx
+def export_cmd(obj: CliContext, fmt: str, out: Path, video_arm: str, audio_arm: str) -> None:
+    """Write the aggregated predictions in another benchmark's layout (so its scripts score them)."""
+    from tasks.annotations import export_s3
+
+    counts = export_s3(obj.data_dir, out, video_arm=video_arm, audio_arm=audio_arm)
+    click.echo(f"export: {counts['videos']} videos x {counts['features']} features ({counts['positive']} yes) "
+               f"written to {out}; it names the original files: keep it with the raw recordings")
+
+
 @cli.group("review")
 def review_group() -> None:
     """Blinded expert review: Study 1 (faithfulness) and Study 2 (comparison of rationales)."""

@@ -33,8 +33,10 @@ import pyarrow.parquet as pq
 
 from tasks.catalog import Catalog, load_catalog
 from tasks.errors import SemioflowError
-from tasks.s3 import DEFAULT_PATIENT_PATTERN, patient_of, read_labels
-from tasks.schema import write_table
+from tasks import layout
+from tasks.identity import source_names
+from tasks.s3 import DEFAULT_PATIENT_PATTERN, patient_of, read_labels, write_predictions
+from tasks.schema import read_table, write_table
 
 FORMATS = ("s3", "semioflow")
 LABELS = "labels.parquet"
@@ -113,3 +115,39 @@ def import_labels(fmt: str, source: Path, out_dir: Path, *, patient_pattern: str
     return {"files": len(patients), "patients": len(set(patients.values())), "rows": len(rows),
             "yes": states["yes"], "no": states["no"], "not_assessable": states["not_assessable"],
             "with_onset": sum(r["onset_s"] is not None for r in rows)}
+
+
+def export_s3(data_dir: Path, out: Path, *, video_arm: str = "raw", audio_arm: str = "audio_raw",
+              catalog: Catalog | None = None) -> dict:
+    """Write the aggregated MLLM predictions in S³'s per-video layout (``tasks.s3.write_predictions``).
+
+    Video features come from ``video_arm``, audio features from ``audio_arm``; a justification is the one of
+    the first window that said yes.  The file is keyed by the original file names (S³'s scripts match on
+    them), found through the private id map: it identifies recordings, so it is written owner-only and
+    belongs with the raw recordings.  Returns counts only.
+    """
+    catalog = catalog or load_catalog()
+    data_dir = Path(data_dir)
+    preds = read_table("predictions", data_dir / layout.PREDICTIONS).to_pylist()
+    evidence = read_table("evidence", data_dir / layout.EVIDENCE).to_pylist()
+    arm_of = {f.id: video_arm if f.modality == "video" else audio_arm for f in catalog.features}
+    first_words: dict[tuple, tuple[int, str | None]] = {}
+    for e in evidence:
+        key = (e["recording_id"], e["feature_id"], e["arm"], e["model_id"])
+        if key not in first_words or e["window_index"] < first_words[key][0]:
+            first_words[key] = (e["window_index"], e["justification"])
+    chosen = [p for p in preds if p["arm"] == arm_of[p["feature_id"]]]
+    models = {p["model_id"] for p in chosen}
+    if len(models) > 1:
+        raise SemioflowError(f"the chosen arms were answered by {len(models)} models: export one model's run")
+    if not chosen:
+        raise SemioflowError(f"no predictions of arms {video_arm!r} / {audio_arm!r} in {layout.PREDICTIONS}")
+    names = source_names(layout.stage_dir(data_dir, "ingest"), {p["recording_id"] for p in chosen})
+    rows: dict[str, dict[str, tuple[bool, str | None]]] = {}
+    for p in chosen:
+        just = first_words.get((p["recording_id"], p["feature_id"], p["arm"], p["model_id"]), (0, None))[1]
+        rows.setdefault(names[p["recording_id"]], {})[p["feature_id"]] = (bool(p["predicted"]), just)
+    write_predictions(Path(out), rows, catalog)
+    Path(out).chmod(0o600)
+    return {"videos": len(rows), "features": len({f for r in rows.values() for f in r}),
+            "positive": sum(v[0] for r in rows.values() for v in r.values())}
