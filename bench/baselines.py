@@ -135,7 +135,8 @@ def main() -> None:
     params = dataclasses.replace(
         base,
         folds=FoldsParams(labels=str(work / "cohort" / "labels.parquet"),
-                          recordings=str(work / "cohort" / "recordings.parquet")),
+                          recordings=str(work / "cohort" / "recordings.parquet"),
+                          diagnoses=str(work / "cohort" / "diagnoses.parquet")),
         train=TrainParams(arms=tuple(args.arms.split(",")), features=features, r2plus1d=bp, vivit=vp,
                           objective=args.objective, save_checkpoints=False),
         evaluate=EvaluateParams(bootstrap=args.bootstrap))

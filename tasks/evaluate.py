@@ -53,7 +53,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks import layout, onset
+from tasks import diagnosis, layout, onset
 from tasks.contract import Out, Stage
 from tasks.layout import rel
 from tasks.answers import is_random
@@ -410,6 +410,7 @@ def run(data_dir: Path, out_dir: Path, params: Params) -> dict:
     evals, rs = evaluate_all(labels, preds, n_boot=ep.bootstrap, ci=ep.ci, seed=params.base.seed)
     summary, tests = compare(evals, catalog, rs)
     onsets = _onsets(data_dir, preds, rs, ep.ci)
+    dx = _diagnosis(data_dir, labels, preds, rs, catalog, seed=params.base.seed)
 
     order = {f: i for i, f in enumerate(catalog.ids)}
     keys = sorted(evals, key=lambda k: (_order(k[0]), k[0], order.get(k[1], len(order))))
@@ -425,7 +426,7 @@ def run(data_dir: Path, out_dir: Path, params: Params) -> dict:
     random = any(is_random(p["model_id"]) for p in preds)
     banner = "Some predictions come from random-weight smoke models: not clinical results" if random else ""
     doc = {**nested, "summary": {**summary, "random_weights": random}, "paired": tests,
-           "onset": {arm: o.to_dict() for arm, o in onsets.items()}}
+           "onset": {arm: o.to_dict() for arm, o in onsets.items()}, "diagnosis": dx}
     atomic_write_text(out_dir / "metrics.json", json.dumps(doc, indent=2, sort_keys=True))
     atomic_write_text(out_dir / "plots" / "f1.csv", _csv(
         ["arm", "feature", "f1", "ci_low", "ci_high"],
@@ -440,7 +441,8 @@ def run(data_dir: Path, out_dir: Path, params: Params) -> dict:
             [[f, *(round(getattr(evals[(arm, f)].estimates["f1"], k), 6) for k in ("value", "low", "high"))]
              for f in catalog.ids if (arm, f) in evals]))
     atomic_write_text(out_dir / "tables.md", markdown(evals, catalog, summary, tests, ci=ep.ci, n_boot=ep.bootstrap,
-                                                      banner=banner) + onset_markdown(onsets, ci=ep.ci))
+                                                      banner=banner) + onset_markdown(onsets, ci=ep.ci)
+                      + diagnosis_markdown(dx, catalog, ci=ep.ci))
     return {"arms": len(arms), "features": len(feats), "recordings": len(rs.patient_of), "patients": len(rs.patients),
             "prediction_sources": sources, "metric_rows": len(keys) * len(METRICS),
             "mllm_beats_baseline": summary["mllm_vs_baseline"]["wins"],
@@ -482,7 +484,63 @@ def onset_markdown(onsets: dict[str, onset.OnsetScore], *, ci: float) -> str:
     return "\n".join(lines) + "\n"
 
 
+DX_SOURCES = {"labels": "Reference labels (upper bound)", "mllm_raw": "MLLM raw arms",
+              "mllm_enhanced": "MLLM enhanced arms"}
+IMPORTANCES_SHOWN = 5  # top features listed per vector source in tables.md
+
+
+def _diagnosis(data_dir: Path, labels: list[dict], preds: list[dict], rs: Resampling, catalog: Catalog, *,
+               seed: int) -> dict:
+    """ES vs NES from the feature vector (S³ Task 7) per vector source, where folds wrote diagnoses."""
+    dx_path, folds_path = data_dir / DIAGNOSES, data_dir / rel("folds", "folds.parquet")
+    if not dx_path.is_file() or not folds_path.is_file():
+        return {}
+    truth = {r["recording_id"]: r["diagnosis"] == diagnosis.POSITIVE
+             for r in read_table("recording_diagnoses", dx_path).to_pylist() if r["recording_id"] in rs.patient_of}
+    fold = {r["recording_id"]: r["fold"] for r in read_table("folds", folds_path).to_pylist()}
+    rids = sorted(r for r in truth if r in fold)
+    if len({truth[r] for r in rids}) < 2:
+        return {}
+    sources = {"labels": {(r["recording_id"], r["feature_id"]): bool(r["label"]) for r in labels}}
+    for name, arm_of in (("mllm_raw", lambda f: RAW_ARM[f.modality]),
+                         ("mllm_enhanced", lambda f: ENHANCED_ARMS.get(f.enhancement, ("",))[0])):
+        arms = {f.id: arm_of(f) for f in catalog.features}
+        got = {(p["recording_id"], p["feature_id"]): bool(p["predicted"]) for p in preds
+               if arms.get(p["feature_id"]) == p["arm"]}
+        if got:
+            sources[name] = got
+    y, folds = np.array([truth[r] for r in rids]), np.array([fold[r] for r in rids])
+    out = {}
+    for name, present in sources.items():
+        cv = diagnosis.cross_validate(diagnosis.vectors(rids, catalog.ids, present), y, folds, seed=seed)
+        est = with_ci(rs.counts(rids, y, cv.predicted), rs.weights, rs.ci)["f1"]
+        base = with_ci(rs.counts(rids, y, cv.baseline), rs.weights, rs.ci)["f1"]
+        order = np.argsort(-cv.importances)
+        out[name] = {"n": len(rids), "es": int(y.sum()), "f1": est.value, "ci_low": est.low, "ci_high": est.high,
+                     "baseline_f1": base.value, "baseline_ci_low": base.low, "baseline_ci_high": base.high,
+                     # a ranked list (metrics.json sorts mapping keys): most important first
+                     "importances": [[catalog.ids[i], round(float(cv.importances[i]), 4)] for i in order]}
+    return out
+
+
+def diagnosis_markdown(dx: dict, catalog: Catalog, *, ci: float) -> str:
+    """The ES vs NES table of tables.md (empty without diagnoses)."""
+    if not dx:
+        return ""
+    lines = ["", "## ES vs NES diagnosis (S³ Task 7)", "",
+             f"A random forest on the 20-feature vector, trained and tested across the patient-grouped folds; F1 of "
+             f"ES with its {ci:.0%} patient-level bootstrap CI against the majority-class baseline, and the "
+             f"{IMPORTANCES_SHOWN} most important features.", "",
+             "| Feature vector | n (ES) | F1 | Majority baseline F1 | Most important |", "|---|---|---|---|---|"]
+    for name, d in dx.items():
+        top = ", ".join(catalog.by_id(f).name for f, _ in d["importances"][:IMPORTANCES_SHOWN])
+        lines.append(f"| {DX_SOURCES[name]} | {d['n']} ({d['es']}) | {d['f1']:.2f} ({d['ci_low']:.2f}–{d['ci_high']:.2f}) "
+                     f"| {d['baseline_f1']:.2f} ({d['baseline_ci_low']:.2f}–{d['baseline_ci_high']:.2f}) | {top} |")
+    return "\n".join(lines) + "\n"
+
+
 PREDICTIONS = (rel("train", "predictions.parquet"), rel("aggregate", "predictions.parquet"))
+DIAGNOSES = rel("folds", "diagnoses.parquet")
 ONSETS = rel("folds", "onsets.parquet")
 WINDOWS = rel("window", "windows.parquet")
 
@@ -490,7 +548,8 @@ STAGE = Stage(
     "evaluate", "cohort", run, "F1 and friends per feature and arm against the labels, with patient-level bootstrap",
     inputs=(rel("folds", "labels.parquet"), rel("train", "predictions.parquet")),
     # evaluated when present: MLLM predictions; annotated onsets with the windows (onset timing)
-    optional=(rel("aggregate", "predictions.parquet"), rel("folds", "onsets.parquet"), rel("window", "windows.parquet")),
+    optional=(rel("aggregate", "predictions.parquet"), rel("folds", "onsets.parquet"), rel("window", "windows.parquet"),
+              rel("folds", "diagnoses.parquet"), rel("folds", "folds.parquet")),
     params=("evaluate", "base.seed"),
     outs=(Out("metrics.parquet"), Out("tables.md"), Out("metrics.json", "metrics", {"cache": False}),
           Out("plots/arms", "plots", {"x": "f1", "y": "feature", "template": "bar_horizontal", "cache": False})))

@@ -24,6 +24,8 @@ Outputs (``out_dir`` = ``data_dir/11_folds``):
 * ``folds.parquet`` (table ``folds``: recording_id, patient_id, fold 0..k-1);
 * ``onsets.parquet`` (table ``onsets``): the annotated onset (and offset) of
   each present feature, where the labels carry one (S³ Task 4's truth);
+* ``diagnoses.parquet`` (table ``recording_diagnoses``): ES / NES per fold
+  recording, from ``folds.diagnoses`` (S³ Task 7's truth; absent when unset);
 * ``folds.json``: counts only (recordings, patients, unlabelled, labels not
   assessable per feature (null ``label``: excluded from every score), per fold
   recordings/patients/positives per feature).
@@ -56,6 +58,7 @@ from tasks.schema import SEIZURE, read_table, read_user_table, write_table
 LABELS = "labels.parquet"
 FOLDS = "folds.parquet"
 ONSETS = "onsets.parquet"
+DIAGNOSES = "diagnoses.parquet"
 SUMMARY = "folds.json"
 SIZE_WEIGHT = 10.0  # fold-size balance counts as much as ten features' positive balance together
 
@@ -167,6 +170,7 @@ def run(data_dir: Path, out_dir: Path, params: Params) -> dict:
     write_table("onsets", [dict(recording_id=rid, feature_id=f, onset_s=on, offset_s=off)
                            for rid in sorted(rid_labels) for f, (on, off) in sorted(onset_by_name[name_of[rid]].items())],
                 out_dir / ONSETS)
+    diagnosed = _diagnoses(fp.diagnoses, name_of, rid_patient, out_dir / DIAGNOSES)
     not_assessable = {f: 0 for f in catalog.ids}
     for rid in rid_labels:
         for f in unassessable_by_name[name_of[rid]]:
@@ -180,12 +184,29 @@ def run(data_dir: Path, out_dir: Path, params: Params) -> dict:
     summary = {"recordings": len(rid_patient), "patients": len(counts), "unlabelled": unlabelled,
                "no_patient": no_patient, "not_deidentified": len(deid) - len(name_of), "n_folds": fp.n_folds,
                "label_rows": sum(len(v) for v in rid_labels.values()), "not_assessable": not_assessable,
+               "diagnosed": diagnosed,
                "fold_recordings": [f["recordings"] for f in per_fold]}
     atomic_write_text(out_dir / SUMMARY, json.dumps({**summary, "folds": per_fold}, indent=2, sort_keys=True))
     return summary
 
 
+def _diagnoses(path: str, name_of: dict[str, str], rid_patient: dict[str, str], out: Path) -> int:
+    """``diagnoses.parquet`` (table ``recording_diagnoses``) for the fold recordings with a diagnosis in the
+    ``folds.diagnoses`` table; returns how many (0, and no file, when that param is unset or names no file:
+    ES / NES is then not evaluated, and ``folds.json``'s ``diagnosed: 0`` says so)."""
+    out.unlink(missing_ok=True)
+    if not path or not Path(path).is_file():  # no diagnoses (yet): the rest of the study goes on; folds.json says 0
+        return 0
+    dx = {r["source_name"]: r["diagnosis"] for r in read_user_table(path, ("source_name", "diagnosis"),
+                                                                     "folds.diagnoses")}
+    rows = [dict(recording_id=rid, patient_id=rid_patient[rid], diagnosis=dx[name_of[rid]])
+            for rid in sorted(rid_patient) if name_of[rid] in dx]
+    write_table("recording_diagnoses", rows, out)
+    return len(rows)
+
+
 STAGE = Stage("folds", "cohort", run, "recording labels (consensus of annotators) and patient-stratified folds",
               inputs=(rel("ingest", "private", "id_map.parquet"), rel("ingest", "manifest.parquet"),
                       rel("deidentify", "deidentified.parquet")),
-              external=("folds.labels", "folds.recordings"), params=("folds", "base.seed"))
+              external=("folds.labels", "folds.recordings", "folds.diagnoses"), optional=("folds.diagnoses",),
+              params=("folds", "base.seed"))

@@ -286,6 +286,8 @@ class FoldsParams:
     n_folds: int = 3
     labels: str = "data/" + rel("synth", "seizure", "labels.parquet")  # table ``labels`` keyed by source file name
     recordings: str = "data/" + rel("synth", "seizure", "recordings.parquet")  # source_name -> patient_id
+    # table ``diagnoses`` (source_name -> ES | NES), S³ Task 7's truth; "" = none (no diagnosis evaluated)
+    diagnoses: str = "data/" + rel("synth", "seizure", "diagnoses.parquet")
     restarts: int = 200  # seeded greedy assignments tried; the best-stratified one wins
 
     def __post_init__(self) -> None:

@@ -39,6 +39,7 @@ WINDOW_INDEX = "window_index"
 SEIZURE, GAIT = "seizure", "gait"
 COHORTS = (SEIZURE, GAIT)
 AUDIO_STATES = ("anonymized", "original", "none")  # deidentified.audio: what the de-identified video carries
+DIAGNOSES = ("ES", "NES")  # epileptic / non-epileptic seizure (S³ Task 7)
 ANSWER_STATUSES = ("yes", "no", "unparsed", "refused", "truncated", "skipped")  # answers.status
 FEATURE_IDS = "<catalog>"  # stands for the catalog's feature ids in CLOSED
 # Columns whose values form a closed set: any other value is a SchemaError naming it.  An unknown feature id or
@@ -51,6 +52,8 @@ CLOSED: dict[str, dict[str, tuple[str, ...] | str]] = {
     "labels": {FEATURE_ID: FEATURE_IDS},
     "recording_labels": {FEATURE_ID: FEATURE_IDS},
     "onsets": {FEATURE_ID: FEATURE_IDS},
+    "diagnoses": {"diagnosis": DIAGNOSES},
+    "recording_diagnoses": {"diagnosis": DIAGNOSES},
 }
 
 UTC_TS = pa.timestamp("us", tz="UTC")
@@ -295,6 +298,17 @@ TABLES: dict[str, pa.Schema] = {
         _f("justification", pa.string(), nullable=True),  # the annotator's words, where given
         doc="Recording x feature labels (keyed by the file's own name: annotation side, never in data/): the "
             "consensus, each annotator where known, onset/offset where annotated; null label = not assessable.",
+    ),
+    "diagnoses": _schema(
+        _f(SOURCE_NAME, pa.string()),
+        _f("diagnosis", pa.string()),  # DIAGNOSES: ES (epileptic) | NES (non-epileptic)
+        doc="Seizure diagnosis per annotated file (S³ Task 7's truth), keyed by the file's own name.",
+    ),
+    "recording_diagnoses": _schema(
+        _f(RECORDING_ID, pa.string()),
+        _f(PATIENT_ID, pa.string()),
+        _f("diagnosis", pa.string()),
+        doc="Diagnosis per de-identified recording, keyed by pseudonymous ids (folds).",
     ),
     "annotation_patients": _schema(
         _f(SOURCE_NAME, pa.string()),

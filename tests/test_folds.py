@@ -202,3 +202,21 @@ def test_unknown_feature_in_annotations_fails_naming_it(tmp_path, site_key):
     pq.write_table(pa.Table.from_pylist(labels, schema=TABLES["labels"]), params.folds.labels)  # another tool did
     with pytest.raises(SemioflowError, match="clonus"):
         folds.run(data, data / "11_folds", params)
+
+
+def test_diagnoses_move_onto_pseudonyms_and_an_unset_table_skips(tmp_path, site_key):
+    import dataclasses
+
+    data, params, truth = _cohort(tmp_path, n_patients=4, per_patient=2)
+    rids = sorted({rid for rid, _ in truth})
+    dx = {f"P{int(rid[1:3]) + 1:02d}_R{int(rid[3:], 16) + 1}.mp4": ("NES" if int(rid[1:3]) % 2 else "ES") for rid in rids}
+    write_table("diagnoses", [dict(source_name=n, diagnosis=d) for n, d in dx.items()], tmp_path / "dx.parquet")
+    params = dataclasses.replace(params, folds=dataclasses.replace(params.folds, diagnoses=str(tmp_path / "dx.parquet")))
+    summary = folds.run(data, data / "11_folds", params)
+    rows = read_table("recording_diagnoses", data / "11_folds" / folds.DIAGNOSES).to_pylist()
+    assert summary["diagnosed"] == len(rids) == len(rows)
+    assert {r["recording_id"]: r["diagnosis"] for r in rows} == {rid: "NES" if int(rid[1:3]) % 2 else "ES" for rid in rids}
+    assert all(r["patient_id"].startswith("P") and len(r["patient_id"]) == 11 for r in rows)
+    params = dataclasses.replace(params, folds=dataclasses.replace(params.folds, diagnoses=""))
+    assert folds.run(data, data / "11_folds", params)["diagnosed"] == 0
+    assert not (data / "11_folds" / folds.DIAGNOSES).exists()

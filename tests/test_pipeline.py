@@ -83,7 +83,8 @@ def small_models(params: dict, truth: str) -> dict:
              max_pixels=112 * 112, max_tokens=12)
     q["vision"]["device"] = q["audio"]["device"] = "cpu"
     # two folds: the first run sees two patients (the third arrives later)
-    params["folds"].update(labels=f"{truth}/labels.parquet", recordings=f"{truth}/recordings.parquet", n_folds=2)
+    params["folds"].update(labels=f"{truth}/labels.parquet", recordings=f"{truth}/recordings.parquet",
+                           diagnoses=f"{truth}/diagnoses.parquet", n_folds=2)
     t = params["train"]
     t.update(features=["clonic", "head_turning"], mode="multilabel", device="cpu")
     for arm in ("r2plus1d", "vivit"):

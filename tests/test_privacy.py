@@ -124,7 +124,8 @@ def run(tmp_path_factory):
             query=dataclasses.replace(base.query, arms=("raw", "audio_transcript"), features=FEATURES, max_frames=4,
                                       max_pixels=112 * 112, max_tokens=64, vision=ep, audio=ep),
             folds=dataclasses.replace(base.folds, labels=str(cohort / "labels.parquet"),
-                                      recordings=str(cohort / "recordings.parquet")),
+                                      recordings=str(cohort / "recordings.parquet"),
+                                      diagnoses=str(cohort / "diagnoses.parquet")),
             report=ReportParams(events=str(cohort / "events.parquet")))
         data = tmp / "data"
         with mock.patch.dict(os.environ, {ID_KEY_ENV: str(key)}):

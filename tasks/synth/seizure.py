@@ -744,6 +744,29 @@ def annotate(specs: list[RecordingSpec], *, seed: int) -> list[dict]:
     return rows
 
 
+# ES vs NES (S³ Task 7).  The phantom's diagnosis follows the signs clinicians weigh: eyes closed,
+# asynchronous movement, pelvic thrusting and kept responsiveness point to a non-epileptic seizure; tonic
+# and clonic phases, an ictal cry, a figure-of-4, automatisms and a blank stare to an epileptic one.
+NES_SIGNS = ("closed_eyes", "asynchronous_movement", "pelvic_thrusting", "verbal_responsiveness")
+ES_SIGNS = ("tonic", "clonic", "ictal_vocalization", "figure4_arms", "oral_automatisms", "blank_stare")
+
+
+def diagnose(specs: list[RecordingSpec]) -> list[dict]:
+    """One ``diagnoses`` row per recording: its patient's ES / NES.
+
+    A patient's NES score is the mean, over their recordings, of NES signs minus ES signs planted; patients
+    above the median score are NES, the others ES.  So the classes have different feature prevalences (the
+    truth a classifier on the 20-feature vector must recover) while each feature is planted as before.
+    """
+    score: dict[str, list[int]] = {}
+    for s in specs:
+        score.setdefault(s.patient_id, []).append(sum(f in s.features for f in NES_SIGNS)
+                                                  - sum(f in s.features for f in ES_SIGNS))
+    mean = {p: float(np.mean(v)) for p, v in score.items()}
+    cut = float(np.median(list(mean.values())))
+    return [{"source_name": s.source_name, "diagnosis": "NES" if mean[s.patient_id] > cut else "ES"} for s in specs]
+
+
 def _tables(specs: list[RecordingSpec], truths: list[RecordingTruth], seed: int) -> dict[str, object]:
     patients: dict[str, dict] = {}
     for s in specs:
@@ -783,7 +806,8 @@ def _tables(specs: list[RecordingSpec], truths: list[RecordingTruth], seed: int)
                "text": s.spoken.text, "kind": kind, "identifier": value}
               for s in specs if s.spoken is not None for kind, value in s.spoken.identifiers().items()]
     return {"patients": list(patients.values()), "recordings": recordings, "labels": annotate(specs, seed=seed),
-            "events": events, "faces": cat(fc), "joints": cat(jc), "overlays": overlays, "spoken": spoken}
+            "events": events, "faces": cat(fc), "joints": cat(jc), "overlays": overlays, "spoken": spoken,
+            "diagnoses": diagnose(specs)}
 
 
 def _render_job(args: tuple[RecordingSpec, Path]) -> RecordingTruth:
@@ -796,7 +820,7 @@ def generate_cohort(out_dir: Path, params: SeizureSynthParams, *, seed: int, wor
     """Plan and render the cohort; write videos and truth tables under ``out_dir``.
 
     Writes ``videos/<source_name>`` MP4s (H.264 + AAC) and ``patients``,
-    ``recordings``, ``labels``, ``events``, ``faces``, ``joints`` Parquet
+    ``recordings``, ``labels``, ``events``, ``faces``, ``joints``, ``diagnoses`` Parquet
     tables (schemas in ``tasks/schema.py``).  Recordings render in
     ``workers`` processes; ``on_progress(done, total)`` after each.  Raises
     ``ConfigError`` for bad ``params``.

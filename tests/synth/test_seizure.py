@@ -23,7 +23,7 @@ from tasks.synth import seizure as sz
 
 SEED = 20240917
 SMALL = SeizureSynthParams(patients=2, recordings_per_patient=2, min_duration_s=40.0, max_duration_s=50.0)
-TABLES = ("patients", "recordings", "labels", "events", "faces", "joints")
+TABLES = ("patients", "recordings", "labels", "events", "faces", "joints", "diagnoses")
 VOCAL_BAND_HZ = (100.0, 1000.0)  # Hz
 FACE_RECALL_MIN = 0.95
 POSE_FOUND_MIN = 0.80
@@ -158,6 +158,21 @@ def test_labels_carry_the_planted_onsets_of_present_features():
             else:
                 assert row["onset_s"] is None and row["offset_s"] is None
     assert checked > 100
+
+
+def test_diagnoses_split_patients_with_class_dependent_prevalence():
+    """ES / NES per patient, both classes present, NES signs more common in NES recordings and ES signs in ES."""
+    specs = sz.plan_cohort(SeizureSynthParams(), seed=SEED)
+    dx = {r["source_name"]: r["diagnosis"] for r in sz.diagnose(specs)}
+    by_patient: dict[str, set[str]] = {}
+    for s_ in specs:
+        by_patient.setdefault(s_.patient_id, set()).add(dx[s_.source_name])
+    assert all(len(v) == 1 for v in by_patient.values()) and {d for v in by_patient.values() for d in v} == {"ES", "NES"}
+
+    def rate(signs, cls):
+        group = [s_ for s_ in specs if dx[s_.source_name] == cls]
+        return np.mean([sum(f in s_.features for f in signs) for s_ in group])
+    assert rate(sz.NES_SIGNS, "NES") > rate(sz.NES_SIGNS, "ES") and rate(sz.ES_SIGNS, "ES") > rate(sz.ES_SIGNS, "NES")
 
 
 def test_several_recordings_per_patient():
