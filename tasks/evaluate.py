@@ -53,7 +53,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks import diagnosis, layout, onset
+from tasks import diagnosis, layout, onset, rouge
 from tasks.contract import Out, Stage
 from tasks.layout import rel
 from tasks.answers import is_random
@@ -411,6 +411,7 @@ def run(data_dir: Path, out_dir: Path, params: Params) -> dict:
     summary, tests = compare(evals, catalog, rs)
     onsets = _onsets(data_dir, preds, rs, ep.ci)
     dx = _diagnosis(data_dir, labels, preds, rs, catalog, seed=params.base.seed)
+    agreement = _agreement(data_dir, preds, rs)
 
     order = {f: i for i, f in enumerate(catalog.ids)}
     keys = sorted(evals, key=lambda k: (_order(k[0]), k[0], order.get(k[1], len(order))))
@@ -426,7 +427,8 @@ def run(data_dir: Path, out_dir: Path, params: Params) -> dict:
     random = any(is_random(p["model_id"]) for p in preds)
     banner = "Some predictions come from random-weight smoke models: not clinical results" if random else ""
     doc = {**nested, "summary": {**summary, "random_weights": random}, "paired": tests,
-           "onset": {arm: o.to_dict() for arm, o in onsets.items()}, "diagnosis": dx}
+           "onset": {arm: o.to_dict() for arm, o in onsets.items()}, "diagnosis": dx,
+           "justification_rouge_l": agreement}
     atomic_write_text(out_dir / "metrics.json", json.dumps(doc, indent=2, sort_keys=True))
     atomic_write_text(out_dir / "plots" / "f1.csv", _csv(
         ["arm", "feature", "f1", "ci_low", "ci_high"],
@@ -442,7 +444,7 @@ def run(data_dir: Path, out_dir: Path, params: Params) -> dict:
              for f in catalog.ids if (arm, f) in evals]))
     atomic_write_text(out_dir / "tables.md", markdown(evals, catalog, summary, tests, ci=ep.ci, n_boot=ep.bootstrap,
                                                       banner=banner) + onset_markdown(onsets, ci=ep.ci)
-                      + diagnosis_markdown(dx, catalog, ci=ep.ci))
+                      + diagnosis_markdown(dx, catalog, ci=ep.ci) + agreement_markdown(agreement, ci=ep.ci))
     return {"arms": len(arms), "features": len(feats), "recordings": len(rs.patient_of), "patients": len(rs.patients),
             "prediction_sources": sources, "metric_rows": len(keys) * len(METRICS),
             "mllm_beats_baseline": summary["mllm_vs_baseline"]["wins"],
@@ -539,7 +541,45 @@ def diagnosis_markdown(dx: dict, catalog: Catalog, *, ci: float) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _agreement(data_dir: Path, preds: list[dict], rs: Resampling) -> dict:
+    """ROUGE-L of each MLLM arm's justification (its yes windows' words, in window order) against the annotator's,
+    on the recording x features both call present (S³ Task 2, lexical part), with the patient bootstrap CI."""
+    why_path, evidence_path = data_dir / JUSTIFICATIONS, data_dir / layout.EVIDENCE
+    if not why_path.is_file() or not evidence_path.is_file():
+        return {}
+    reference = {(r["recording_id"], r["feature_id"]): r["justification"]
+                 for r in read_table("label_justifications", why_path).to_pylist() if r["recording_id"] in rs.patient_of}
+    names = _arm_names(preds)
+    said: dict[tuple[str, str, str], list[tuple[int, str]]] = defaultdict(list)
+    for e in read_table("evidence", evidence_path).to_pylist():
+        if (e["recording_id"], e["feature_id"]) in reference and e["justification"] and (e["arm"], e["model_id"]) in names:
+            said[(e["recording_id"], e["feature_id"], names[(e["arm"], e["model_id"])])].append(
+                (e["window_index"], e["justification"]))
+    values: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for (rid, fid, arm), words in said.items():
+        text = " ".join(w for _, w in sorted(words))
+        values[arm][rs.patient_of[rid]].append(rouge.rouge_l(text, reference[(rid, fid)]))
+    out = {}
+    for arm in _arms_sorted(values):
+        mean, lo, hi = onset.patient_mean_ci(values[arm], rs.patients, rs.weights, rs.ci)
+        out[arm] = {"n": sum(len(v) for v in values[arm].values()), "rouge_l": mean, "ci_low": lo, "ci_high": hi}
+    return out
+
+
+def agreement_markdown(agreement: dict, *, ci: float) -> str:
+    """The justification-agreement table of tables.md (empty without annotators' justifications)."""
+    if not agreement:
+        return ""
+    lines = ["", "## Justification agreement (S³ Task 2, lexical)", "",
+             f"ROUGE-L (F) of the model's justification against the annotator's, on the recordings both call "
+             f"present, with its {ci:.0%} patient-level bootstrap CI.", "", "| Arm | n | ROUGE-L |", "|---|---|---|"]
+    for arm, a in agreement.items():
+        lines.append(f"| {_display(arm)} | {a['n']} | {a['rouge_l']:.2f} ({a['ci_low']:.2f}–{a['ci_high']:.2f}) |")
+    return "\n".join(lines) + "\n"
+
+
 PREDICTIONS = (rel("train", "predictions.parquet"), rel("aggregate", "predictions.parquet"))
+JUSTIFICATIONS = rel("folds", "private", "justifications.parquet")
 DIAGNOSES = rel("folds", "diagnoses.parquet")
 ONSETS = rel("folds", "onsets.parquet")
 WINDOWS = rel("window", "windows.parquet")
@@ -549,7 +589,8 @@ STAGE = Stage(
     inputs=(rel("folds", "labels.parquet"), rel("train", "predictions.parquet")),
     # evaluated when present: MLLM predictions; annotated onsets with the windows (onset timing)
     optional=(rel("aggregate", "predictions.parquet"), rel("folds", "onsets.parquet"), rel("window", "windows.parquet"),
-              rel("folds", "diagnoses.parquet"), rel("folds", "folds.parquet")),
+              rel("folds", "diagnoses.parquet"), rel("folds", "folds.parquet"),
+              rel("folds", "private", "justifications.parquet"), rel("aggregate", "evidence.parquet")),
     params=("evaluate", "base.seed"),
     outs=(Out("metrics.parquet"), Out("tables.md"), Out("metrics.json", "metrics", {"cache": False}),
           Out("plots/arms", "plots", {"x": "f1", "y": "feature", "template": "bar_horizontal", "cache": False})))

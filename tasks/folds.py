@@ -24,6 +24,9 @@ Outputs (``out_dir`` = ``data_dir/11_folds``):
 * ``folds.parquet`` (table ``folds``: recording_id, patient_id, fold 0..k-1);
 * ``onsets.parquet`` (table ``onsets``): the annotated onset (and offset) of
   each present feature, where the labels carry one (S³ Task 4's truth);
+* ``private/justifications.parquet`` (table ``label_justifications``, 0600,
+  never tracked): the annotators' justifications of present labels,
+  identifiers scrubbed, for the justification agreement (S³ Task 2);
 * ``diagnoses.parquet`` (table ``recording_diagnoses``): ES / NES per fold
   recording, from ``folds.diagnoses`` (S³ Task 7's truth; absent when unset);
 * ``folds.json``: counts only (recordings, patients, unlabelled, labels not
@@ -46,12 +49,13 @@ import numpy as np
 
 from tasks import layout
 from tasks.contract import Stage
-from tasks.layout import rel
+from tasks.layout import PRIVATE, rel
+from tasks.phi import scrub_text
 from tasks.atomic import atomic_write_text
 from tasks.catalog import load_catalog
 from tasks.errors import SemioflowError
 from tasks.cohorts import cohort_of
-from tasks.identity import load_id_key, patient_pseudonym, source_names
+from tasks.identity import load_id_key, patient_pseudonym, source_names, write_private
 from tasks.params import Params
 from tasks.schema import SEIZURE, read_table, read_user_table, write_table
 
@@ -59,6 +63,7 @@ LABELS = "labels.parquet"
 FOLDS = "folds.parquet"
 ONSETS = "onsets.parquet"
 DIAGNOSES = "diagnoses.parquet"
+JUSTIFICATIONS = f"{PRIVATE}/justifications.parquet"
 SUMMARY = "folds.json"
 SIZE_WEIGHT = 10.0  # fold-size balance counts as much as ten features' positive balance together
 
@@ -125,7 +130,7 @@ def run(data_dir: Path, out_dir: Path, params: Params) -> dict:
             if r["recording_id"] in seizure]
     name_of = source_names(layout.stage_dir(data_dir, "ingest"), {r["recording_id"] for r in deid if r["status"] == "ok"})
     labels = read_user_table(fp.labels, ("source_name", "feature_id", "label"), "folds.labels",
-                             optional=("onset_s", "offset_s"))
+                             optional=("onset_s", "offset_s", "justification"))
     patient_of_name = {r["source_name"]: r["patient_id"]
                        for r in read_user_table(fp.recordings, ("source_name", "patient_id"), "folds.recordings")}
     unknown = sorted({r["feature_id"] for r in labels} - set(catalog.ids))
@@ -134,6 +139,7 @@ def run(data_dir: Path, out_dir: Path, params: Params) -> dict:
     by_name: dict[str, dict[str, bool]] = defaultdict(dict)
     onset_by_name: dict[str, dict[str, tuple[float, float | None]]] = defaultdict(dict)
     unassessable_by_name: dict[str, list[str]] = defaultdict(list)
+    why_by_name: dict[str, dict[str, str]] = defaultdict(dict)
     for r in labels:
         if r["label"] is None:  # not assessable (e.g. the patient is off camera): no truth either way
             unassessable_by_name[r["source_name"]].append(r["feature_id"])
@@ -141,6 +147,8 @@ def run(data_dir: Path, out_dir: Path, params: Params) -> dict:
         by_name[r["source_name"]][r["feature_id"]] = bool(r["label"])
         if r["label"] and r.get("onset_s") is not None:
             onset_by_name[r["source_name"]][r["feature_id"]] = (float(r["onset_s"]), r.get("offset_s"))
+        if r["label"] and r.get("justification"):
+            why_by_name[r["source_name"]][r["feature_id"]] = scrub_text(str(r["justification"]))
 
     key = load_id_key()
     rid_labels: dict[str, dict[str, bool]] = {}
@@ -171,6 +179,11 @@ def run(data_dir: Path, out_dir: Path, params: Params) -> dict:
                            for rid in sorted(rid_labels) for f, (on, off) in sorted(onset_by_name[name_of[rid]].items())],
                 out_dir / ONSETS)
     diagnosed = _diagnoses(fp.diagnoses, name_of, rid_patient, out_dir / DIAGNOSES)
+    # annotators' words are free text (a name may slip in): scrubbed, and kept in private/ (never tracked)
+    write_private("label_justifications", [dict(recording_id=rid, feature_id=f, justification=why)
+                                           for rid in sorted(rid_labels)
+                                           for f, why in sorted(why_by_name[name_of[rid]].items())],
+                  out_dir / JUSTIFICATIONS)
     not_assessable = {f: 0 for f in catalog.ids}
     for rid in rid_labels:
         for f in unassessable_by_name[name_of[rid]]:

@@ -74,13 +74,14 @@ def constant_baseline(truth: dict[tuple[str, str], float], patient_of: dict[str,
     return out
 
 
-def _mae_ci(errors: dict[str, list[float]], patients: list[str], weights: np.ndarray, ci: float
-            ) -> tuple[float, float, float]:
+def patient_mean_ci(values: dict[str, list[float]], patients: list[str], weights: np.ndarray, ci: float
+                    ) -> tuple[float, float, float]:
+    """Mean of per-recording ``values`` (grouped by patient) with the percentile CI of the patient bootstrap."""
     at = {p: i for i, p in enumerate(patients)}
     total, count = np.zeros(len(patients)), np.zeros(len(patients))
-    for p, errs in errors.items():
-        total[at[p]] += sum(errs)
-        count[at[p]] += len(errs)
+    for p, vals in values.items():
+        total[at[p]] += sum(vals)
+        count[at[p]] += len(vals)
     point = float(total.sum() / count.sum())
     t, c = weights @ total, weights @ count
     boot = np.divide(t, c, out=np.full_like(t, np.nan, dtype=float), where=c > 0)
@@ -114,7 +115,7 @@ def score(preds: list[dict], windows: dict[str, dict[int, tuple]],
     out = {}
     for arm in sorted(errors):
         n = sum(len(v) for v in errors[arm].values())
-        mae, lo, hi = _mae_ci(errors[arm], patients, weights, ci)
-        bmae, blo, bhi = _mae_ci(base_errors[arm], patients, weights, ci)
+        mae, lo, hi = patient_mean_ci(errors[arm], patients, weights, ci)
+        bmae, blo, bhi = patient_mean_ci(base_errors[arm], patients, weights, ci)
         out[arm] = OnsetScore(arm, n, mae, lo, hi, bmae, blo, bhi)
     return out

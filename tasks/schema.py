@@ -52,6 +52,7 @@ CLOSED: dict[str, dict[str, tuple[str, ...] | str]] = {
     "labels": {FEATURE_ID: FEATURE_IDS},
     "recording_labels": {FEATURE_ID: FEATURE_IDS},
     "onsets": {FEATURE_ID: FEATURE_IDS},
+    "label_justifications": {FEATURE_ID: FEATURE_IDS},
     "diagnoses": {"diagnosis": DIAGNOSES},
     "recording_diagnoses": {"diagnosis": DIAGNOSES},
 }
@@ -314,6 +315,12 @@ TABLES: dict[str, pa.Schema] = {
         _f(SOURCE_NAME, pa.string()),
         _f(PATIENT_ID, pa.string()),  # the study's own patient code (annotation side; folds pseudonymises it)
         doc="Annotated file -> patient (semioflow labels import); what folds.recordings points at.",
+    ),
+    "label_justifications": _schema(
+        _f(RECORDING_ID, pa.string()),
+        _f(FEATURE_ID, pa.string()),
+        _f("justification", pa.string()),  # the annotator's words, identifiers scrubbed (tasks.phi)
+        doc="PRIVATE (annotators write free text): why a feature was labelled present, per recording.",
     ),
     "onsets": _schema(
         _f(RECORDING_ID, pa.string()),

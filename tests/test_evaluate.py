@@ -301,3 +301,32 @@ def test_es_nes_from_the_feature_vector_beats_the_majority_baseline(tmp_path):
     assert {f for f, _ in lab["importances"][:4]} == set(signs), lab["importances"]
     assert raw["f1"] < lab["f1"]
     assert "## ES vs NES diagnosis (S³ Task 7)" in (data / "13_evaluate" / "tables.md").read_text()
+
+
+def test_justification_agreement_is_rouge_l_against_the_annotator(tmp_path):
+    from tasks.rouge import rouge_l
+
+    assert rouge_l("police killed the gunman", "police kill the gunman") == pytest.approx(0.75)  # Lin (2004)
+    assert rouge_l("", "x") == 0.0 and rouge_l("Left arm, jerking!", "left ARM jerking") == 1.0
+    data = tmp_path / "data"
+    rids = [f"R{i:010x}" for i in range(4)]
+    labels = [dict(recording_id=r, patient_id=f"P{i:010x}", feature_id="clonic", label=True) for i, r in enumerate(rids)]
+    preds = [dict(recording_id=r, feature_id="clonic", arm="raw", model_id="m", rule="any_yes", predicted=True, score=1.0,
+                  n_windows=2, n_yes=2, evidence_windows=[0, 1]) for r in rids]
+    said = {rids[0]: ["rhythmic jerking", "of the left arm"], rids[1]: ["the patient is still"],
+            rids[2]: ["left arm jerks"], rids[3]: []}
+    why = "rhythmic jerking of the left arm"
+    write_table("recording_labels", labels, data / "11_folds" / "labels.parquet")
+    write_table("label_justifications", [dict(recording_id=r, feature_id="clonic", justification=why) for r in rids],
+                data / "11_folds" / "private" / "justifications.parquet")
+    write_table("evidence", [dict(recording_id=r, feature_id="clonic", arm="raw", model_id="m", window_index=k,
+                                  yes_prob=None, justification=w) for r in rids for k, w in enumerate(said[r])],
+                data / "10_aggregate" / "evidence.parquet")
+    write_table("predictions", [dict(p, arm="r2plus1d") for p in preds], data / "12_train" / "predictions.parquet")
+    write_table("predictions", preds, data / "10_aggregate" / "predictions.parquet")
+    evaluate.run(data, data / "13_evaluate", Params())
+    a = json.loads((data / "13_evaluate" / "metrics.json").read_text())["justification_rouge_l"]
+    expected = [rouge_l(" ".join(said[r]), why) for r in rids[:3]]  # the fourth said nothing
+    assert expected[0] == 1.0 and set(a) == {"raw"} and a["raw"]["n"] == 3
+    assert a["raw"]["rouge_l"] == pytest.approx(np.mean(expected))
+    assert "## Justification agreement (S³ Task 2, lexical)" in (data / "13_evaluate" / "tables.md").read_text()

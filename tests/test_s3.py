@@ -157,6 +157,15 @@ def test_an_s3_labels_file_imported_reaches_the_folds_stage_on_pseudonyms(tmp_pa
     for f in (data / "11_folds").rglob("*"):
         if f.is_file():
             assert b"A0002" not in f.read_bytes() and b"UA6693LK" not in f.read_bytes(), f
+    # annotators' words: only in private/ (owner-only, never tracked), for the justification agreement
+    why = data / "11_folds" / folds.JUSTIFICATIONS
+    assert {(r["recording_id"], r["feature_id"]): r["justification"]
+            for r in read_table("label_justifications", why).to_pylist()} == \
+        {(rids[A], "closed_eyes"): "eyes shut throughout", (rids[B], "figure4_arms"): "left arm extended over flexed right",
+         (rids[B], "verbal_responsiveness"): "answers questions"}
+    assert why.stat().st_mode & 0o777 == 0o600 and why.parent.stat().st_mode & 0o777 == 0o700
+    assert not [f for f in (data / "11_folds").rglob("*") if f.is_file() and "private" not in f.parts
+                and b"eyes shut throughout" in f.read_bytes()]
 
     # and back out: the aggregated answers in S3's layout, under the original names, read like its labels
     said = {(A, "closed_eyes"): True, (B, "closed_eyes"): False, (C, "closed_eyes"): True,
