@@ -32,6 +32,7 @@ class CrossValidated:
     """Out-of-fold predictions (True = ES) of the forest and of the majority baseline, and importances."""
 
     predicted: np.ndarray
+    probability: np.ndarray  # P(ES) per recording (the forest's vote share; 0/1 where a fold had one class)
     baseline: np.ndarray
     importances: np.ndarray  # per feature, mean over folds
 
@@ -42,20 +43,22 @@ def cross_validate(x: np.ndarray, y: np.ndarray, fold: np.ndarray, *, seed: int)
     from sklearn.ensemble import RandomForestClassifier
 
     predicted, baseline = np.zeros(len(y), bool), np.zeros(len(y), bool)
+    probability = np.zeros(len(y))
     importances = []
     for k in np.unique(fold):
         test, train = fold == k, fold != k
         majority = bool(y[train].mean() >= 0.5) if train.any() else True
         baseline[test] = majority
         if len(np.unique(y[train])) < 2:
-            predicted[test] = majority
+            predicted[test], probability[test] = majority, float(majority)
             continue
         forest = RandomForestClassifier(n_estimators=FOREST_TREES, random_state=seed, n_jobs=1)
         forest.fit(x[train], y[train])
+        probability[test] = forest.predict_proba(x[test])[:, list(forest.classes_).index(True)]
         predicted[test] = forest.predict(x[test]).astype(bool)
         importances.append(forest.feature_importances_)
     imp = np.mean(importances, axis=0) if importances else np.zeros(x.shape[1])
-    return CrossValidated(predicted, baseline, imp)
+    return CrossValidated(predicted, probability, baseline, imp)
 
 
 def vectors(rids: list[str], feature_ids: tuple[str, ...], present: dict[tuple[str, str], bool]) -> np.ndarray:

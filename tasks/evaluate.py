@@ -410,7 +410,7 @@ def run(data_dir: Path, out_dir: Path, params: Params) -> dict:
     evals, rs = evaluate_all(labels, preds, n_boot=ep.bootstrap, ci=ep.ci, seed=params.base.seed)
     summary, tests = compare(evals, catalog, rs)
     onsets = _onsets(data_dir, preds, rs, ep.ci)
-    dx = _diagnosis(data_dir, labels, preds, rs, catalog, seed=params.base.seed)
+    dx = _diagnosis(data_dir, labels, preds, rs, catalog, seed=params.base.seed, out=out_dir / DX_PREDICTIONS)
     agreement = _agreement(data_dir, preds, rs)
 
     order = {f: i for i, f in enumerate(catalog.ids)}
@@ -492,8 +492,10 @@ IMPORTANCES_SHOWN = 5  # top features listed per vector source in tables.md
 
 
 def _diagnosis(data_dir: Path, labels: list[dict], preds: list[dict], rs: Resampling, catalog: Catalog, *,
-               seed: int) -> dict:
-    """ES vs NES from the feature vector (S³ Task 7) per vector source, where folds wrote diagnoses."""
+               seed: int, out: Path) -> dict:
+    """ES vs NES from the feature vector (S³ Task 7) per vector source, where folds wrote diagnoses; the
+    out-of-fold predictions go to ``out`` (table ``diagnosis_predictions``; empty without diagnoses)."""
+    write_table("diagnosis_predictions", [], out)
     dx_path, folds_path = data_dir / DIAGNOSES, data_dir / rel("folds", "folds.parquet")
     if not dx_path.is_file() or not folds_path.is_file():
         return {}
@@ -512,17 +514,20 @@ def _diagnosis(data_dir: Path, labels: list[dict], preds: list[dict], rs: Resamp
         if got:
             sources[name] = got
     y, folds = np.array([truth[r] for r in rids]), np.array([fold[r] for r in rids])
-    out = {}
+    result, rows = {}, []
     for name, present in sources.items():
         cv = diagnosis.cross_validate(diagnosis.vectors(rids, catalog.ids, present), y, folds, seed=seed)
+        rows += [dict(recording_id=r, source=name, p_es=float(p), predicted="ES" if e else "NES")
+                 for r, p, e in zip(rids, cv.probability, cv.predicted)]
         est = with_ci(rs.counts(rids, y, cv.predicted), rs.weights, rs.ci)["f1"]
         base = with_ci(rs.counts(rids, y, cv.baseline), rs.weights, rs.ci)["f1"]
         order = np.argsort(-cv.importances)
-        out[name] = {"n": len(rids), "es": int(y.sum()), "f1": est.value, "ci_low": est.low, "ci_high": est.high,
+        result[name] = {"n": len(rids), "es": int(y.sum()), "f1": est.value, "ci_low": est.low, "ci_high": est.high,
                      "baseline_f1": base.value, "baseline_ci_low": base.low, "baseline_ci_high": base.high,
                      # a ranked list (metrics.json sorts mapping keys): most important first
                      "importances": [[catalog.ids[i], round(float(cv.importances[i]), 4)] for i in order]}
-    return out
+    write_table("diagnosis_predictions", rows, out)
+    return result
 
 
 def diagnosis_markdown(dx: dict, catalog: Catalog, *, ci: float) -> str:
@@ -581,6 +586,7 @@ def agreement_markdown(agreement: dict, *, ci: float) -> str:
 PREDICTIONS = (rel("train", "predictions.parquet"), rel("aggregate", "predictions.parquet"))
 JUSTIFICATIONS = rel("folds", "private", "justifications.parquet")
 DIAGNOSES = rel("folds", "diagnoses.parquet")
+DX_PREDICTIONS = "diagnosis.parquet"  # in evaluate's folder: out-of-fold P(ES) per recording (the report shows it)
 ONSETS = rel("folds", "onsets.parquet")
 WINDOWS = rel("window", "windows.parquet")
 
@@ -592,5 +598,5 @@ STAGE = Stage(
               rel("folds", "diagnoses.parquet"), rel("folds", "folds.parquet"),
               rel("folds", "private", "justifications.parquet"), rel("aggregate", "evidence.parquet")),
     params=("evaluate", "base.seed"),
-    outs=(Out("metrics.parquet"), Out("tables.md"), Out("metrics.json", "metrics", {"cache": False}),
+    outs=(Out("metrics.parquet"), Out(DX_PREDICTIONS), Out("tables.md"), Out("metrics.json", "metrics", {"cache": False}),
           Out("plots/arms", "plots", {"x": "f1", "y": "feature", "template": "bar_horizontal", "cache": False})))

@@ -39,6 +39,7 @@ from tasks.answers import RANDOM_BANNER, RANDOM_TAG, SCORED, UNSCORED
 from tasks.contract import Stage
 from tasks.layout import ANSWERS, EVIDENCE, LABELS, PREDICTIONS, WINDOWS, rel
 from tasks.atomic import atomic_write_text
+from tasks import onset
 from tasks.catalog import load_catalog
 from tasks.media import iter_frames
 from tasks.params import Params, ReportParams
@@ -51,6 +52,7 @@ TRANSCRIPT = rel("transcript", "transcript_segments.parquet")
 METRICS = rel("evaluate", "metrics.parquet")
 FAITHFULNESS = rel("review", "faithfulness.parquet")
 DEIDENTIFIED = rel("deidentify", "deidentified.parquet")
+DIAGNOSIS = rel("evaluate", "diagnosis.parquet")
 ORIGINAL_VOICE_WARNING = ("{n} recording(s) keep the patient's own voice (deidentify.audio: keep): their sound "
                           "identifies the patient; share them only where that is allowed.")
 ID_MAP = rel("ingest", "private", "id_map.parquet")
@@ -82,6 +84,7 @@ class _Inputs:
     metrics: list[dict] | None
     faithfulness: list[dict] | None
     deidentified: list[dict] | None
+    diagnosis: list[dict] | None = None
 
 
 def _table(data_dir: Path, rel: str, name: str) -> list[dict] | None:
@@ -102,6 +105,7 @@ def _load(data_dir: Path) -> _Inputs:
         metrics=_table(data_dir, METRICS, "metrics"),
         faithfulness=_table(data_dir, FAITHFULNESS, "faithfulness_ratings"),
         deidentified=_table(data_dir, DEIDENTIFIED, "deidentified"),
+        diagnosis=_table(data_dir, DIAGNOSIS, "diagnosis_predictions"),
     )
 
 
@@ -181,6 +185,10 @@ def recording_sections(data_dir: Path, inp: _Inputs, params: Params) -> list[dic
     for s in inp.segments or []:
         segments[s["recording_id"]].append(s)
     events = planted_events(data_dir, params.report)
+    # the ES / NES probability the report shows: from the model's answers (enhanced arms first), never the labels
+    p_es: dict[str, tuple[float, str]] = {}
+    for source in ("mllm_raw", "mllm_enhanced"):
+        p_es.update({d["recording_id"]: (d["p_es"], source) for d in inp.diagnosis or [] if d["source"] == source})
 
     sections = []
     for rid in sorted(set(windows) | set(answers)):
@@ -226,6 +234,13 @@ def recording_sections(data_dir: Path, inp: _Inputs, params: Params) -> list[dic
                                   windows=[dict(window=e["window_index"], span=_span(span.get(e["window_index"])),
                                                 yes_prob=e["yes_prob"], text=e["justification"] or "")
                                            for e in ev]))
+        timed = {wi: t for wi, t in span.items() if t[0] is not None}
+        first_seen: dict[str, tuple[float, str]] = {}
+        for (r, fid, arm, model), p in preds.items():
+            if r == rid and p["predicted"] and (t := onset.estimate(list(p["evidence_windows"]), timed)) is not None:
+                first_seen[fid] = min(first_seen.get(fid, (t, arm)), (t, arm))
+        onset_order = [dict(name=names.get(f, f), at=clock(t), arm=arm)
+                       for f, (t, arm) in sorted(first_seen.items(), key=lambda kv: (kv[1][0], order.get(kv[0], 99)))]
         mids = {wi: (span[wi][0] + span[wi][1]) / 2 for wi in yes_windows if span.get(wi, (None,))[0] is not None}
         frames = keyframes(Path(data_dir) / VIDEOS / f"{rid}.mp4", mids, params.report)
         snippets = []
@@ -242,7 +257,8 @@ def recording_sections(data_dir: Path, inp: _Inputs, params: Params) -> list[dic
         sections.append(dict(
             recording_id=rid,
             windows=[dict(window=w["window_index"], span=_span(span[w["window_index"]])) for w in wins],
-            grids=grids, positives=positives,
+            grids=grids, positives=positives, onset_order=onset_order,
+            p_es=dict(value=p_es[rid][0], source=p_es[rid][1].replace("mllm_", "")) if rid in p_es else None,
             keyframes=[dict(window=wi, span=_span(span[wi]), jpeg=frames[wi]) for wi in yes_windows if wi in frames],
             snippets=snippets, transcript_run=inp.segments is not None,
             has_video=(Path(data_dir) / VIDEOS / f"{rid}.mp4").is_file(), planted=rid in events))
@@ -375,5 +391,5 @@ STAGE = Stage(
     "report", "cohort", run, "one self-contained HTML report: answers, predictions, metrics, evidence frames",
     inputs=(ANSWERS, QUERY_JSON, PREDICTIONS, EVIDENCE, WINDOWS, VIDEOS),
     # sections say "not run yet" without these; the planted-events table only exists for phantom cohorts
-    optional=(TRANSCRIPT, LABELS, METRICS, FAITHFULNESS, "report.events"), external=("report.events",),
+    optional=(TRANSCRIPT, LABELS, METRICS, FAITHFULNESS, DIAGNOSIS, "report.events"), external=("report.events",),
     params=("report", "review"), assets=("tasks/templates/report",))

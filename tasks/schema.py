@@ -55,6 +55,7 @@ CLOSED: dict[str, dict[str, tuple[str, ...] | str]] = {
     "label_justifications": {FEATURE_ID: FEATURE_IDS},
     "diagnoses": {"diagnosis": DIAGNOSES},
     "recording_diagnoses": {"diagnosis": DIAGNOSES},
+    "diagnosis_predictions": {"predicted": DIAGNOSES},
 }
 
 UTC_TS = pa.timestamp("us", tz="UTC")
@@ -310,6 +311,13 @@ TABLES: dict[str, pa.Schema] = {
         _f(PATIENT_ID, pa.string()),
         _f("diagnosis", pa.string()),
         doc="Diagnosis per de-identified recording, keyed by pseudonymous ids (folds).",
+    ),
+    "diagnosis_predictions": _schema(
+        _f(RECORDING_ID, pa.string()),
+        _f("source", pa.string()),  # the feature vector: labels | mllm_raw | mllm_enhanced
+        _f("p_es", pa.float64()),  # out-of-fold P(ES) of the random forest
+        _f("predicted", pa.string()),  # ES | NES
+        doc="Out-of-fold ES / NES predictions per recording and feature-vector source (evaluate, S³ Task 7).",
     ),
     "annotation_patients": _schema(
         _f(SOURCE_NAME, pa.string()),

@@ -300,6 +300,9 @@ def test_es_nes_from_the_feature_vector_beats_the_majority_baseline(tmp_path):
     assert lab["ci_low"] <= lab["f1"] <= lab["ci_high"]
     assert {f for f, _ in lab["importances"][:4]} == set(signs), lab["importances"]
     assert raw["f1"] < lab["f1"]
+    rows = read_table("diagnosis_predictions", data / "13_evaluate" / "diagnosis.parquet").to_pylist()
+    assert len(rows) == 2 * 36 and {r["source"] for r in rows} == {"labels", "mllm_raw"}
+    assert all(0 <= r["p_es"] <= 1 and (r["predicted"] == "ES") == (r["p_es"] > 0.5) for r in rows if r["p_es"] != 0.5)
     assert "## ES vs NES diagnosis (S³ Task 7)" in (data / "13_evaluate" / "tables.md").read_text()
 
 

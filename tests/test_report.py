@@ -210,3 +210,28 @@ def test_a_kept_original_voice_is_flagged_in_the_report(tmp_path):
     assert 'id="voice-banner"' in html and "1 recording(s) keep the patient" in html
     write_table("deidentified", rows[:1] + rows[2:], data / "02_deidentify" / "deidentified.parquet")
     assert 'id="voice-banner"' not in report.build_report(data, tmp_path / "r2.html", Params()).read_text("utf-8")
+
+
+def test_each_recording_lists_its_detections_in_onset_order_and_its_es_probability(cohort, tmp_path):
+    """RB: clonic (5-12 s) is seen in window 0 ([0, 30]: onset estimate 15 s), ictal vocalization (40-50 s)
+    first in window 1 ([25, 55], after window 0 said no: [30, 55], estimate 42.5 s).  P(ES) comes from
+    evaluate's out-of-fold forest on the model's answers (enhanced arms preferred)."""
+    from tasks.schema import write_table
+
+    write_table("diagnosis_predictions", [
+        dict(recording_id=fx.RA, source="mllm_raw", p_es=0.4, predicted="NES"),
+        dict(recording_id=fx.RA, source="mllm_enhanced", p_es=0.83, predicted="ES"),
+        dict(recording_id=fx.RB, source="mllm_raw", p_es=0.2, predicted="NES"),
+        dict(recording_id=fx.RB, source="labels", p_es=0.9, predicted="ES")], cohort.data_dir / "13_evaluate" / "diagnosis.parquet")
+    try:
+        html = report.build_report(cohort.data_dir, tmp_path / "r.html", _params(cohort)).read_text(encoding="utf-8")
+    finally:
+        (cohort.data_dir / "13_evaluate" / "diagnosis.parquet").unlink()
+    rb = html.split(f'id="rec-{fx.RB}"', 1)[1].split("</section>", 1)[0]
+    onsets = re.search(r'<p class="onsets">(.*?)</p>', rb).group(1)
+    assert onsets.index(f"Clonic ({report.clock(15.0)}") < onsets.index(f"Ictal vocalization ({report.clock(42.5)}")
+    assert "P(epileptic seizure) 0.20 (random forest on the raw arms" in rb and "rather non-epileptic" in rb
+    ra = html.split(f'id="rec-{fx.RA}"', 1)[1].split("</section>", 1)[0]
+    assert "P(epileptic seizure) 0.83 (random forest on the enhanced arms" in ra  # enhanced over raw
+    rc = html.split(f'id="rec-{fx.RC}"', 1)[1].split("</section>", 1)[0]
+    assert "P(epileptic seizure)" not in rc  # no prediction for it: nothing shown (labels never are)
