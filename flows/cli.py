@@ -586,16 +586,40 @@ def labels_group() -> None:
 @click.option("--patient-pattern", default=None, metavar="REGEX",
               help="Regular expression whose 'patient' (or first) group is the patient code in a file name "
                    "(default: S³'s, the text before the first '@').")
-def labels_import(source: Path, fmt: str, out: Path, patient_pattern: str | None) -> None:
-    """Turn SOURCE into the labels tables folds.labels / folds.recordings point at."""
-    from tasks.annotations import import_labels
+@click.option("--diagnoses", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="ES / NES per file: S³'s file_name,label CSV or source_name,diagnosis (-> diagnoses.parquet).")
+def labels_import(source: Path, fmt: str, out: Path, patient_pattern: str | None, diagnoses: Path | None) -> None:
+    """Turn SOURCE into the labels tables folds.labels / folds.recordings (/ folds.diagnoses) point at."""
+    from tasks.annotations import import_diagnoses, import_labels
     from tasks.s3 import DEFAULT_PATIENT_PATTERN
 
     counts = import_labels(fmt, source, out, patient_pattern=patient_pattern or DEFAULT_PATIENT_PATTERN)
     click.echo(f"labels: {counts['files']} files of {counts['patients']} patients, {counts['yes']} yes, "
                f"{counts['no']} no, {counts['not_assessable']} not assessable, {counts['with_onset']} with an onset")
+    dx = ""
+    if diagnoses is not None:
+        d = import_diagnoses(diagnoses, out)
+        click.echo(f"diagnoses: {d['diagnosed']} files, {d['es']} ES, {d['diagnosed'] - d['es']} NES")
+        dx = f"  folds.diagnoses: {out / 'diagnoses.parquet'}"
     click.echo(f"set in params.yaml: folds.labels: {out / 'labels.parquet'}  folds.recordings: "
-               f"{out / 'patients.parquet'}")
+               f"{out / 'patients.parquet'}{dx}")
+
+
+@labels_group.command("score-s3")
+@click.argument("labels", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("outputs", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def labels_score_s3(labels: Path, outputs: Path) -> None:
+    """Score S³ per-segment OUTPUTS (merged by any-yes) against S³ LABELS: Task 1 per feature, as S³ does."""
+    from tasks.catalog import load_catalog
+    from tasks.s3 import read_labels, read_segment_outputs, score_outputs
+
+    catalog = load_catalog()
+    rows = score_outputs(read_labels(labels, catalog), read_segment_outputs(outputs, catalog), catalog)
+    click.echo("| feature | metric | F1 | n | positives | not assessable | missing |")
+    click.echo("|---|---|---|---|---|---|---|")
+    for r in rows:
+        click.echo(f"| {catalog.by_id(r['feature_id']).name} | {r['metric']} | {r['f1']:.3f} | {r['n']} | "
+                   f"{r['positives']} | {r['not_assessable']} | {r['missing']} |")
 
 
 @cli.command("export")

@@ -8,6 +8,8 @@ recordings, never under ``data/``):
   ``label`` true/false, or null where the annotators marked the feature not
   assessable; annotators where known (S³ has one consensus label); onset and
   offset in seconds where annotated; the annotator's justification;
+* ``diagnoses.parquet`` (table ``diagnoses``, with ``--diagnoses``): ES / NES
+  per file (S³ Task 7's truth);
 * ``patients.parquet`` (table ``annotation_patients``): file -> patient id,
   from a ``patient_id`` column or parsed from the file name by a regular
   expression (S³'s names start with the patient code: ``A0002@…``).
@@ -81,6 +83,33 @@ def _ours(path: Path, catalog: Catalog) -> list[dict]:
                         onset_s=_seconds(r.get("onset_s"), where), offset_s=_seconds(r.get("offset_s"), where),
                         justification=(str(r.get("justification") or "").strip() or None)))
     return out
+
+
+DIAGNOSES = "diagnoses.parquet"
+
+
+def import_diagnoses(source: Path, out_dir: Path) -> dict:
+    """``file_name,label`` (S³) or ``source_name,diagnosis`` (ours) with ES / NES -> ``out_dir/diagnoses.parquet``
+    (table ``diagnoses``, what ``folds.diagnoses`` points at).  Returns counts."""
+    from tasks.s3 import read_diagnoses
+
+    source = Path(source)
+    with open(source, newline="", encoding="utf-8-sig") as fh:
+        header = next(csv.reader(fh), [])
+    if "source_name" in header:  # ours: rename the columns and read it the same way
+        text = source.read_text(encoding="utf-8-sig").replace("source_name", "file_name", 1).replace(
+            "diagnosis", "label", 1)
+        tmp = out_dir / ".diagnoses.csv"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text, encoding="utf-8")
+        try:
+            dx = read_diagnoses(tmp)
+        finally:
+            tmp.unlink()
+    else:
+        dx = read_diagnoses(source)
+    write_table("diagnoses", [dict(source_name=n, diagnosis=d) for n, d in sorted(dx.items())], out_dir / DIAGNOSES)
+    return {"diagnosed": len(dx), "es": sum(d == "ES" for d in dx.values())}
 
 
 def import_labels(fmt: str, source: Path, out_dir: Path, *, patient_pattern: str = DEFAULT_PATIENT_PATTERN,

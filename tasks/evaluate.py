@@ -59,6 +59,7 @@ from tasks.layout import rel
 from tasks.answers import is_random
 from tasks.atomic import atomic_write_text
 from tasks.catalog import Catalog, load_catalog
+from tasks.metrics import confusion, scores  # noqa: F401 (confusion: part of this stage's API)
 from tasks.errors import SemioflowError
 from tasks.params import Params
 from tasks.schema import read_table, write_table
@@ -82,34 +83,6 @@ ALPHA = 0.05  # significance level for counting per-feature McNemar results (des
 
 
 # ---- metrics -----------------------------------------------------------------------
-
-
-def confusion(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
-    """``[tp, fp, fn, tn]`` of boolean arrays."""
-    t, p = np.asarray(y_true, bool), np.asarray(y_pred, bool)
-    return np.array([(t & p).sum(), (~t & p).sum(), (t & ~p).sum(), (~t & ~p).sum()], dtype=np.int64)
-
-
-def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
-    num, den = np.asarray(num, float), np.asarray(den, float)
-    return np.divide(num, den, out=np.zeros(np.broadcast(num, den).shape), where=den > 0)
-
-
-def scores(counts: np.ndarray, metric: str = "f1_yes") -> dict[str, np.ndarray]:
-    """Accuracy, precision, recall, F1 from ``[..., 4]`` counts (tp, fp, fn, tn); 0 where undefined.
-
-    ``metric`` is the feature's catalog metric: ``f1`` is the F1 of "yes" (``f1_yes``) or the mean of the
-    F1 of "yes" and of "no" (``macro_f1``, S³'s score for verbal responsiveness).  Precision and recall stay
-    those of "yes".
-    """
-    tp, fp, fn, tn = (counts[..., i] for i in range(4))
-    f1 = _ratio(2 * tp, 2 * tp + fp + fn)
-    if metric == "macro_f1":
-        f1 = (f1 + _ratio(2 * tn, 2 * tn + fn + fp)) / 2
-    elif metric != "f1_yes":
-        raise SemioflowError(f"unknown feature metric {metric!r}")
-    return {"accuracy": _ratio(tp + tn, tp + fp + fn + tn), "precision": _ratio(tp, tp + fp),
-            "recall": _ratio(tp, tp + fn), "f1": f1}
 
 
 def bootstrap_weights(n_patients: int, n_boot: int, seed: int) -> np.ndarray:

@@ -30,9 +30,12 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from tasks.atomic import atomic_write_text
 from tasks.catalog import Catalog
 from tasks.errors import SemioflowError
+from tasks.metrics import confusion, scores
 
 FILE = "file_name"
 JUSTIFICATION = "justification_for_"
@@ -200,3 +203,23 @@ def write_predictions(path: Path, rows: dict[str, dict[str, tuple[bool, str | No
         writer.writerow(line)
     atomic_write_text(Path(path), buf.getvalue())
     return Path(path)
+
+
+def score_outputs(labels: list[S3Label], outputs: dict[str, dict[str, bool]], catalog: Catalog) -> list[dict]:
+    """S³ Task 1 scores of merged outputs (``read_segment_outputs``) against its labels, per feature in catalog
+    order: the feature's catalog metric (F1 of yes, or macro F1 for verbal responsiveness), over the videos whose
+    label is assessable; ``not_assessable`` counts the others.  A labelled video without outputs counts as
+    not-yes (as ``fail``/``na`` do) and is counted in ``missing``."""
+    rows = []
+    for f in catalog.features:
+        mine = [r for r in labels if r.feature_id == f.id]
+        if not mine:
+            continue
+        scored = [r for r in mine if r.state != "not_assessable"]
+        truth = np.array([r.state == "yes" for r in scored], bool)
+        said = np.array([outputs.get(r.file_name, {}).get(f.id, False) for r in scored], bool)
+        s = scores(confusion(truth, said), f.metric)
+        rows.append({"feature_id": f.id, "metric": f.metric, "f1": float(s["f1"]), "n": len(scored),
+                     "positives": int(truth.sum()), "not_assessable": len(mine) - len(scored),
+                     "missing": sum(r.file_name not in outputs for r in scored)})
+    return rows

@@ -126,9 +126,12 @@ def test_an_s3_labels_file_imported_reaches_the_folds_stage_on_pseudonyms(tmp_pa
     csv_text = LABELS + f"{C},,,,,no,,,,no,\n"
     src = _write(tmp_path, "s3_labels.csv", csv_text)
     out = tmp_path / "annotations"
-    res = CliRunner().invoke(cli, ["labels", "import", "--format", "s3", str(src), "--out", str(out)])
+    dx = _write(tmp_path, "s3_dx.csv", f"file_name,label\n{A},ES\n{B},NES\n{C},ES\n")
+    res = CliRunner().invoke(cli, ["labels", "import", "--format", "s3", str(src), "--out", str(out),
+                                   "--diagnoses", str(dx)])
     assert res.exit_code == 0, res.output
     assert "3 files of 3 patients, 3 yes, 4 no, 2 not assessable, 2 with an onset" in res.output
+    assert "diagnoses: 3 files, 2 ES, 1 NES" in res.output
     data, now = tmp_path / "data", dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
     rids = {A: "R000000000a", B: "R000000000b", C: "R000000000c"}
     write_table("id_map", [dict(recording_id=r, source_path=f"/secure/s3/{n}", content_sha256="0" * 64, size_bytes=1,
@@ -139,9 +142,11 @@ def test_an_s3_labels_file_imported_reaches_the_folds_stage_on_pseudonyms(tmp_pa
     write_table("deidentified", [_deid_row(r, "ok") for r in rids.values()],
                 data / "02_deidentify" / "deidentified.parquet")
     params = Params(folds=FoldsParams(labels=str(out / "labels.parquet"), recordings=str(out / "patients.parquet"),
-                                      n_folds=2))
+                                      diagnoses=str(out / "diagnoses.parquet"), n_folds=2))
     summary = folds.run(data, data / "11_folds", params)
-    assert summary["recordings"] == 3 and summary["patients"] == 2 + 1
+    assert summary["recordings"] == 3 and summary["patients"] == 2 + 1 and summary["diagnosed"] == 3
+    assert {r["recording_id"]: r["diagnosis"] for r in read_table("recording_diagnoses", data / "11_folds" / folds.DIAGNOSES
+                                                                  ).to_pylist()} == {rids[A]: "ES", rids[B]: "NES", rids[C]: "ES"}
     assert summary["not_assessable"]["verbal_responsiveness"] == 1 and summary["not_assessable"]["closed_eyes"] == 1
     labels = {(r["recording_id"], r["feature_id"]): r["label"]
               for r in read_table("recording_labels", data / "11_folds" / folds.LABELS).to_pylist()}
@@ -201,3 +206,28 @@ def test_our_own_csv_format_imports_too_and_a_twice_labelled_pair_is_refused(tmp
     assert rows[("a.mp4", "closed_eyes")]["label"] is None
     with pytest.raises(Exception, match="labelled twice"):
         import_labels("semioflow", _write(tmp_path, "l.csv", text + "b.mp4,P2,tonic,yes,,,,\n"), tmp_path / "out")
+
+
+def test_s3_task1_scores_by_hand_with_macro_f1_for_verbal_responsiveness(tmp_path):
+    """tonic: truth Y Y N N (NA) Y, any-yes outputs Y N(fail,na) Y N (V5 ignored) and V6 missing (not-yes):
+    tp 1, fp 1, fn 2, tn 1 -> F1 2/5.  verbal responsiveness (macro F1): truth Y N Y N Y, said Y Y Y N N:
+    F1(yes) 4/6, F1(no) 2/4 -> 7/12."""
+    from click.testing import CliRunner
+
+    from flows.cli import cli
+
+    v = [f"V{i}@x.mp4" for i in range(1, 7)]
+    labels = ("file_name,tonic,verbal_responsiveness\n" + f"{v[0]},yes,yes\n{v[1]},yes,no\n{v[2]},no,yes\n"
+              f"{v[3]},no,no\n{v[4]},,yes\n{v[5]},yes,\n")
+    seg = lambda i, n: f"{v[i][:-4]}_segment_{n}.mp4"  # noqa: E731
+    outputs = ("file_name,tonic,verbal_responsiveness\n" + f"{seg(0, 0)},no,no\n{seg(0, 1)},yes,yes\n"
+               f"{seg(1, 0)},fail,yes\n{seg(1, 1)},na,no\n{seg(2, 0)},yes,yes\n{seg(3, 0)},no,no\n{seg(4, 0)},yes,no\n")
+    rows = {r["feature_id"]: r for r in s3.score_outputs(s3.read_labels(_write(tmp_path, "l.csv", labels), CAT),
+                                                         s3.read_segment_outputs(_write(tmp_path, "o.csv", outputs), CAT),
+                                                         CAT)}
+    assert rows["tonic"] == dict(feature_id="tonic", metric="f1_yes", f1=pytest.approx(0.4), n=5, positives=3,
+                                 not_assessable=1, missing=1)
+    assert rows["verbal_responsiveness"]["f1"] == pytest.approx(7 / 12)
+    assert rows["verbal_responsiveness"]["metric"] == "macro_f1" and rows["verbal_responsiveness"]["not_assessable"] == 1
+    res = CliRunner().invoke(cli, ["labels", "score-s3", str(tmp_path / "l.csv"), str(tmp_path / "o.csv")])
+    assert res.exit_code == 0 and "| Tonic | f1_yes | 0.400 | 5 | 3 | 1 | 1 |" in res.output, res.output
