@@ -243,11 +243,29 @@ def _sub_seed(seed: int, *keys: int) -> int:
     return int(np.random.SeedSequence([seed, *keys]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
-def assign_features(durations: list[float], rng: np.random.Generator) -> list[set[str]]:
+# ES vs NES (S³ Task 7).  The phantom's diagnosis follows the signs clinicians weigh: eyes closed,
+# asynchronous movement, pelvic thrusting and kept responsiveness point to a non-epileptic seizure; tonic
+# and clonic phases, an ictal cry, a figure-of-4, automatisms and a blank stare to an epileptic one.
+NES_SIGNS = ("closed_eyes", "asynchronous_movement", "pelvic_thrusting", "verbal_responsiveness")
+ES_SIGNS = ("tonic", "clonic", "ictal_vocalization", "figure4_arms", "oral_automatisms", "blank_stare")
+SIGN_PREFERENCE = 1.0  # added to the load of a recording of the other diagnosis: far above any load difference
+NES_EVERY = 3  # every third patient (P03, P06, ...) has non-epileptic seizures, about the share an EMU sees
+
+
+def is_nes(patient_index: int) -> bool:
+    """Whether patient ``patient_index`` (0-based) of the phantom has non-epileptic seizures."""
+    return patient_index % NES_EVERY == NES_EVERY - 1
+
+
+def assign_features(durations: list[float], rng: np.random.Generator, nes: list[bool] | None = None) -> list[set[str]]:
     """Which features each recording carries: per feature a stratified count in ``PREVALENCE``.
 
     Recordings with fewer seconds per already-assigned feature are preferred,
-    so short recordings are not crowded.
+    so short recordings are not crowded.  With ``nes`` (per recording: a
+    non-epileptic seizure), the diagnosis' own signs (``NES_SIGNS`` /
+    ``ES_SIGNS``) go to recordings of that diagnosis first: the classes get
+    different prevalences of them (S³ Task 7's truth) while every feature
+    keeps its count.
     """
     n = len(durations)
     lo = max(1, math.ceil(PREVALENCE[0] * n)) if n > 1 else 0
@@ -258,6 +276,8 @@ def assign_features(durations: list[float], rng: np.random.Generator) -> list[se
     for fid in ids:
         k = int(rng.integers(lo, hi + 1))
         load = np.array([len(s) / d for s, d in zip(out, durations)]) + rng.random(n) * 0.02
+        if nes is not None and (fid in NES_SIGNS or fid in ES_SIGNS):
+            load += np.array([float(x != (fid in NES_SIGNS)) for x in nes]) * SIGN_PREFERENCE
         for i in np.argsort(load, kind="stable")[:k]:
             out[int(i)].add(fid)
     return out
@@ -432,7 +452,7 @@ def plan_cohort(params: SeizureSynthParams, *, seed: int) -> list[RecordingSpec]
     scales = rng.uniform(0.92, 1.04, size=params.patients)
     slots = [(p, r) for p in range(params.patients) for r in range(params.recordings_per_patient)]
     durations = [float(rng.uniform(params.min_duration_s, params.max_duration_s)) for _ in slots]
-    assigned = assign_features(durations, rng)
+    assigned = assign_features(durations, rng, [is_nes(p) for p, _ in slots])
     specs = []
     for i, ((p, r), dur, feats) in enumerate(zip(slots, durations, assigned)):
         specs.append(make_spec(
@@ -744,27 +764,10 @@ def annotate(specs: list[RecordingSpec], *, seed: int) -> list[dict]:
     return rows
 
 
-# ES vs NES (S³ Task 7).  The phantom's diagnosis follows the signs clinicians weigh: eyes closed,
-# asynchronous movement, pelvic thrusting and kept responsiveness point to a non-epileptic seizure; tonic
-# and clonic phases, an ictal cry, a figure-of-4, automatisms and a blank stare to an epileptic one.
-NES_SIGNS = ("closed_eyes", "asynchronous_movement", "pelvic_thrusting", "verbal_responsiveness")
-ES_SIGNS = ("tonic", "clonic", "ictal_vocalization", "figure4_arms", "oral_automatisms", "blank_stare")
-
-
 def diagnose(specs: list[RecordingSpec]) -> list[dict]:
-    """One ``diagnoses`` row per recording: its patient's ES / NES.
-
-    A patient's NES score is the mean, over their recordings, of NES signs minus ES signs planted; patients
-    above the median score are NES, the others ES.  So the classes have different feature prevalences (the
-    truth a classifier on the 20-feature vector must recover) while each feature is planted as before.
-    """
-    score: dict[str, list[int]] = {}
-    for s in specs:
-        score.setdefault(s.patient_id, []).append(sum(f in s.features for f in NES_SIGNS)
-                                                  - sum(f in s.features for f in ES_SIGNS))
-    mean = {p: float(np.mean(v)) for p, v in score.items()}
-    cut = float(np.median(list(mean.values())))
-    return [{"source_name": s.source_name, "diagnosis": "NES" if mean[s.patient_id] > cut else "ES"} for s in specs]
+    """One ``diagnoses`` row per recording: its patient's ES / NES (``is_nes``; the signs were planted to match)."""
+    return [{"source_name": s.source_name, "diagnosis": "NES" if is_nes(int(s.patient_id[1:]) - 1) else "ES"}
+            for s in specs]
 
 
 def _tables(specs: list[RecordingSpec], truths: list[RecordingTruth], seed: int) -> dict[str, object]:
