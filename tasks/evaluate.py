@@ -416,7 +416,8 @@ def run(data_dir: Path, out_dir: Path, params: Params) -> dict:
             [[f, *(round(getattr(evals[(arm, f)].estimates["f1"], k), 6) for k in ("value", "low", "high"))]
              for f in catalog.ids if (arm, f) in evals]))
     atomic_write_text(out_dir / "tables.md", markdown(evals, catalog, summary, tests, ci=ep.ci, n_boot=ep.bootstrap,
-                                                      banner=banner) + onset_markdown(onsets, ci=ep.ci)
+                                                      banner=banner) + _not_assessable_line(data_dir, catalog)
+                      + onset_markdown(onsets, ci=ep.ci)
                       + diagnosis_markdown(dx, catalog, ci=ep.ci) + agreement_markdown(agreement, ci=ep.ci))
     return {"arms": len(arms), "features": len(feats), "recordings": len(rs.patient_of), "patients": len(rs.patients),
             "prediction_sources": sources, "metric_rows": len(keys) * len(METRICS),
@@ -424,6 +425,15 @@ def run(data_dir: Path, out_dir: Path, params: Params) -> dict:
             "mllm_vs_baseline_features": summary["mllm_vs_baseline"]["features"],
             "enhancement_improves": summary["enhanced_vs_raw"]["wins"],
             "enhancement_features": summary["enhanced_vs_raw"]["features"]}
+
+
+def _not_assessable_line(data_dir: Path, catalog: Catalog) -> str:
+    """Which labels were not assessable (excluded from every score), from folds.json."""
+    path = data_dir / FOLDS_SUMMARY
+    counts = json.loads(path.read_text()).get("not_assessable", {}) if path.is_file() else {}
+    shown = [f"{catalog.by_id(f).name} {n}" for f, n in counts.items() if n and f in catalog.ids]
+    return ("\nNot assessable in the labels, so excluded from every score above (recordings): "
+            + ", ".join(shown) + ".\n") if shown else ""
 
 
 def _onsets(data_dir: Path, preds: list[dict], rs: Resampling, ci: float) -> dict[str, onset.OnsetScore]:
@@ -559,6 +569,7 @@ def agreement_markdown(agreement: dict, *, ci: float) -> str:
 PREDICTIONS = (rel("train", "predictions.parquet"), rel("aggregate", "predictions.parquet"))
 JUSTIFICATIONS = rel("folds", "private", "justifications.parquet")
 DIAGNOSES = rel("folds", "diagnoses.parquet")
+FOLDS_SUMMARY = rel("folds", "folds.json")
 DX_PREDICTIONS = "diagnosis.parquet"  # in evaluate's folder: out-of-fold P(ES) per recording (the report shows it)
 ONSETS = rel("folds", "onsets.parquet")
 WINDOWS = rel("window", "windows.parquet")
@@ -569,7 +580,8 @@ STAGE = Stage(
     # evaluated when present: MLLM predictions; annotated onsets with the windows (onset timing)
     optional=(rel("aggregate", "predictions.parquet"), rel("folds", "onsets.parquet"), rel("window", "windows.parquet"),
               rel("folds", "diagnoses.parquet"), rel("folds", "folds.parquet"),
-              rel("folds", "private", "justifications.parquet"), rel("aggregate", "evidence.parquet")),
+              rel("folds", "private", "justifications.parquet"), rel("aggregate", "evidence.parquet"),
+              rel("folds", "folds.json")),
     params=("evaluate", "base.seed"),
     outs=(Out("metrics.parquet"), Out(DX_PREDICTIONS), Out("tables.md"), Out("metrics.json", "metrics", {"cache": False}),
           Out("plots/arms", "plots", {"x": "f1", "y": "feature", "template": "bar_horizontal", "cache": False})))

@@ -333,3 +333,7 @@ def test_justification_agreement_is_rouge_l_against_the_annotator(tmp_path):
     assert expected[0] == 1.0 and set(a) == {"raw"} and a["raw"]["n"] == 3
     assert a["raw"]["rouge_l"] == pytest.approx(np.mean(expected))
     assert "## Justification agreement (S³ Task 2, lexical)" in (data / "13_evaluate" / "tables.md").read_text()
+    assert "Not assessable" not in (data / "13_evaluate" / "tables.md").read_text()  # folds counted none
+    (data / "11_folds" / "folds.json").write_text(json.dumps({"not_assessable": {"clonic": 2, "tonic": 0}}))
+    evaluate.run(data, data / "13_evaluate", Params())
+    assert "excluded from every score above (recordings): Clonic 2." in (data / "13_evaluate" / "tables.md").read_text()
