@@ -16,6 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 install: $(STAMP)  ## create .venv with the locked dependency set
+	@mkdir -p .semioflow && chmod 700 .semioflow  # runtime state and DVC's site cache (.dvc/config): owner-only
 
 demo: install  ## phantom cohorts + smoke models, every stage of both tracks, the HTML report
 	@$(BIN)/semioflow demo

@@ -96,16 +96,14 @@ def import_diagnoses(source: Path, out_dir: Path) -> dict:
     source = Path(source)
     with open(source, newline="", encoding="utf-8-sig") as fh:
         header = next(csv.reader(fh), [])
-    if "source_name" in header:  # ours: rename the columns and read it the same way
-        text = source.read_text(encoding="utf-8-sig").replace("source_name", "file_name", 1).replace(
-            "diagnosis", "label", 1)
-        tmp = out_dir / ".diagnoses.csv"
-        out_dir.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(text, encoding="utf-8")
-        try:
-            dx = read_diagnoses(tmp)
-        finally:
-            tmp.unlink()
+    if "source_name" in header:  # ours
+        with open(source, newline="", encoding="utf-8-sig") as fh:
+            dx = {}
+            for line, r in enumerate(csv.DictReader(fh), start=2):
+                d = (r.get("diagnosis") or "").strip().upper()
+                if d not in ("ES", "NES"):
+                    raise SemioflowError(f"{source.name} line {line}: diagnosis {d!r} is not ES or NES")
+                dx[(r["source_name"] or "").strip()] = d
     else:
         dx = read_diagnoses(source)
     write_table("diagnoses", [dict(source_name=n, diagnosis=d) for n, d in sorted(dx.items())], out_dir / DIAGNOSES)
@@ -176,7 +174,6 @@ def export_s3(data_dir: Path, out: Path, *, video_arm: str = "raw", audio_arm: s
     for p in chosen:
         just = first_words.get((p["recording_id"], p["feature_id"], p["arm"], p["model_id"]), (0, None))[1]
         rows.setdefault(names[p["recording_id"]], {})[p["feature_id"]] = (bool(p["predicted"]), just)
-    write_predictions(Path(out), rows, catalog)
-    Path(out).chmod(0o600)
+    write_predictions(Path(out), rows, catalog)  # written 0600 from the start (it names the files)
     return {"videos": len(rows), "features": len({f for r in rows.values() for f in r}),
             "positive": sum(v[0] for r in rows.values() for v in r.values())}

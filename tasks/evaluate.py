@@ -489,13 +489,15 @@ def _diagnosis(data_dir: Path, labels: list[dict], preds: list[dict], rs: Resamp
     if len({truth[r] for r in rids}) < 2:
         return {}
     sources = {"labels": {(r["recording_id"], r["feature_id"]): bool(r["label"]) for r in labels}}
+    models = sorted({p["model_id"] for p in preds if p["arm"] not in BASELINE_ARMS})
     for name, arm_of in (("mllm_raw", lambda f: RAW_ARM[f.modality]),
                          ("mllm_enhanced", lambda f: ENHANCED_ARMS.get(f.enhancement, ("",))[0])):
         arms = {f.id: arm_of(f) for f in catalog.features}
-        got = {(p["recording_id"], p["feature_id"]): bool(p["predicted"]) for p in preds
-               if arms.get(p["feature_id"]) == p["arm"]}
-        if got:
-            sources[name] = got
+        for model in models:  # one vector per model: two models' answers are never mixed
+            got = {(p["recording_id"], p["feature_id"]): bool(p["predicted"]) for p in preds
+                   if arms.get(p["feature_id"]) == p["arm"] and p["model_id"] == model}
+            if got:
+                sources[name if len(models) == 1 else f"{name}@{model}"] = got
     y, folds = np.array([truth[r] for r in rids]), np.array([fold[r] for r in rids])
     result, rows = {}, []
     for name, present in sources.items():
@@ -524,7 +526,8 @@ def diagnosis_markdown(dx: dict, catalog: Catalog, *, ci: float) -> str:
              "| Feature vector | n (ES) | F1 | Majority baseline F1 | Most important |", "|---|---|---|---|---|"]
     for name, d in dx.items():
         top = ", ".join(catalog.by_id(f).name for f, _ in d["importances"][:IMPORTANCES_SHOWN])
-        lines.append(f"| {DX_SOURCES[name]} | {d['n']} ({d['es']}) | {d['f1']:.2f} ({d['ci_low']:.2f}–{d['ci_high']:.2f}) "
+        base, _, model = name.partition("@")
+        lines.append(f"| {DX_SOURCES[base]}{f' (`{model}`)' if model else ''} | {d['n']} ({d['es']}) | {d['f1']:.2f} ({d['ci_low']:.2f}–{d['ci_high']:.2f}) "
                      f"| {d['baseline_f1']:.2f} ({d['baseline_ci_low']:.2f}–{d['baseline_ci_high']:.2f}) | {top} |")
     return "\n".join(lines) + "\n"
 

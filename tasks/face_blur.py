@@ -86,16 +86,16 @@ class _Changed(Exception):
     """The source is not the file ingest judged."""
 
 
-def _source_stamp(rec: RecordingInput) -> tuple[int, int] | None:
-    """The source's (size, mtime_ns) when it is still there and its content hashes to ``rec.sha256``;
+def _source_stamp(rec: RecordingInput) -> tuple[int, int, int, int] | None:
+    """The source's (inode, size, mtime, ctime) when it is still there and its content hashes to ``rec.sha256``;
     None when it is gone or changed (a writer that paused past ingest's settle time, then went on)."""
     try:
         st = os.stat(rec.source)
         if rec.sha256 is not None and sha256_file(Path(rec.source)) != rec.sha256:
             return None
-    except FileNotFoundError:
+    except OSError:  # gone, unreadable now: not the file ingest judged either
         return None
-    return st.st_size, st.st_mtime_ns
+    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 SOURCE_CHANGED = ("the source file is gone or changed since ingest (its content hash differs); the next ingest "
@@ -270,8 +270,12 @@ def deidentify_recording(rec: RecordingInput, out_dir: Path, params: DeidentifyP
             row["text_audit_frames"], row["text_audit_residual_frames"] = text_auditor.frames, text_auditor.residual
             row["_text_example"] = text_auditor.example
             reason, detail = _verdict(row, params, tc.decode_error, row.pop("_text_example"))
-            st = os.stat(rec.source)  # a missing file raises: the with block discards the output
-            if (st.st_size, st.st_mtime_ns) != stamp:  # grew or was rewritten while we read it
+            try:
+                st = os.stat(rec.source)
+                now = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            except OSError:
+                now = None
+            if now != stamp:  # grew, was rewritten, replaced or removed while we read it
                 reason, detail = "source_changed", SOURCE_CHANGED
             if reason is None:
                 tc.commit()

@@ -19,9 +19,11 @@ not derived from names or metadata, stable across re-runs and clean
 rebuilds on the same site, and not reversible without the key.  The run is
 idempotent: known files (same path, size and mtime, or same content) add
 nothing; a file modified less than ``settle_s`` ago is left for the next run.
-A known path that comes back with other content (a writer that paused longer
-than ``settle_s``, then finished) is a new recording that supersedes its old id:
-the old id leaves the manifest and gets a ``superseded`` quarantine row.  The
+A known path that comes back grown (its old bytes, then more: a writer that
+paused longer than ``settle_s``, then finished) is a new recording that
+supersedes its old id: the old id leaves the manifest and gets a
+``superseded`` quarantine row.  A path that comes back with unrelated content
+(a name reused every night) is a second recording; the first keeps its id.  The
 raw file is opened, hashed and probed in a timed child process, non-blocking:
 a held lease or a stalled share leaves the file for the next run.
 """
@@ -80,7 +82,9 @@ def scan_inbox(inbox: Path, params: IngestParams, *, now: float | None = None) -
     case-insensitively against ``params.extensions``.
     """
     if not inbox.is_dir():
-        raise SemioflowError(f"inbox folder does not exist: {inbox}")
+        # no path here: this message reaches Prefect's logs and database, and an inbox path often names a ward
+        raise SemioflowError("the inbox folder (ingest.inbox / ingest.gait_inbox or --inbox) does not exist or is "
+                             "not a folder")
     now = time.time() if now is None else now
     exts = {e.lower() for e in params.extensions}
     ready, pending = [], []
@@ -177,13 +181,19 @@ def ingest(inbox: Path, out_dir: Path, params: IngestParams, *, id_key: bytes, n
     by_path = {r["source_path"]: r for r in id_map if r["status"] != "superseded"}
     accepted, quarantined, flags_by_id, known, unreadable, superseded = [], [], {}, 0, 0, []
     for path in ready:
-        st = path.stat()
-        src = str(path.resolve())
+        try:
+            st = path.stat()
+            src = str(path.resolve())
+        except OSError:  # gone since the scan, or unreadable: tried again next run (no name in any message)
+            unreadable += 1
+            continue
         if (src, st.st_size, st.st_mtime_ns) in by_stat:
             known += 1
             continue
+        before = by_path.get(src)
         try:
-            seen = inspect_with_timeout(path, params.read_timeout_s, params.probe_timeout_s)
+            seen = inspect_with_timeout(path, params.read_timeout_s, params.probe_timeout_s,
+                                        prefix_bytes=before["size_bytes"] if before else 0)
         except (SourceBusy, ProbeTimeout):
             unreadable += 1  # no id without the content hash: the next run tries again
             continue
@@ -192,8 +202,10 @@ def ingest(inbox: Path, out_dir: Path, params: IngestParams, *, id_key: bytes, n
             continue
         rid = recording_id(seen.sha256, id_key)
         ts = dt.datetime.now(dt.timezone.utc)
-        if (old := by_path.pop(src, None)) is not None:
-            # the same path with new content: what was ingested before was this file half-written
+        old = by_path.get(src)
+        if old is not None and seen.size > old["size_bytes"] and seen.prefix_sha256 == old["content_sha256"]:
+            # the same path, grown: what was ingested before was this file half-written.  (A path reused for
+            # another recording, e.g. a nightly latest.mp4, does not start with the old bytes: both stay.)
             old["status"] = "superseded"
             manifest = [r for r in manifest if r["recording_id"] != old["recording_id"]]
             quarantine.append(dict(recording_id=old["recording_id"], stage="ingest", reason="superseded",

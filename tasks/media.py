@@ -8,6 +8,7 @@ then rename), so a killed writer never leaves a file that looks complete.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections import deque
 from collections.abc import Iterator
@@ -505,6 +506,7 @@ class Inspection:
     info: ProbeInfo | None = None
     error: str | None = None
     timed_out: bool = False
+    prefix_sha256: str | None = None  # of the first ``prefix_bytes`` bytes asked for (None: not asked, or shorter)
 
 
 class SourceBusy(MediaError):
@@ -515,7 +517,7 @@ class ProbeTimeout(MediaError):
     """The file system did not deliver the file's bytes within the time limit."""
 
 
-def _hash_source(path: str) -> Inspection:
+def _hash_source(path: str, prefix_bytes: int = 0) -> Inspection:
     """Open non-blocking, check it is a regular file, hash it.  Where another program holds a lease on
     the file (a recorder, a sync client) a plain ``open`` would wait for that program; this one fails at
     once with ``SourceBusy``, as does a path that is not a regular file (a FIFO put where a recording was)."""
@@ -533,16 +535,21 @@ def _hash_source(path: str) -> Inspection:
     with os.fdopen(fd, "rb") as fh:
         if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
             raise SourceBusy("not a regular file")
-        h, head = hashlib.sha256(), b""
+        h, head, prefix, done = hashlib.sha256(), b"", None, 0
         while chunk := fh.read(HASH_CHUNK):
             head = head or chunk[:12]
+            if 0 < prefix_bytes and done < prefix_bytes <= done + len(chunk):  # the prefix ends in this chunk
+                p = h.copy()
+                p.update(chunk[:prefix_bytes - done])
+                prefix = p.hexdigest()
             h.update(chunk)
-        return Inspection(h.hexdigest(), fh.tell(), head)
+            done += len(chunk)
+        return Inspection(h.hexdigest(), fh.tell(), head, prefix_sha256=prefix)
 
 
-def _inspect_worker(path: str, conn) -> None:
+def _inspect_worker(path: str, conn, prefix_bytes: int = 0) -> None:
     try:
-        seen = _hash_source(path)
+        seen = _hash_source(path, prefix_bytes)
         conn.send(("hash", seen))
         if seen.size:
             conn.send(("ok", probe(path)))
@@ -556,7 +563,8 @@ def _inspect_worker(path: str, conn) -> None:
         conn.close()
 
 
-def inspect_with_timeout(path: str | Path, read_timeout_s: float, probe_timeout_s: float) -> Inspection:
+def inspect_with_timeout(path: str | Path, read_timeout_s: float, probe_timeout_s: float, *,
+                         prefix_bytes: int = 0) -> Inspection:
     """Hash and probe a source file in a separate process: killed when the hash takes more than
     ``read_timeout_s`` seconds, or the probe after it more than ``probe_timeout_s``.
 
@@ -564,13 +572,14 @@ def inspect_with_timeout(path: str | Path, read_timeout_s: float, probe_timeout_
     share, a held lease or a pathological file cannot stop the batch.  Raises ``SourceBusy`` (held, not
     a regular file, unreadable) or ``ProbeTimeout`` (no hash in time): the file gets no id this run.  A
     probe that fails or times out after the hash comes back as ``error`` (``timed_out``) with the hash.
+    ``prefix_bytes`` > 0 also hashes the file's first that many bytes (``prefix_sha256``): did it grow?
     """
     import multiprocessing as mp
     import time
 
     ctx = mp.get_context("spawn")  # fork is unsafe once torch/av threads exist
     parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_inspect_worker, args=(str(path), child), daemon=True)
+    proc = ctx.Process(target=_inspect_worker, args=(str(path), child, prefix_bytes), daemon=True)
     deadline = time.monotonic() + read_timeout_s
     proc.start()
     child.close()
@@ -580,8 +589,8 @@ def inspect_with_timeout(path: str | Path, read_timeout_s: float, probe_timeout_
             if not parent.poll(max(0.0, deadline - time.monotonic())):
                 if seen is None:
                     raise ProbeTimeout(f"the file's bytes did not arrive within {read_timeout_s:g} s")
-                return Inspection(seen.sha256, seen.size, seen.head, error=f"no answer from the decoder within "
-                                  f"{probe_timeout_s:g} s", timed_out=True)
+                return dataclasses.replace(seen, error=f"no answer from the decoder within {probe_timeout_s:g} s",
+                                           timed_out=True)
             status, payload = parent.recv()
             if status == "hash":
                 seen = payload
@@ -589,17 +598,17 @@ def inspect_with_timeout(path: str | Path, read_timeout_s: float, probe_timeout_
                 if not seen.size:
                     return seen
             elif status == "ok":
-                return Inspection(seen.sha256, seen.size, seen.head, info=payload)
+                return dataclasses.replace(seen, info=payload)
             elif status == "busy":
                 raise SourceBusy(payload)
             elif seen is None:
                 raise SourceBusy(payload)
             else:
-                return Inspection(seen.sha256, seen.size, seen.head, error=payload)
+                return dataclasses.replace(seen, error=payload)
     except EOFError:
         if seen is None:
             raise SourceBusy("the reading process crashed") from None
-        return Inspection(seen.sha256, seen.size, seen.head, error="the decoder process crashed")
+        return dataclasses.replace(seen, error="the decoder process crashed")
     finally:
         if proc.is_alive():
             proc.kill()

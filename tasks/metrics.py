@@ -33,7 +33,10 @@ def scores(counts: np.ndarray, metric: str = "f1_yes") -> dict[str, np.ndarray]:
     tp, fp, fn, tn = (counts[..., i] for i in range(4))
     f1 = _ratio(2 * tp, 2 * tp + fp + fn)
     if metric == "macro_f1":
-        f1 = (f1 + _ratio(2 * tn, 2 * tn + fn + fp)) / 2
+        # the mean over the classes that occur (in the truth or the answers), as scikit-learn's average="macro"
+        # with inferred labels: a sample of only "yes", all answered yes, scores 1, not 0.5
+        has_yes, has_no = (2 * tp + fp + fn) > 0, (2 * tn + fn + fp) > 0
+        f1 = _ratio(f1 * has_yes + _ratio(2 * tn, 2 * tn + fn + fp) * has_no, has_yes.astype(float) + has_no)
     elif metric != "f1_yes":
         raise SemioflowError(f"unknown feature metric {metric!r}")
     return {"accuracy": _ratio(tp + tn, tp + fp + fn + tn), "precision": _ratio(tp, tp + fp),

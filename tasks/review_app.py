@@ -200,6 +200,8 @@ def create_app(engine: Engine, data_dir: Path, params: Params, *, allowed_hosts:
         if rid is None:
             return page(request, "login.html", 401, error="Unknown name or wrong password.")
         failures.pop(name, None)
+        if request.session.get("token"):  # logging in again ends the session this browser had
+            await run_in_threadpool(review.end_session, engine, str(request.session["token"]))
         request.session.clear()
         token = await run_in_threadpool(review.start_session, engine, rid)
         request.session.update(reviewer_id=rid, name=name, token=token)
@@ -358,8 +360,8 @@ def create_app(engine: Engine, data_dir: Path, params: Params, *, allowed_hosts:
         case = await run_in_threadpool(review.get_case, engine, study, cid)
         if case is None:
             return PlainTextResponse("not found", status_code=404)
-        try:
-            path = review.deidentified_media(data_dir, case["media"])
+        try:  # hashing a video on its first request: off the event loop, other reviewers' pages go on
+            path = await run_in_threadpool(review.deidentified_media, data_dir, case["media"])
         except review.ReviewError:
             return PlainTextResponse("not found", status_code=404)
         return FileResponse(path, media_type="video/mp4", headers={"cache-control": "private, max-age=0"})

@@ -83,7 +83,8 @@ def _rows(path: Path) -> tuple[list[str], list[dict]]:
     with open(path, newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh)
         if reader.fieldnames is None or FILE not in reader.fieldnames:
-            raise S3FormatError(f"{Path(path).name}: no {FILE!r} column (header: {reader.fieldnames})")
+            # not the header's text: without a header line it is the first row, a file name
+            raise S3FormatError(f"{Path(path).name}: no {FILE!r} column in the first line (is the header missing?)")
         return list(reader.fieldnames), list(reader)
 
 
@@ -201,7 +202,7 @@ def write_predictions(path: Path, rows: dict[str, dict[str, tuple[bool, str | No
             present, just = rows[video].get(fid, (None, None))
             line += ["" if present is None else ("yes" if present else "no"), just or ""]
         writer.writerow(line)
-    atomic_write_text(Path(path), buf.getvalue())
+    atomic_write_text(Path(path), buf.getvalue(), mode=0o600)  # it names the source files
     return Path(path)
 
 

@@ -42,6 +42,12 @@ def test_macro_f1_by_hand_and_the_catalog_picks_it_per_feature():
     assert float(evaluate.scores(counts)["f1"]) == pytest.approx(0.5)
     assert float(evaluate.scores(counts, "macro_f1")["f1"]) == pytest.approx(7 / 12)
     assert float(evaluate.scores(counts, "macro_f1")["precision"]) == pytest.approx(0.5)  # still that of yes
+    from sklearn.metrics import f1_score
+
+    for t, q in ((y, p), (np.ones(4, bool), np.ones(4, bool)), (np.zeros(3, bool), np.zeros(3, bool)),
+                 (np.ones(3, bool), np.array([1, 0, 1], bool))):  # one class only: as scikit-learn's macro
+        got = float(evaluate.scores(evaluate.confusion(t, q), "macro_f1")["f1"])
+        assert got == pytest.approx(f1_score(t, q, average="macro", zero_division=0)), (t, q)
     assert CATALOG.by_id("verbal_responsiveness").metric == "macro_f1" and CATALOG.by_id("tonic").metric == "f1_yes"
     rids = [f"R{i:010x}" for i in range(5)]
     labels = [dict(recording_id=r, patient_id=f"P{i:010x}", feature_id=f, label=bool(y[i]))

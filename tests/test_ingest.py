@@ -340,8 +340,9 @@ def test_decoder_that_does_not_answer_is_quarantined_and_batch_continues(inbox, 
 def test_missing_inbox_is_a_clear_error(tmp_path):
     from tasks.errors import SemioflowError
 
-    with pytest.raises(SemioflowError, match="inbox folder does not exist"):
-        ingest(tmp_path / "nope", tmp_path / "out", IngestParams(), id_key=KEY)
+    with pytest.raises(SemioflowError, match="inbox folder .* does not exist") as err:
+        ingest(tmp_path / "ward7_nope", tmp_path / "out", IngestParams(), id_key=KEY)
+    assert "ward7" not in str(err.value)  # the message reaches Prefect's logs: no path in it
 
 
 def test_id_key_is_created_private_and_reused(tmp_path):
@@ -442,12 +443,15 @@ def test_a_file_that_grows_after_ingest_supersedes_its_old_id(inbox, tmp_path):
     """A writer that pauses longer than settle_s: the half file got an id; the finished file replaces it."""
     box, out = tmp_path / "box", tmp_path / "out"
     box.mkdir()
-    (box / "night.mp4").write_bytes((inbox / "doe_jane_good.mp4").read_bytes())  # "half written"
+    # a recorder writing fragmented MP4: any prefix cut at a fragment is a valid, shorter video
+    full = make_clip(tmp_path / "full.mp4", seconds=8,
+                     container_options={"movflags": "frag_keyframe+empty_moov+default_base_moof"}).read_bytes()
+    (box / "night.mp4").write_bytes(full[:len(full) // 2])  # the writer paused here
     os.utime(box / "night.mp4", (OLD, OLD))
     first = ingest(box, out, IngestParams(settle_s=5), id_key=KEY)
     assert len(first.accepted) == 1
     old = first.accepted[0]
-    make_clip(box / "night.mp4", seconds=6)  # the writer went on: same path, more content
+    (box / "night.mp4").write_bytes(full)  # ...and went on: same path, the old bytes then more
     os.utime(box / "night.mp4", (OLD + 60, OLD + 60))
     second = ingest(box, out, IngestParams(settle_s=5), id_key=KEY)
     assert len(second.accepted) == 1 and second.accepted[0] != old and second.superseded == (old,)
@@ -458,6 +462,22 @@ def test_a_file_that_grows_after_ingest_supersedes_its_old_id(inbox, tmp_path):
     status = {r["recording_id"]: r["status"] for r in read_table("id_map", out / ID_MAP).to_pylist()}
     assert status == {old: "superseded", second.accepted[0]: "accepted"}
     assert ingest(box, out, IngestParams(settle_s=5), id_key=KEY).known == 1  # and stays settled
+
+
+def test_a_path_reused_for_another_recording_keeps_both(inbox, tmp_path):
+    """A recorder that writes every night's recording to the same name (latest.mp4): the new file does not
+    start with the old one's bytes, so it is a second recording, and the first one keeps its id."""
+    box, out = tmp_path / "box", tmp_path / "out"
+    box.mkdir()
+    shutil.copy(inbox / "doe_jane_good.mp4", box / "latest.mp4")
+    os.utime(box / "latest.mp4", (OLD, OLD))
+    first = ingest(box, out, IngestParams(settle_s=5), id_key=KEY).accepted
+    shutil.copy(inbox / "doe_jane_no_audio.mp4", box / "latest.mp4")
+    os.utime(box / "latest.mp4", (OLD + 60, OLD + 60))
+    second = ingest(box, out, IngestParams(settle_s=5), id_key=KEY)
+    assert second.superseded == () and len(second.accepted) == 1
+    manifest = {r["recording_id"] for r in read_table("manifest", out / MANIFEST).to_pylist()}
+    assert manifest == {*first, *second.accepted}
 
 
 def test_deidentify_refuses_a_source_that_changed_since_ingest(inbox, tmp_path):
