@@ -489,15 +489,22 @@ def _diagnosis(data_dir: Path, labels: list[dict], preds: list[dict], rs: Resamp
     if len({truth[r] for r in rids}) < 2:
         return {}
     sources = {"labels": {(r["recording_id"], r["feature_id"]): bool(r["label"]) for r in labels}}
-    models = sorted({p["model_id"] for p in preds if p["arm"] not in BASELINE_ARMS})
+    models_of: dict[str, set[str]] = defaultdict(set)
+    for p in preds:
+        models_of[p["arm"]].add(p["model_id"])
     for name, arm_of in (("mllm_raw", lambda f: RAW_ARM[f.modality]),
                          ("mllm_enhanced", lambda f: ENHANCED_ARMS.get(f.enhancement, ("",))[0])):
         arms = {f.id: arm_of(f) for f in catalog.features}
-        for model in models:  # one vector per model: two models' answers are never mixed
+        # A vector takes each feature from its arm; video and audio arms are usually answered by different
+        # models, which one vector combines.  Where an arm was answered by several models, one vector per model
+        # of it (a model's answers never mix with another's on one arm).
+        rivals = sorted({m for a in set(arms.values()) if len(models_of.get(a, ())) > 1 for m in models_of[a]})
+        for model in rivals or [None]:
             got = {(p["recording_id"], p["feature_id"]): bool(p["predicted"]) for p in preds
-                   if arms.get(p["feature_id"]) == p["arm"] and p["model_id"] == model}
+                   if arms.get(p["feature_id"]) == p["arm"]
+                   and (model is None or len(models_of[p["arm"]]) == 1 or p["model_id"] == model)}
             if got:
-                sources[name if len(models) == 1 else f"{name}@{model}"] = got
+                sources[name if model is None else f"{name}@{model}"] = got
     y, folds = np.array([truth[r] for r in rids]), np.array([fold[r] for r in rids])
     result, rows = {}, []
     for name, present in sources.items():

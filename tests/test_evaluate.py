@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -343,3 +344,37 @@ def test_justification_agreement_is_rouge_l_against_the_annotator(tmp_path):
     (data / "11_folds" / "folds.json").write_text(json.dumps({"not_assessable": {"clonic": 2, "tonic": 0}}))
     evaluate.run(data, data / "13_evaluate", Params())
     assert "excluded from every score above (recordings): Clonic 2." in (data / "13_evaluate" / "tables.md").read_text()
+
+
+def test_es_nes_vectors_combine_the_video_and_audio_models_and_split_rivals_on_one_arm():
+    """Video features are answered by one model and audio ones by another: one raw vector holds both.  Two models
+    on the raw video arm: one vector each, the audio model's answers in both."""
+    from tasks.evaluate import _diagnosis  # noqa: PLC2701 - the vector assembly is the unit under test
+    import tempfile
+
+    rids = [f"R{i:010x}" for i in range(12)]
+    patient = {r: f"P{i // 2:010x}" for i, r in enumerate(rids)}
+    es = {r: i % 3 != 0 for i, r in enumerate(rids)}
+    preds = []
+    for r in rids:
+        for f in CATALOG.features:
+            arm = "raw" if f.modality == "video" else "audio_raw"
+            for model in (("vlm-a", "vlm-b") if arm == "raw" else ("alm",)):
+                preds.append(dict(recording_id=r, feature_id=f.id, arm=arm, model_id=model, rule="any_yes",
+                                  predicted=es[r] == (f.id in ("tonic", "clonic")), score=0.0, n_windows=1, n_yes=0,
+                                  evidence_windows=[]))
+    labels = [dict(recording_id=r, patient_id=patient[r], feature_id="tonic", label=es[r]) for r in rids]
+    with tempfile.TemporaryDirectory() as d:
+        data = Path(d)
+        write_table("recording_diagnoses", [dict(recording_id=r, patient_id=patient[r], diagnosis="ES" if es[r] else "NES")
+                                            for r in rids], data / "11_folds" / "diagnoses.parquet")
+        write_table("folds", [dict(recording_id=r, patient_id=patient[r], fold=int(patient[r][1:], 16) % 3) for r in rids],
+                    data / "11_folds" / "folds.parquet")
+        rs = evaluate.Resampling(sorted(set(patient.values())), patient, evaluate.bootstrap_weights(6, 50, 0), 0.95)
+        out = _diagnosis(data, labels, preds, rs, CATALOG, seed=0, out=data / "dx.parquet")
+        assert set(out) == {"labels", "mllm_raw@vlm-a", "mllm_raw@vlm-b"}
+        one = [p for p in preds if p["model_id"] != "vlm-b"]  # one model per arm: one combined vector
+        out = _diagnosis(data, labels, one, rs, CATALOG, seed=0, out=data / "dx.parquet")
+        assert set(out) == {"labels", "mllm_raw"}
+        rows = read_table("diagnosis_predictions", data / "dx.parquet").to_pylist()
+        assert {r["source"] for r in rows} == {"labels", "mllm_raw"}
