@@ -1,4 +1,4 @@
-"""Voice anonymisation benchmark: intelligibility kept, voice changed, on real recorded speech.
+r"""Voice anonymisation benchmark: intelligibility kept, voice changed, on real recorded speech.
 
 For every utterance, before and after ``tasks.voice.anonymize`` at several
 McAdams coefficients (the site range's ends and the baseline's 0.8):
