@@ -96,16 +96,8 @@ def import_diagnoses(source: Path, out_dir: Path) -> dict:
     source = Path(source)
     with open(source, newline="", encoding="utf-8-sig") as fh:
         header = next(csv.reader(fh), [])
-    if "source_name" in header:  # ours
-        with open(source, newline="", encoding="utf-8-sig") as fh:
-            dx = {}
-            for line, r in enumerate(csv.DictReader(fh), start=2):
-                d = (r.get("diagnosis") or "").strip().upper()
-                if d not in ("ES", "NES"):
-                    raise SemioflowError(f"{source.name} line {line}: diagnosis {d!r} is not ES or NES")
-                dx[(r["source_name"] or "").strip()] = d
-    else:
-        dx = read_diagnoses(source)
+    ours = "source_name" in header
+    dx = read_diagnoses(source, file_col="source_name", label_col="diagnosis") if ours else read_diagnoses(source)
     write_table("diagnoses", [dict(source_name=n, diagnosis=d) for n, d in sorted(dx.items())], out_dir / DIAGNOSES)
     return {"diagnosed": len(dx), "es": sum(d == "ES" for d in dx.values())}
 

@@ -79,12 +79,12 @@ def parse_time(text: str, where: str) -> float | None:
     return minutes * 60 + seconds + centis / CENTIS_PER_S
 
 
-def _rows(path: Path) -> tuple[list[str], list[dict]]:
+def _rows(path: Path, file_col: str = FILE) -> tuple[list[str], list[dict]]:
     with open(path, newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh)
-        if reader.fieldnames is None or FILE not in reader.fieldnames:
+        if reader.fieldnames is None or file_col not in reader.fieldnames:
             # not the header's text: without a header line it is the first row, a file name
-            raise S3FormatError(f"{Path(path).name}: no {FILE!r} column in the first line (is the header missing?)")
+            raise S3FormatError(f"{Path(path).name}: no {file_col!r} column in the first line (is the header missing?)")
         return list(reader.fieldnames), list(reader)
 
 
@@ -133,18 +133,19 @@ def read_labels(path: Path, catalog: Catalog) -> list[S3Label]:
     return out
 
 
-def read_diagnoses(path: Path) -> dict[str, str]:
-    """Video file name -> ``ES`` / ``NES`` from an S³ diagnosis CSV (``file_name,label``)."""
+def read_diagnoses(path: Path, *, file_col: str = FILE, label_col: str = "label") -> dict[str, str]:
+    """Video file name -> ``ES`` / ``NES`` from a diagnosis CSV: S³'s ``file_name,label`` by default (ours is
+    ``source_name,diagnosis``)."""
     name = Path(path).name
-    header, rows = _rows(path)
-    if "label" not in header:
-        raise S3FormatError(f"{name}: no 'label' column")
+    header, rows = _rows(path, file_col)
+    if label_col not in header:
+        raise S3FormatError(f"{name}: no {label_col!r} column")
     out = {}
     for line, row in enumerate(rows, start=2):
-        label = (row["label"] or "").strip().upper()
+        label = (row[label_col] or "").strip().upper()
         if label not in DIAGNOSES:
-            raise S3FormatError(f"{name} line {line}: label {label!r} is not ES or NES")
-        out[row[FILE].strip()] = label
+            raise S3FormatError(f"{name} line {line}: {label_col} {label!r} is not ES or NES")
+        out[row[file_col].strip()] = label
     return out
 
 

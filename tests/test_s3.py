@@ -231,3 +231,15 @@ def test_s3_task1_scores_by_hand_with_macro_f1_for_verbal_responsiveness(tmp_pat
     assert rows["verbal_responsiveness"]["metric"] == "macro_f1" and rows["verbal_responsiveness"]["not_assessable"] == 1
     res = CliRunner().invoke(cli, ["labels", "score-s3", str(tmp_path / "l.csv"), str(tmp_path / "o.csv")])
     assert res.exit_code == 0 and "| Tonic | f1_yes | 0.400 | 5 | 3 | 1 | 1 |" in res.output, res.output
+
+
+def test_our_diagnoses_csv_imports_like_s3s(tmp_path):
+    from tasks.annotations import import_diagnoses
+    from tasks.schema import read_table
+
+    src = _write(tmp_path, "dx.csv", "source_name,diagnosis\na.mp4,ES\nb.mp4,nes\n")
+    assert import_diagnoses(src, tmp_path / "out") == {"diagnosed": 2, "es": 1}
+    assert read_table("diagnoses", tmp_path / "out" / "diagnoses.parquet").to_pylist() == [
+        dict(source_name="a.mp4", diagnosis="ES"), dict(source_name="b.mp4", diagnosis="NES")]
+    with pytest.raises(s3.S3FormatError, match="line 2: diagnosis 'PNES'"):
+        import_diagnoses(_write(tmp_path, "dx.csv", "source_name,diagnosis\na.mp4,PNES\n"), tmp_path / "out")
