@@ -190,10 +190,10 @@ def ingest(inbox: Path, out_dir: Path, params: IngestParams, *, id_key: bytes, n
         if (src, st.st_size, st.st_mtime_ns) in by_stat:
             known += 1
             continue
-        before = by_path.get(src)
+        old = by_path.get(src)
         try:
             seen = inspect_with_timeout(path, params.read_timeout_s, params.probe_timeout_s,
-                                        prefix_bytes=before["size_bytes"] if before else 0)
+                                        prefix_bytes=old["size_bytes"] if old else 0)
         except (SourceBusy, ProbeTimeout):
             unreadable += 1  # no id without the content hash: the next run tries again
             continue
@@ -202,7 +202,6 @@ def ingest(inbox: Path, out_dir: Path, params: IngestParams, *, id_key: bytes, n
             continue
         rid = recording_id(seen.sha256, id_key)
         ts = dt.datetime.now(dt.timezone.utc)
-        old = by_path.get(src)
         if old is not None and seen.size > old["size_bytes"] and seen.prefix_sha256 == old["content_sha256"]:
             # the same path, grown: what was ingested before was this file half-written.  (A path reused for
             # another recording, e.g. a nightly latest.mp4, does not start with the old bytes: both stay.)

@@ -599,9 +599,7 @@ def inspect_with_timeout(path: str | Path, read_timeout_s: float, probe_timeout_
                     return seen
             elif status == "ok":
                 return dataclasses.replace(seen, info=payload)
-            elif status == "busy":
-                raise SourceBusy(payload)
-            elif seen is None:
+            elif status == "busy" or seen is None:  # held, not a regular file, or unreadable: no hash
                 raise SourceBusy(payload)
             else:
                 return dataclasses.replace(seen, error=payload)
