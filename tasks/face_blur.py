@@ -89,11 +89,20 @@ class _Changed(Exception):
 def _source_stamp(rec: RecordingInput) -> tuple[int, int, int, int] | None:
     """The source's (inode, size, mtime, ctime) when it is still there and its content hashes to ``rec.sha256``;
     None when it is gone or changed (a writer that paused past ingest's settle time, then went on)."""
+    stamp = _stat_stamp(rec.source)
     try:
-        st = os.stat(rec.source)
-        if rec.sha256 is not None and sha256_file(Path(rec.source)) != rec.sha256:
+        if stamp is None or (rec.sha256 is not None and sha256_file(Path(rec.source)) != rec.sha256):
             return None
     except OSError:  # gone, unreadable now: not the file ingest judged either
+        return None
+    return stamp
+
+
+def _stat_stamp(path: Path) -> tuple[int, int, int, int] | None:
+    """(inode, size, mtime, ctime) of ``path``, None when it cannot be stat'ed."""
+    try:
+        st = os.stat(path)
+    except OSError:
         return None
     return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
@@ -270,12 +279,7 @@ def deidentify_recording(rec: RecordingInput, out_dir: Path, params: DeidentifyP
             row["text_audit_frames"], row["text_audit_residual_frames"] = text_auditor.frames, text_auditor.residual
             row["_text_example"] = text_auditor.example
             reason, detail = _verdict(row, params, tc.decode_error, row.pop("_text_example"))
-            try:
-                st = os.stat(rec.source)
-                now = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-            except OSError:
-                now = None
-            if now != stamp:  # grew, was rewritten, replaced or removed while we read it
+            if _stat_stamp(rec.source) != stamp:  # grew, was rewritten, replaced or removed while we read it
                 reason, detail = "source_changed", SOURCE_CHANGED
             if reason is None:
                 tc.commit()
