@@ -1,7 +1,7 @@
 """Burned-in text (EMU overlays: name, MRN, date, clock, bed), found and read with PP-OCR, wrapped once.
 
 The models ship inside the ``rapidocr-onnxruntime`` wheel (PP-OCRv4 detection
-and recognition, ONNX, run by onnxruntime); nothing downloads.  (``rapidocr``
+and recognition, ONNX, run by OpenVINO: ``tasks.onnx_models``); nothing downloads.  (``rapidocr``
 3.x would pull opencv-python-headless 5, whose files overwrite our OpenCV 4.)  ``TextDetector``
 finds text regions (no reading: every region is blurred, PHI or not);
 ``TextReader`` reads them, for the audit and the tests.  Both take an RGB
@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from tasks.detectors import FaceBox, iou
 from tasks.errors import ModelNotFoundError
+from tasks.onnx_models import OnnxModel
 
 DET_LIMIT_SIDE = 960  # pixels; rapidocr shrinks a frame whose long side exceeds this (never enlarges)
 STATIC_IOU = 0.3  # a region overlapping one of the previous detection this much is a static overlay
@@ -29,18 +31,26 @@ READABLE_MIN_CHARS = 3  # a read string with at least this many Latin letters or
 # Overlay lines are short: a region taller than this share of the frame is not burned-in text.  The detector
 # (trained on Chinese) takes a walker's legs for the character "person" (a box ~45 % of the frame high).
 MAX_HEIGHT_FRAC = 0.15
+DET_MODEL, REC_MODEL = "ch_PP-OCRv4_det_infer.onnx", "ch_PP-OCRv4_rec_infer.onnx"  # in rapidocr's wheel
 ONNX_THREADS = 1  # deidentify already overlaps decode, detection and encoding on the machine's cores
 HOW_TO = "install the project's dependencies (`make install`): rapidocr-onnxruntime ships its PP-OCR models in its wheel"
 
 
 def _engine(box_threshold: float):
     try:
+        import rapidocr_onnxruntime
         from rapidocr_onnxruntime import RapidOCR
     except ImportError as exc:
         raise ModelNotFoundError(f"burned-in text detection needs rapidocr-onnxruntime ({exc}); {HOW_TO}") from None
     logging.getLogger("RapidOCR").setLevel(logging.ERROR)
-    return RapidOCR(det_limit_type="max", det_limit_side_len=DET_LIMIT_SIDE, det_box_thresh=box_threshold,
-                    intra_op_num_threads=ONNX_THREADS, inter_op_num_threads=ONNX_THREADS)
+    ocr = RapidOCR(det_limit_type="max", det_limit_side_len=DET_LIMIT_SIDE, det_box_thresh=box_threshold,
+                   intra_op_num_threads=ONNX_THREADS, inter_op_num_threads=ONNX_THREADS)
+    # The same PP-OCRv4 networks run by OpenVINO (half the time of onnxruntime's; the same boxes and strings);
+    # rapidocr keeps its pre- and post-processing.  Both sessions are called as session(x)[0].
+    models = Path(rapidocr_onnxruntime.__file__).parent / "models"
+    ocr.text_det.infer = OnnxModel(models / DET_MODEL)
+    ocr.text_rec.session = OnnxModel(models / REC_MODEL)
+    return ocr
 
 
 def _box(poly) -> tuple[float, float, float, float]:

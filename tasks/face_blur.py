@@ -46,10 +46,12 @@ from __future__ import annotations
 
 import os
 import queue
-from array import array
 import threading
+import time
+from array import array
 from collections import deque
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -59,6 +61,7 @@ import pyarrow as pa
 from tasks.burned_text import TextDetector, TextReader, TextTracker
 from tasks.detectors import FaceBox, FaceDetector, make_detector
 from tasks.identity import sha256_file
+from tasks.motion import MotionGate
 from tasks.media import MediaError, Transcoder, YuvFrame, i420_planes, output_size, shrink_i420_to_rgb
 from tasks.params import DeidentifyParams
 from tasks.schema import write_table
@@ -80,6 +83,48 @@ class RecordingInput:
     source: Path  # raw file (private; never logged)
     duration_s: float
     sha256: str | None = None  # its content hash at ingest: a file that changed since is not what was judged
+
+
+PROFILE_PARTS = ("decode", "motion", "detect", "second", "text", "blur", "audit", "text_audit", "encode", "audio")
+
+
+@dataclass
+class Profile:
+    """Seconds spent per part of ``deidentify_recording`` (``PROFILE_PARTS``), summed over frames.
+
+    Parts run in two threads (decode + detection in one, blur + audit +
+    encode in the other), so their sum can exceed the wall time.  ``decode``
+    includes the small RGB copy for the detectors; ``encode`` the muxing;
+    ``audio`` the voice filter (run by the encoding thread).
+    """
+
+    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PROFILE_PARTS, 0.0))
+    calls: dict[str, int] = field(default_factory=lambda: dict.fromkeys(PROFILE_PARTS, 0))
+
+    @contextmanager
+    def part(self, name: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            # each part is timed by one thread only: no lock needed
+            self.seconds[name] += time.perf_counter() - t0
+            self.calls[name] += 1
+
+
+class _Timed:
+    """An audio filter whose work is timed as the ``audio`` part of a profile."""
+
+    def __init__(self, inner, profile: Profile) -> None:
+        self.inner, self.profile, self.sample_rate = inner, profile, inner.sample_rate
+
+    def process(self, x: np.ndarray) -> np.ndarray:
+        with self.profile.part("audio"):
+            return self.inner.process(x)
+
+    def flush(self) -> np.ndarray:
+        with self.profile.part("audio"):
+            return self.inner.flush()
 
 
 class _Changed(Exception):
@@ -159,7 +204,9 @@ def merge_boxes(boxes: list[FaceBox]) -> list[FaceBox]:
     return out
 
 
-BOX_SOURCES = ("detected", "gapfill")  # face_boxes.source values, stored as their index until written
+# face_boxes.source values, stored as their index until written: detected on the frame, held from the last
+# detection pass (nothing moved since: tasks/motion.py), or gap-filled from a neighbour
+BOX_SOURCES = ("detected", "held", "gapfill")
 
 
 class _BoxLog:
@@ -197,22 +244,33 @@ class _BoxLog:
 
 
 class _Auditor:
-    """Checks processed frames at a fixed rate (``fps``; 0 = never) with an independent detector."""
+    """Checks processed frames at a fixed rate (``fps``; 0 = never) with an independent detector, at most
+    ``short_side`` pixels: ``claim`` picks the frames (the encoding thread), ``examine`` checks them (the audit
+    thread, ``_AuditThread``)."""
 
-    def __init__(self, detector, fps: float) -> None:
+    part = "audit"  # its Profile part
+
+    def __init__(self, detector, fps: float, short_side: int) -> None:
         self.detector, self.period = detector, (1.0 / fps if fps > 0 else 0.0)
+        self.short_side = short_side
         self.next_t, self.frames, self.residual = 0.0, 0, 0
 
     def due(self, pts: float) -> bool:
         """Whether the frame at ``pts`` is one the audit checks."""
         return self.period > 0 and pts + 1e-6 >= self.next_t
 
-    def check(self, rgb: np.ndarray, pts: float) -> None:
+    def claim(self, pts: float) -> bool:
+        """Whether the frame at ``pts`` is audited; counts it and moves the schedule on when it is."""
         if not self.due(pts):
-            return
+            return False
         self.next_t += self.period * (1 + int((pts - self.next_t) // self.period))
         self.frames += 1
-        if self._finds(rgb, pts):
+        return True
+
+    def examine(self, yuv: np.ndarray, pts: float) -> None:
+        """Check one claimed frame (I420, as encoded), shrunk to ``short_side``."""
+        h, w = yuv.shape[0] * 2 // 3, yuv.shape[1]
+        if self._finds(shrink_i420_to_rgb(yuv, *output_size(w, h, self.short_side)), pts):
             self.residual += 1
 
     def _finds(self, rgb: np.ndarray, pts: float) -> bool:
@@ -220,26 +278,78 @@ class _Auditor:
 
 
 class _TextAuditor(_Auditor):
-    """The same cadence, reading with OCR: counts frames where text is still readable."""
+    """The same cadence, reading with OCR (at the size text is detected at): counts frames where text is still
+    readable."""
+
+    part = "text_audit"
 
     def __init__(self, fps: float, min_score: float, short_side: int) -> None:
-        super().__init__(TextReader() if fps > 0 else None, fps)
-        self.min_score, self.short_side = min_score, short_side
+        super().__init__(TextReader() if fps > 0 else None, fps, short_side)
+        self.min_score = min_score
         self.example = ""
 
     def _finds(self, rgb: np.ndarray, pts: float) -> bool:
-        h, w = rgb.shape[:2]
-        sw, sh = output_size(w, h, self.short_side)
-        if (sw, sh) != (w, h):  # read at the size text is detected at: the cost grows with the area
-            rgb = cv2.resize(rgb, (sw, sh), interpolation=cv2.INTER_AREA)
         found = self.detector.readable(rgb, self.min_score)
         if found and not self.example:
             self.example = f"{len(found[0].text)} characters at {pts:.1f} s"
         return bool(found)
 
 
+AUDIT_QUEUE = 4  # claimed frames waiting for the audit thread (full-size I420, ~3 MB each at 1080p)
+
+
+class _AuditThread:
+    """Runs the audits' detectors beside encoding: the encoding thread claims frames, this thread examines them.
+
+    The queue is bounded (memory stays flat; a slow audit slows the
+    encoding, it never drops a frame).  ``finish`` waits for every claimed
+    frame and re-raises an error of the audit thread; ``stop`` abandons it.
+    The frames handed over are not edited again: the encoder copies them.
+    """
+
+    def __init__(self, profile: Profile) -> None:
+        self.profile = profile
+        self.error: BaseException | None = None
+        self._q: queue.Queue = queue.Queue(maxsize=AUDIT_QUEUE)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="deidentify-audit")
+        self._thread.start()
+
+    def submit(self, auditor: _Auditor, yuv: np.ndarray, pts: float) -> None:
+        _put(self._q, (auditor, yuv, pts), self._stop)
+
+    def _run(self) -> None:
+        while True:
+            try:
+                item = self._q.get(timeout=0.1)
+            except queue.Empty:
+                if self._stop.is_set():
+                    return
+                continue
+            if item is _END:
+                return
+            if self.error is not None or self._stop.is_set():
+                continue  # keep draining: the encoding thread must never block on a dead audit
+            auditor, yuv, pts = item
+            try:
+                with self.profile.part(auditor.part):
+                    auditor.examine(yuv, pts)
+            except BaseException as exc:  # noqa: BLE001 - re-raised by finish()
+                self.error = exc
+
+    def finish(self) -> None:
+        _put(self._q, _END, self._stop)
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+
+    def stop(self) -> None:
+        self._stop.set()  # the thread skips what is queued and ends within 0.1 s of an empty queue
+        self._thread.join()
+
+
 def deidentify_recording(rec: RecordingInput, out_dir: Path, params: DeidentifyParams, *,
-                         voice_alpha: float = DEFAULT_ALPHA) -> dict:
+                         voice_alpha: float = DEFAULT_ALPHA, profile: Profile | None = None) -> dict:
     """De-identify one recording; returns its ``deidentified`` row (also written to results/).
 
     The sound follows ``params.audio``: ``anonymize`` passes it through
@@ -249,12 +359,15 @@ def deidentify_recording(rec: RecordingInput, out_dir: Path, params: DeidentifyP
 
     Never raises for bad media: an unreadable or partly readable file, or a
     failed audit, comes back as a row with status ``quarantined`` and a reason.
+    ``profile`` (benchmarks) collects the seconds spent per part.
     """
     out_dir = Path(out_dir)
+    profile = profile if profile is not None else Profile()
     rid = rec.recording_id
     detector = make_detector(params.detector, threshold=params.threshold, input_short_side=params.detect_short_side)
     auditor = _Auditor(make_detector(params.audit_detector, threshold=params.audit_threshold,
-                                     input_short_side=params.audit_short_side), params.audit_fps)
+                                     input_short_side=params.audit_short_side), params.audit_fps,
+                       params.audit_short_side)
     row = dict(recording_id=rid, status="ok", reason=None, detail=None, width=0, height=0, fps=0.0,
                duration_s=rec.duration_s, n_frames=0, decoded_coverage=0.0, face_frames=0, audit_frames=0,
                audit_residual_frames=0, detector=detector.name, audit_detector=auditor.detector.name, audio="none")
@@ -264,13 +377,13 @@ def deidentify_recording(rec: RecordingInput, out_dir: Path, params: DeidentifyP
     try:
         if (stamp := _source_stamp(rec)) is None:
             raise _Changed
-        voice = VoiceAnonymizer(voice_alpha) if params.audio == "anonymize" else None
+        voice = _Timed(VoiceAnonymizer(voice_alpha), profile) if params.audio == "anonymize" else None
         with Transcoder(rec.source, out_dir / "videos" / f"{rid}.mp4", keep_audio=params.audio != "drop",
                         preset=params.encoder_preset, audio_filter=voice) as tc:
             if tc.has_audio:
                 row["audio"] = "anonymized" if voice is not None else "original"
             gap = max(0, round(params.gap_fill_s * tc.fps))
-            last_pts = _blur_stream(tc, detector, (auditor, text_auditor), params, gap, boxes, row)
+            last_pts = _blur_stream(tc, detector, (auditor, text_auditor), params, gap, boxes, row, profile)
             row["fps"] = tc.fps
             row["n_frames"] = tc.decoded
             coverage = min(1.0, (last_pts + 1.0 / tc.fps) / rec.duration_s) if tc.decoded else 0.0
@@ -314,13 +427,24 @@ def _put(q: queue.Queue, item, stop: threading.Event) -> bool:
     return False
 
 
-def _decode_and_detect(tc: Transcoder, detector: FaceDetector, params: DeidentifyParams, q: queue.Queue,
-                       stop: threading.Event) -> None:
-    """Worker thread: decode every frame and detect faces on its small copy; (frame, boxes) into ``q``.
+SURE_SCORE = 0.5  # a first-detector face scored below this makes the second detector look at that frame too
 
-    Boxes come back in full-frame pixels, dilated.  PyAV, OpenCV and the
-    detectors release the GIL for their native work, so this overlaps the
-    blur/encode thread on a second core.  Ends with ``_END`` or the exception.
+
+def _decode_and_detect(tc: Transcoder, detector: FaceDetector, params: DeidentifyParams, q: queue.Queue,
+                       stop: threading.Event, profile: Profile) -> None:
+    """Worker thread: decode every frame, detect faces where the motion gate says so; (frame, boxes, held,
+    text boxes) into ``q``.
+
+    Detection passes run on frames that changed since the last pass
+    (``tasks.motion``); the frames in between get the last pass's boxes
+    (``held``).  On a pass the second detector runs when its cadence
+    (``second_every_s``) is due, on the first, refresh and scene-change
+    passes, when the first detector found fewer faces than at the last pass
+    (one lost) or one it is unsure of (``SURE_SCORE``).  Text detection has
+    its own gate and cadence (``text_every_s``).  Boxes come back in
+    full-frame pixels, dilated.  PyAV, OpenCV and the detectors release the
+    GIL for their native work, so this overlaps the blur/encode thread on a
+    second core.  Ends with ``_END`` or the exception.
     """
     second = None
     if params.second_detector != "none":
@@ -328,21 +452,35 @@ def _decode_and_detect(tc: Transcoder, detector: FaceDetector, params: Deidentif
     next_second = next_text = 0.0
     text = TextDetector(params.text_threshold) if params.text == "blur" else None
     tracker = TextTracker()
+    gate, text_gate = (MotionGate(level=params.motion_level, scene_level=params.motion_scene_level,
+                                  refresh_s=params.motion_refresh_s) for _ in range(2))
+    dets: list[FaceBox] = []
+    n_first = 0  # faces the first detector found at the last pass
     try:
-        for f in tc.frames_yuv(small_short_side=params.detect_short_side):
-            w, h = f.width, f.height
-            sh, sw = f.small_rgb.shape[:2]
-            sx, sy = w / sw, h / sh
-            found = detector.detect(f.small_rgb)
-            if second is not None and f.pts_s + 1e-6 >= next_second:
-                next_second = f.pts_s + params.second_every_s
-                found = found + second.detect(f.small_rgb)
-            dets = [FaceBox(b.x0 * sx, b.y0 * sy, b.x1 * sx, b.y1 * sy, b.score).dilate(params.box_dilation, w, h)
-                    for b in found]
+        frames = tc.frames_yuv(small_short_side=params.detect_short_side)
+        while True:
+            with profile.part("decode"):
+                f = next(frames, None)
+            if f is None:
+                break
+            with profile.part("motion"):
+                thumb = MotionGate.thumbnail(i420_planes(f.yuv)[0])
+                covered = tracker.boxes  # text regions already blurred: a running clock is no reason to look again
+                why = gate.due(thumb, f.pts_s, covered)
+            if why is not None:
+                dets, n_first, second_ran = _detect(f, detector, second, why, n_first, next_second, params, profile)
+                if second_ran:
+                    next_second = f.pts_s + params.second_every_s
+                gate.passed(thumb, f.pts_s)
             if text is not None and f.pts_s + 1e-6 >= next_text:
-                next_text = f.pts_s + params.text_every_s
-                tracker.update(_text_regions(text, f, params))
-            if not _put(q, (f, dets, tracker.boxes), stop):
+                with profile.part("motion"):
+                    text_why = text_gate.due(thumb, f.pts_s, covered)
+                if text_why is not None:
+                    next_text = f.pts_s + params.text_every_s
+                    with profile.part("text"):
+                        tracker.update(_text_regions(text, f, params))
+                    text_gate.passed(thumb, f.pts_s)
+            if not _put(q, (f, dets, why is None, tracker.boxes), stop):
                 return
         _put(q, _END, stop)
     except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which re-raises it
@@ -350,6 +488,27 @@ def _decode_and_detect(tc: Transcoder, detector: FaceDetector, params: Deidentif
     finally:
         if second is not None:
             second.close()
+
+
+def _detect(f: YuvFrame, detector: FaceDetector, second: FaceDetector | None, why: str, n_first: int,
+            next_second: float, params: DeidentifyParams, profile: Profile) -> tuple[list[FaceBox], int, bool]:
+    """One detection pass on ``f``: (dilated full-frame boxes, first-detector face count, whether the second
+    detector ran)."""
+    w, h = f.width, f.height
+    small = f.small_rgb
+    sx, sy = w / small.shape[1], h / small.shape[0]
+    with profile.part("detect"):
+        found = detector.detect(small)
+    first = len(found)
+    ran = False
+    if second is not None and (why != "motion" or f.pts_s + 1e-6 >= next_second or first < n_first
+                               or any(b.score < SURE_SCORE for b in found)):
+        with profile.part("second"):
+            found = found + second.detect(small)
+        ran = True
+    dets = [FaceBox(b.x0 * sx, b.y0 * sy, b.x1 * sx, b.y1 * sy, b.score).dilate(params.box_dilation, w, h)
+            for b in found]
+    return dets, first, ran
 
 
 def _text_regions(text: TextDetector, f: YuvFrame, params: DeidentifyParams) -> list[FaceBox]:
@@ -363,7 +522,7 @@ def _text_regions(text: TextDetector, f: YuvFrame, params: DeidentifyParams) -> 
 
 
 def _blur_stream(tc: Transcoder, detector: FaceDetector, auditors: tuple[_Auditor, _TextAuditor],
-                 params: DeidentifyParams, gap: int, boxes: _BoxLog, row: dict) -> float:
+                 params: DeidentifyParams, gap: int, boxes: _BoxLog, row: dict, profile: Profile) -> float:
     """Detect, gap-fill, blur, audit and encode every frame; returns the last pts.
 
     Two threads: decode + detect (``_decode_and_detect``) feeds a bounded
@@ -371,7 +530,7 @@ def _blur_stream(tc: Transcoder, detector: FaceDetector, auditors: tuple[_Audito
     audits and encodes.  Memory is fixed: ``QUEUE_FRAMES`` + ``gap`` frames.
     An error in the worker is re-raised here.
     """
-    # Each entry: [frame, detected boxes]; a frame leaves the buffer once the
+    # Each entry: (frame, its boxes, whether they are held from an earlier pass); a frame leaves the buffer once the
     # `gap` frames after it have been seen.
     auditor, text_auditor = auditors
     buf: deque = deque()
@@ -379,41 +538,42 @@ def _blur_stream(tc: Transcoder, detector: FaceDetector, auditors: tuple[_Audito
     recent_text: deque = deque(maxlen=2 * gap + 1)  # text regions, likewise
     last_pts = 0.0
 
-    def emit(f: YuvFrame, own: list[FaceBox]) -> None:
-        union = [b for dets in recent for b in dets]
+    def emit(f: YuvFrame, own: list[FaceBox], held: bool) -> None:
+        union = list({id(b): b for dets in recent for b in dets}.values())  # held boxes repeat
         others = [b for b in union if not any(b is o for o in own)]
         texts = list({id(b): b for regions in recent_text for b in regions}.values())  # held boxes repeat
         y, u, v = i420_planes(f.yuv)
-        for b in merge_boxes(union + texts):
-            pixelate(y, b, mode=params.blur)
-            half = FaceBox(b.x0 / 2, b.y0 / 2, b.x1 / 2, b.y1 / 2, b.score)  # chroma planes are half size
-            pixelate(u, half, mode=params.blur)
-            pixelate(v, half, mode=params.blur)
+        with profile.part("blur"):
+            for b in merge_boxes(union + texts):
+                pixelate(y, b, mode=params.blur)
+                half = FaceBox(b.x0 / 2, b.y0 / 2, b.x1 / 2, b.y1 / 2, b.score)  # chroma planes are half size
+                pixelate(u, half, mode=params.blur)
+                pixelate(v, half, mode=params.blur)
         if union:
             row["face_frames"] += 1
         if texts:
             row["text_frames"] += 1
-        boxes.add(f.index, f.pts_s, own, "detected")
+        boxes.add(f.index, f.pts_s, own, "held" if held else "detected")
         boxes.add(f.index, f.pts_s, others, "gapfill")
-        if auditor.due(f.pts_s) or text_auditor.due(f.pts_s):  # the audits see exactly the planes that are encoded
-            rgb = cv2.cvtColor(f.yuv, cv2.COLOR_YUV2RGB_I420)
-            auditor.check(rgb, f.pts_s)
-            if text_auditor.due(f.pts_s):
-                text_auditor.check(rgb, f.pts_s)
-        tc.write_yuv(f.yuv, pts_s=f.pts_s)
+        for a in (auditor, text_auditor):  # the audits see exactly the planes that are encoded
+            if a.claim(f.pts_s):
+                audits.submit(a, f.yuv, f.pts_s)
+        with profile.part("encode"):  # includes the voice filter's work, also counted as "audio"
+            tc.write_yuv(f.yuv, pts_s=f.pts_s)
         row["width"], row["height"] = f.width, f.height
 
     q: queue.Queue = queue.Queue(maxsize=QUEUE_FRAMES)
     stop = threading.Event()
-    worker = threading.Thread(target=_decode_and_detect, args=(tc, detector, params, q, stop), daemon=True,
+    worker = threading.Thread(target=_decode_and_detect, args=(tc, detector, params, q, stop, profile), daemon=True,
                               name="deidentify-detect")
     worker.start()
+    audits = _AuditThread(profile)
     try:
         while (item := q.get()) is not _END:
             if isinstance(item, BaseException):
                 raise item  # inside the Transcoder block: the partial output is discarded
-            frame, dets, texts = item
-            buf.append((frame, dets))
+            frame, dets, held, texts = item
+            buf.append((frame, dets, held))
             recent.append(dets)
             recent_text.append(texts)
             last_pts = frame.pts_s
@@ -424,7 +584,9 @@ def _blur_stream(tc: Transcoder, detector: FaceDetector, auditors: tuple[_Audito
             recent.append([])  # frames past the end contribute nothing
             recent_text.append([])
             emit(*buf.popleft())
+        audits.finish()
     finally:
+        audits.stop()
         stop.set()
         worker.join()
     return last_pts

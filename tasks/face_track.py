@@ -71,6 +71,8 @@ def observations(boxes: pa.Table, pts: list[float], *, fps: float, scale: tuple[
     ``boxes`` is a ``face_boxes`` table (source pixels); ``scale`` is
     (2 fps width / source width, 2 fps height / source height).
     """
+    # fresh detections only: a "held" box repeats the last pass's on a frame where nothing moved (tasks/motion.py),
+    # and the frames without a fresh one borrow the nearest track box, which is the same place
     det = boxes.filter(pc.equal(boxes.column("source"), "detected"))
     t = np.asarray(det.column("pts_s").to_pylist(), np.float64)
     fi = np.asarray(det.column("frame_index").to_pylist(), np.int64)

@@ -13,6 +13,7 @@ import threading
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from fractions import Fraction
 from typing import Protocol
 from pathlib import Path
@@ -79,13 +80,14 @@ class YuvFrame:
     ``yuv`` is an I420 array of shape (height * 3 / 2, width), upright, with
     even sizes (an odd last row/column is dropped); ``i420_planes`` gives
     writable views of its Y, U and V planes.  ``small_rgb`` is the same
-    picture shrunk (area interpolation) to the requested short side.
+    picture shrunk (area interpolation) to ``small_size`` (width, height),
+    made on first use: frames no detector looks at never pay for it.
     """
 
     index: int
     pts_s: float
     yuv: np.ndarray  # (H * 3 / 2, W) uint8, I420
-    small_rgb: np.ndarray  # (h, w, 3) uint8
+    small_size: tuple[int, int]  # (w, h) of small_rgb
 
     @property
     def width(self) -> int:
@@ -94,6 +96,11 @@ class YuvFrame:
     @property
     def height(self) -> int:
         return self.yuv.shape[0] * 2 // 3
+
+    @cached_property
+    def small_rgb(self) -> np.ndarray:
+        """(h, w, 3) uint8: the picture at ``small_size`` (taken before any edit of ``yuv`` reaches it)."""
+        return shrink_i420_to_rgb(self.yuv, *self.small_size)
 
 
 def i420_planes(yuv: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -723,7 +730,7 @@ class Transcoder:
         The cheap path for frame-by-frame editing: no full-size RGB is ever
         made (``write_yuv`` encodes the planes as they are).  ``small_rgb``
         has its short side at ``small_short_side`` (never upscaled; None =
-        full size).  Iterating may run in another thread than ``write_yuv``:
+        full size), made when first asked for.  Iterating may run in another thread than ``write_yuv``:
         audio packets copied on the way are muxed under a lock.
         """
         for frame, pts in self._decoded():
@@ -739,7 +746,7 @@ class Transcoder:
                 yuv = i420_from_planes(*(upright(p, rot) for p in i420_planes(yuv)))
             h, w = yuv.shape[0] * 2 // 3, yuv.shape[1]
             sw, sh = output_size(w, h, small_short_side) if small_short_side else (w, h)
-            yield YuvFrame(index=self.decoded - 1, pts_s=pts, yuv=yuv, small_rgb=shrink_i420_to_rgb(yuv, sw, sh))
+            yield YuvFrame(index=self.decoded - 1, pts_s=pts, yuv=yuv, small_size=(sw, sh))
 
     def _decoded(self) -> Iterator[tuple[av.VideoFrame, float]]:
         """(frame, pts in s from the first frame); copies audio packets to the output on the way."""

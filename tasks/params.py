@@ -103,8 +103,15 @@ class DeidentifyParams:
     # A second detector on a cadence catches what the first misses (mediapipe misses profile
     # faces); gap fill carries its boxes to the frames in between.  "none" turns it off.
     second_detector: Literal["none", "mediapipe", "centerface"] = "centerface"
-    second_every_s: float = 0.2  # seconds between second-detector passes
+    second_every_s: float = 0.2  # seconds between second-detector passes while detection runs
     second_threshold: float = 0.2
+    # Motion gate (tasks/motion.py): detection (both detectors, and text at its own cadence) runs again only
+    # when a 64x64 px cell of the picture changed by motion_level grey levels on average since the last pass,
+    # the whole picture by motion_scene_level (lights, a cut), or motion_refresh_s passed; frames in between
+    # keep the last pass's boxes (face_boxes source "held").  motion_level 0: detect on every frame.
+    motion_level: float = 6.0
+    motion_scene_level: float = 8.0
+    motion_refresh_s: float = 2.0
     # gaussian: detectors fired on 6-block mosaics (pixelate) in the phantom tests; none: audit self-test only
     blur: Literal["pixelate", "gaussian", "none"] = "gaussian"
     # The de-identified video's sound: anonymize (the voice changed, speech and vocalisations kept; what the
@@ -133,6 +140,9 @@ class DeidentifyParams:
     text_audit_score: float = 0.8  # a string read this confidently (3+ letters or digits) fails the audit
 
     def __post_init__(self) -> None:
+        if min(self.motion_level, self.motion_scene_level) < 0 or self.motion_refresh_s <= 0:
+            raise ConfigError("deidentify.motion_level and motion_scene_level must be >= 0 grey levels and "
+                              "motion_refresh_s > 0 seconds")
         if min(self.gap_fill_s, self.gait_gap_fill_s) < 0:
             raise ConfigError("deidentify.gap_fill_s and deidentify.gait_gap_fill_s must be >= 0 seconds")
 

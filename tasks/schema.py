@@ -136,7 +136,8 @@ TABLES: dict[str, pa.Schema] = {
         BOX,
         _f("score", pa.float32(), nullable=True),
         _f("source", pa.string()),
-        doc="Per-frame face boxes that were blurred (detected, gap-filled or interpolated).",
+        doc="Per-frame face boxes that were blurred; source: detected (on that frame), held (the last detection "
+            "pass's, nothing moved since) or gapfill (a neighbour's).",
     ),
     "deidentified": _schema(
         _f(RECORDING_ID, pa.string()),
