@@ -65,10 +65,12 @@ class TextDetector:
     def __init__(self, threshold: float = 0.5) -> None:
         self._ocr = _engine(threshold)
 
-    def detect(self, rgb: np.ndarray) -> list[FaceBox]:
+    def detect(self, rgb: np.ndarray, frame_height: int | None = None) -> list[FaceBox]:
+        """Boxes in ``rgb``'s pixels; ``frame_height``: the height of the frame ``rgb`` was cut from (a crop's own
+        height would drop an overlay line as too tall)."""
         polys, _ = self._ocr(np.ascontiguousarray(rgb[:, :, ::-1]), use_det=True, use_cls=False, use_rec=False)
         boxes = [FaceBox(*_box(p), 1.0) for p in polys or []]
-        return [b for b in boxes if b.height <= MAX_HEIGHT_FRAC * rgb.shape[0]]
+        return [b for b in boxes if b.height <= MAX_HEIGHT_FRAC * (frame_height or rgb.shape[0])]
 
 
 @dataclass(frozen=True)
@@ -103,12 +105,19 @@ class TextTracker:
         self.static: list[FaceBox] = []
         self.last: list[FaceBox] = []
 
-    def update(self, found: list[FaceBox]) -> None:
+    def update(self, found: list[FaceBox], region: FaceBox | None = None) -> None:
+        """A detection's regions; ``region`` (the part of the frame it looked at, None = all of it): the last
+        regions lying wholly inside it are replaced, the others (where nothing changed) kept."""
         for b in found:
             if any(iou(b, p) > STATIC_IOU for p in self.last) and not any(iou(b, s) > STATIC_IOU for s in self.static):
                 self.static.append(b)
-        self.last = list(found)
+        kept = [] if region is None else [b for b in self.last if not _within(b, region)]
+        self.last = kept + list(found)
 
     @property
     def boxes(self) -> list[FaceBox]:
         return self.static + self.last
+
+
+def _within(b: FaceBox, region: FaceBox) -> bool:
+    return region.x0 <= b.x0 and region.y0 <= b.y0 and b.x1 <= region.x1 and b.y1 <= region.y1

@@ -477,8 +477,9 @@ def _decode_and_detect(tc: Transcoder, detector: FaceDetector, params: Deidentif
                     text_why = text_gate.due(thumb, f.pts_s, covered)
                 if text_why is not None:
                     next_text = f.pts_s + params.text_every_s
+                    region = _text_region(text_gate.changed, f.width, f.height)
                     with profile.part("text"):
-                        tracker.update(_text_regions(text, f, params))
+                        tracker.update(_text_regions(text, f, params, region), region)
                     text_gate.passed(thumb, f.pts_s)
             if not _put(q, (f, dets, why is None, tracker.boxes), stop):
                 return
@@ -511,14 +512,33 @@ def _detect(f: YuvFrame, detector: FaceDetector, second: FaceDetector | None, wh
     return dets, first, ran
 
 
-def _text_regions(text: TextDetector, f: YuvFrame, params: DeidentifyParams) -> list[FaceBox]:
-    """Text boxes of one frame in full-frame pixels, dilated (found on a copy at most ``text_short_side``)."""
+TEXT_REGION_MAX_FRAC = 0.5  # a changed region bigger than this share of the frame is searched as the whole frame
+
+
+def _text_region(changed: FaceBox | None, width: int, height: int) -> FaceBox | None:
+    """Where a text pass looks: the motion gate's changed region (clipped) when it is small, else None (all)."""
+    if changed is None:
+        return None
+    r = FaceBox(changed.x0, changed.y0, min(float(width), changed.x1), min(float(height), changed.y1), 1.0)
+    return r if r.width * r.height <= TEXT_REGION_MAX_FRAC * width * height else None
+
+
+def _text_regions(text: TextDetector, f: YuvFrame, params: DeidentifyParams,
+                  region: FaceBox | None = None) -> list[FaceBox]:
+    """Text boxes of one frame (or of ``region`` of it) in full-frame pixels, dilated (found on a copy at most
+    ``text_short_side``).  Detection costs grow with the area: the gate's region is a fraction of the frame
+    while the patient moves and the overlays stay put."""
     w, h = f.width, f.height
     tw, th = output_size(w, h, params.text_short_side)
     rgb = f.small_rgb if f.small_rgb.shape[:2] == (th, tw) else shrink_i420_to_rgb(f.yuv, tw, th)
     sx, sy = w / tw, h / th
-    return [FaceBox(b.x0 * sx, b.y0 * sy, b.x1 * sx, b.y1 * sy, b.score).dilate(params.text_dilation, w, h)
-            for b in text.detect(rgb)]
+    ox = oy = 0
+    if region is not None:
+        ox, oy = int(region.x0 / sx), int(region.y0 / sy)
+        rgb = rgb[oy:int(np.ceil(region.y1 / sy)), ox:int(np.ceil(region.x1 / sx))]
+    return [FaceBox((b.x0 + ox) * sx, (b.y0 + oy) * sy, (b.x1 + ox) * sx, (b.y1 + oy) * sy, b.score
+                    ).dilate(params.text_dilation, w, h)
+            for b in text.detect(rgb, frame_height=th)]
 
 
 def _blur_stream(tc: Transcoder, detector: FaceDetector, auditors: tuple[_Auditor, _TextAuditor],

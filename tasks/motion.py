@@ -41,6 +41,8 @@ class MotionGate:
         self.level, self.scene_level, self.refresh_s = level, scene_level, refresh_s
         self._ref: np.ndarray | None = None
         self._ref_pts = 0.0
+        # after due() said "motion": the changed cells' bounding box grown by one cell (source pixels), else None
+        self.changed: FaceBox | None = None
 
     @staticmethod
     def thumbnail(y: np.ndarray) -> np.ndarray:
@@ -60,6 +62,7 @@ class MotionGate:
         ``masked`` boxes (source pixels) are left out of the comparison.
         A gate with ``level`` 0 asks for a pass on every frame.
         """
+        self.changed = None
         if self._ref is None or self._ref.shape != thumb.shape:
             return "start"
         if self.level <= 0:
@@ -74,8 +77,18 @@ class MotionGate:
         if float(diff.mean()) >= self.scene_level:
             return "scene"
         h, w = diff.shape
-        cells = cv2.resize(diff, (max(1, -(-w // CELL_PX)), max(1, -(-h // CELL_PX))), interpolation=cv2.INTER_AREA)
-        return "motion" if float(cells.max()) >= self.level else None
+        ch, cw = -(-h // CELL_PX), -(-w // CELL_PX)
+        padded = np.zeros((ch * CELL_PX, cw * CELL_PX), np.float32)
+        padded[:h, :w] = diff
+        cells = padded.reshape(ch, CELL_PX, cw, CELL_PX).mean(axis=(1, 3))  # edge cells count their padding as still
+        hot = cells >= self.level
+        if not hot.any():
+            return None
+        rows, cols = np.flatnonzero(hot.any(axis=1)), np.flatnonzero(hot.any(axis=0))
+        px = CELL_PX * THUMB_SCALE
+        self.changed = FaceBox(float(max(0, cols[0] - 1) * px), float(max(0, rows[0] - 1) * px),
+                               float((cols[-1] + 2) * px), float((rows[-1] + 2) * px), 1.0)
+        return "motion"
 
     def passed(self, thumb: np.ndarray, pts: float) -> None:
         """A pass ran on this frame: it becomes the reference."""

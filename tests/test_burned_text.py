@@ -70,3 +70,21 @@ def test_tracker_keeps_static_overlays_and_holds_the_last_regions():
     assert t.boxes == [moved]
     t.update([FaceBox(200, 250, 300, 270, 1.0)])
     assert moved in t.boxes and len(t.boxes) == 2
+
+
+def test_a_region_pass_finds_the_lines_inside_it_and_keeps_the_regions_outside():
+    """deidentify searches only where the motion gate saw a change: the planted lines inside that region are found
+    at full-frame coordinates (not dropped as too tall for the small crop), and the last regions outside it stay."""
+    det = TextDetector()
+    frame, lines = _frame_with_overlays(2)
+    o = lines[0]
+    x0, y0 = max(0, o.box[0] - 40), max(0, o.box[1] - 30)
+    x1, y1 = min(W, o.box[2] + 40), min(H, o.box[3] + 30)  # a small region around one planted line
+    crop = frame[y0:y1, x0:x1]
+    found = [FaceBox(b.x0 + x0, b.y0 + y0, b.x1 + x0, b.y1 + y0, b.score) for b in det.detect(crop, frame_height=H)]
+    assert _covered(o.box, [b.dilate(DeidentifyParams().text_dilation, W, H) for b in found]) >= COVER_MIN
+    outside, inside = FaceBox(300, 260, 380, 280, 1.0), FaceBox(x0 + 1, y0 + 1, x0 + 5, y0 + 5, 1.0)
+    t = TextTracker()
+    t.update([outside, inside])
+    t.update(found, FaceBox(x0, y0, x1, y1, 1.0))
+    assert outside in t.last and inside not in t.last and all(b in t.last for b in found)

@@ -428,16 +428,18 @@ def test_motion_gate_passes_on_planted_changes_only():
     assert [gate.due(thumb(still), t) for t in (0.1, 1.0, 1.9)] == [None, None, None]
     assert gate.due(thumb(still), 2.0) == "refresh"
     square = still.copy()
-    square[96:160, 128:192] = 250  # a new bright object, one 64 px cell
+    square[128:192, 128:192] = 250  # a new bright object, one 64 px cell
     assert gate.due(thumb(square), 0.5) == "motion"
-    masked = [FaceBox(120, 90, 200, 170, 1.0)]
+    c = gate.changed  # where it changed, grown by a cell: what a text pass searches
+    assert (c.x0, c.y0, c.x1, c.y1) == (64, 64, 256, 256)
+    masked = [FaceBox(120, 120, 200, 200, 1.0)]
     assert gate.due(thumb(square), 0.5, masked) is None  # inside a region already covered (a running clock)
     assert gate.due(thumb((still * 0.6).astype(np.uint8)), 0.5) == "scene"
     why, steps = None, 0
     while why is None and steps < 40:  # one cell brightening a grey level per frame: no single step is a change
         steps += 1
         drift = still.copy()
-        drift[96:160, 128:192] += steps
+        drift[128:192, 128:192] += steps
         why = gate.due(thumb(drift), 0.01 * steps)
     assert why == "motion" and 3 < steps < 10, steps  # the reference is the last pass, not the previous frame
 
