@@ -555,17 +555,24 @@ def _hash_source(path: str, prefix_bytes: int = 0) -> Inspection:
 
 
 def _inspect_worker(path: str, conn, prefix_bytes: int = 0) -> None:
+    import time
+
+    def send(status: str, payload) -> None:
+        # with the child's own clock reading (CLOCK_MONOTONIC is system-wide): the parent judges the probe's
+        # time from when the hash was done, not from when it got round to reading the message
+        conn.send((status, payload, time.monotonic()))
+
     try:
         seen = _hash_source(path, prefix_bytes)
-        conn.send(("hash", seen))
+        send("hash", seen)
         if seen.size:
-            conn.send(("ok", probe(path)))
+            send("ok", probe(path))
     except SourceBusy as exc:
-        conn.send(("busy", str(exc)))
+        send("busy", str(exc))
     except MediaError as exc:
-        conn.send(("error", str(exc)))
+        send("error", str(exc))
     except Exception as exc:  # noqa: BLE001 - report any decoder crash to the parent as data
-        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        send("error", f"{type(exc).__name__}: {exc}")
     finally:
         conn.close()
 
@@ -591,19 +598,25 @@ def inspect_with_timeout(path: str | Path, read_timeout_s: float, probe_timeout_
     proc.start()
     child.close()
     seen = None
+
+    def late() -> Inspection:
+        return dataclasses.replace(seen, error=f"no answer from the decoder within {probe_timeout_s:g} s",
+                                   timed_out=True)
+
     try:
         while True:
             if not parent.poll(max(0.0, deadline - time.monotonic())):
                 if seen is None:
                     raise ProbeTimeout(f"the file's bytes did not arrive within {read_timeout_s:g} s")
-                return dataclasses.replace(seen, error=f"no answer from the decoder within {probe_timeout_s:g} s",
-                                           timed_out=True)
-            status, payload = parent.recv()
+                return late()
+            status, payload, sent_at = parent.recv()
             if status == "hash":
                 seen = payload
-                deadline = time.monotonic() + probe_timeout_s
+                deadline = sent_at + probe_timeout_s  # the probe's clock starts when the child finished hashing
                 if not seen.size:
                     return seen
+            elif seen is not None and sent_at > deadline:  # answered, but later than the probe was allowed
+                return late()
             elif status == "ok":
                 return dataclasses.replace(seen, info=payload)
             elif status == "busy" or seen is None:  # held, not a regular file, or unreadable: no hash
