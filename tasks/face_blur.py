@@ -5,14 +5,17 @@ the gait track (``tasks.kinematics``) on every gait clip.
 
 Per recording (``deidentify_recording``):
 
-1. Decode every frame (upright) and detect faces on each with a recall-tuned
-   detector (low threshold, boxes dilated by ``box_dilation``).  Frames stay
-   in yuv420p as decoded; the detector sees a small RGB copy
+1. Decode every frame (upright) and detect faces with a recall-tuned
+   detector (low threshold, boxes dilated by ``box_dilation``) on every
+   frame the motion gate (``tasks.motion``) finds changed since the last
+   detection pass; the frames in between keep that pass's boxes (``held``).
+   Frames stay in yuv420p as decoded; the detector sees a small RGB copy
    (``detect_short_side``), and decoding + detection run in a second thread
    ahead of blur + encode (a bounded queue, so memory stays fixed).  A second
-   detector (CenterFace, low threshold) runs every ``second_every_s`` on the
-   same small copy: mediapipe misses faces in profile, CenterFace finds
-   them, and gap-fill carries its boxes to the frames in between.
+   detector (CenterFace, low threshold) looks at the same small copy on a
+   pass every ``second_every_s``, and whenever the first is unsure or lost
+   a face: mediapipe misses faces in profile, CenterFace finds them, and
+   gap-fill carries its boxes to the frames in between.
 2. Temporal gap-fill: a frame is blurred with the union of the boxes detected
    within ``gap_fill_s`` before *and after* it, which also bridges short
    misses between two detections.  Frames wait in a small look-ahead buffer
@@ -22,15 +25,15 @@ Per recording (``deidentify_recording``):
 4. Re-encode H.264 (``encoder_preset``) with no source metadata; the voice
    anonymised (``tasks.voice``), copied or dropped (``audio``).
 5. Audit: an independent detector checks the processed (to-be-encoded) frames at
-   ``audit_fps``.  Residual faces above ``audit_max_residual_frac`` quarantine
+   ``audit_fps``, in a third thread (``_AuditThread``).  Residual faces above ``audit_max_residual_frac`` quarantine
    the recording (fail-closed): its output video is deleted and it never
    reaches later stages.  OCR reads processed frames at ``text_audit_fps``:
    any string it reads (``text_audit_score``, 3+ letters or digits)
    quarantines it too.
 
 Burned-in text (``text: blur``): the worker thread also finds text regions
-(``tasks.burned_text``, PP-OCR) every ``text_every_s`` on a copy at most
-``text_short_side``; ``TextTracker`` keeps static overlays covered for good
+(``tasks.burned_text``, PP-OCR) at most every ``text_every_s`` on a copy at most
+``text_short_side``, where its own motion gate saw a change; ``TextTracker`` keeps static overlays covered for good
 and holds the last regions until the next detection; gap fill carries them
 back to the frames before, and they are blurred like faces (not logged as
 face boxes: later stages read those as faces).  Too little decodable video (``min_decoded_coverage``)
@@ -92,10 +95,10 @@ PROFILE_PARTS = ("decode", "motion", "detect", "second", "text", "blur", "audit"
 class Profile:
     """Seconds spent per part of ``deidentify_recording`` (``PROFILE_PARTS``), summed over frames.
 
-    Parts run in two threads (decode + detection in one, blur + audit +
-    encode in the other), so their sum can exceed the wall time.  ``decode``
-    includes the small RGB copy for the detectors; ``encode`` the muxing;
-    ``audio`` the voice filter (run by the encoding thread).
+    Parts run in three threads (decode + motion gate + detection; blur +
+    encode; the audits), so their sum can exceed the wall time.  ``encode``
+    includes the muxing and the voice filter, which ``audio`` also counts
+    on its own.
     """
 
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PROFILE_PARTS, 0.0))
