@@ -43,6 +43,10 @@ class FaceBox:
     def height(self) -> float:
         return self.y1 - self.y0
 
+    def mapped(self, sx: float, sy: float, ox: float = 0.0, oy: float = 0.0) -> FaceBox:
+        """This box of a (cropped at ``ox``, ``oy``) shrunk copy in the full frame's pixels (scale ``sx``, ``sy``)."""
+        return FaceBox((self.x0 + ox) * sx, (self.y0 + oy) * sy, (self.x1 + ox) * sx, (self.y1 + oy) * sy, self.score)
+
     def dilate(self, frac: float, width: int, height: int) -> FaceBox:
         """Grow by ``frac`` of the box size on every side, clipped to the frame."""
         dx, dy = self.width * frac, self.height * frac

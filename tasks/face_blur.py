@@ -510,8 +510,7 @@ def _detect(f: YuvFrame, detector: FaceDetector, second: FaceDetector | None, wh
         with profile.part("second"):
             found = found + second.detect(small)
         ran = True
-    dets = [FaceBox(b.x0 * sx, b.y0 * sy, b.x1 * sx, b.y1 * sy, b.score).dilate(params.box_dilation, w, h)
-            for b in found]
+    dets = [b.mapped(sx, sy).dilate(params.box_dilation, w, h) for b in found]
     return dets, first, ran
 
 
@@ -539,9 +538,7 @@ def _text_regions(text: TextDetector, f: YuvFrame, params: DeidentifyParams,
     if region is not None:
         ox, oy = int(region.x0 / sx), int(region.y0 / sy)
         rgb = rgb[oy:int(np.ceil(region.y1 / sy)), ox:int(np.ceil(region.x1 / sx))]
-    return [FaceBox((b.x0 + ox) * sx, (b.y0 + oy) * sy, (b.x1 + ox) * sx, (b.y1 + oy) * sy, b.score
-                    ).dilate(params.text_dilation, w, h)
-            for b in text.detect(rgb, frame_height=th)]
+    return [b.mapped(sx, sy, ox, oy).dilate(params.text_dilation, w, h) for b in text.detect(rgb, frame_height=th)]
 
 
 def _blur_stream(tc: Transcoder, detector: FaceDetector, auditors: tuple[_Auditor, _TextAuditor],
