@@ -39,7 +39,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tasks.atomic import is_partial
-from tasks.errors import SemioflowError
+from tasks.errors import SemioflowError, error_words
 from tasks.media import Inspection, ProbeInfo, ProbeTimeout, SourceBusy, inspect_with_timeout
 from tasks.params import IngestParams, Params
 from tasks.contract import Out, Stage
@@ -52,6 +52,7 @@ HEADER_MISMATCH = 0.5  # relative disagreement between header durations that is 
 HEADER_MISMATCH_MIN_S = 2.0  # ...and at least this many seconds
 MIN_DURATION_S = 1.0  # shorter recordings cannot fill a single analysis frame pair
 MIN_INDEX_COVERAGE = 0.99  # share of indexed video samples that must be present
+QUARANTINE_COMMAND = "`semioflow quarantine`"  # lists quarantined files with their reasons (console only)
 
 
 @dataclass(frozen=True)
@@ -69,8 +70,9 @@ class IngestReport:
     def describe(self) -> str:
         extra = f", {self.unreadable} not readable now (tried again next run)" if self.unreadable else ""
         extra += f", {len(self.superseded)} superseded by a changed file" if self.superseded else ""
+        listed = f" ({QUARANTINE_COMMAND} lists them)" if self.quarantined else ""
         return (
-            f"ingest: {len(self.accepted)} new, {len(self.quarantined)} quarantined, "
+            f"ingest: {len(self.accepted)} new, {len(self.quarantined)} quarantined{listed}, "
             f"{self.known} already known, {self.pending} still being written{extra}"
         )
 
@@ -126,7 +128,8 @@ def classify(info: ProbeInfo) -> tuple[str | None, str, list[str]]:
 
 
 def _scrub(text: str, path: Path) -> str:
-    """Remove the file's path and name from a message (FFmpeg quotes them)."""
+    """Remove the file's path and name from a message (FFmpeg quotes them); error numbers in words."""
+    text = error_words(text)
     for token in sorted({str(path), str(path.resolve()), path.name, path.stem}, key=len, reverse=True):
         if token:
             text = text.replace(token, "<file>")

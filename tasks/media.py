@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 from tasks.atomic import partial_name
-from tasks.errors import SemioflowError
+from tasks.errors import SemioflowError, error_words
 
 VIDEO_CODEC = "libx264"
 AUDIO_CODEC = "aac"
@@ -237,7 +237,7 @@ class VideoWriter:
                     self._audio.metadata[k] = v
         except av.FFmpegError as exc:
             self._discard()
-            raise MediaError(f"cannot open video writer: {exc}") from None
+            raise MediaError(f"cannot open video writer: {error_words(exc)}") from None
         self._audio_rate = audio_rate
 
     def write(self, rgb: np.ndarray, *, pts_s: float | None = None) -> None:
@@ -275,7 +275,7 @@ class VideoWriter:
             self._container.close()
         except av.FFmpegError as exc:
             self._discard()
-            raise MediaError(f"cannot finish video: {exc}") from None
+            raise MediaError(f"cannot finish video: {error_words(exc)}") from None
         self._tmp.replace(self.path)
         return self.path
 
@@ -316,7 +316,7 @@ def iter_frames(path: str | Path, *, width: int | None = None, height: int | Non
                 rgb = upright(frame.to_ndarray(format="rgb24", width=w, height=h), rot)
                 yield DecodedFrame(index=i, pts_s=pts, rgb=rgb)
     except av.FFmpegError as exc:
-        raise MediaError(f"cannot decode video: {exc}") from None
+        raise MediaError(f"cannot decode video: {error_words(exc)}") from None
 
 
 def read_audio(path: str | Path, *, sample_rate: int = 16_000) -> np.ndarray:
@@ -336,7 +336,7 @@ def read_audio(path: str | Path, *, sample_rate: int = 16_000) -> np.ndarray:
             for out in resampler.resample(None):
                 chunks.append(out.to_ndarray().reshape(-1))
     except av.FFmpegError as exc:
-        raise MediaError(f"cannot decode audio: {exc}") from None
+        raise MediaError(f"cannot decode audio: {error_words(exc)}") from None
     return np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, dtype=np.float32)
 
 
@@ -381,7 +381,7 @@ def probe(path: str | Path) -> ProbeInfo:
     try:
         container = av.open(str(path))
     except av.FFmpegError as exc:
-        raise MediaError(f"not a readable media file: {exc}") from None
+        raise MediaError(f"not a readable media file: {error_words(exc)}") from None
     with container:
         v = video_stream(container)
         rate = v.average_rate or v.guessed_rate or v.base_rate
@@ -572,7 +572,7 @@ def _inspect_worker(path: str, conn, prefix_bytes: int = 0) -> None:
     except MediaError as exc:
         send("error", str(exc))
     except Exception as exc:  # noqa: BLE001 - report any decoder crash to the parent as data
-        send("error", f"{type(exc).__name__}: {exc}")
+        send("error", f"{type(exc).__name__}: {error_words(exc)}")
     finally:
         conn.close()
 
@@ -691,7 +691,7 @@ class Transcoder:
         try:
             self._in = av.open(str(src))
         except av.FFmpegError as exc:
-            raise MediaError(f"cannot open video: {exc}") from None
+            raise MediaError(f"cannot open video: {error_words(exc)}") from None
         try:
             self._vin = video_stream(self._in)
         except MediaError:
@@ -786,7 +786,7 @@ class Transcoder:
                     self.decoded += 1
                     yield frame, pts - self._t0
         except av.FFmpegError as exc:
-            self.decode_error = str(exc)
+            self.decode_error = error_words(exc)
 
     def _mux_audio(self, packets: list) -> None:
         with self._mux_lock:
@@ -855,7 +855,7 @@ class Transcoder:
             self._out.close()
         except av.FFmpegError as exc:
             self.discard()
-            raise MediaError(f"cannot finish video: {exc}") from None
+            raise MediaError(f"cannot finish video: {error_words(exc)}") from None
         finally:
             self._in.close()
         if self._vout is None:
@@ -929,7 +929,7 @@ def sample_frames(path: str | Path, *, fps: float, short_side: int) -> Iterator[
                 yield DecodedFrame(index=kept, pts_s=t, rgb=rgb)
                 kept += 1
     except av.FFmpegError as exc:
-        raise MediaError(f"cannot decode video: {exc}") from None
+        raise MediaError(f"cannot decode video: {error_words(exc)}") from None
     except IndexError:
         raise MediaError("file has no video stream") from None
 

@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import yaml
 
-from tasks.errors import ConfigError
+from tasks.errors import ConfigError, did_you_mean
 from tasks.layout import rel
 
 PARAMS_FILE = "params.yaml"
@@ -537,8 +537,8 @@ def build(cls: type, raw: Any, *, prefix: str, require_all: bool = False) -> Any
     for key in raw:
         if key not in fields:
             moved = MOVED.get(prefix + str(key))
-            raise ConfigError(f"unknown key {prefix + str(key)!r} (allowed: {', '.join(fields)})"
-                              + (f"; it moved to {moved}" if moved else ""))
+            hint = f"; it moved to {moved}" if moved else did_you_mean(prefix + str(key), [prefix + f for f in fields])
+            raise ConfigError(f"unknown key {prefix + str(key)!r}{hint} (allowed: {', '.join(fields)})")
     kwargs = {}
     for name in fields:
         key = prefix + name
