@@ -18,7 +18,7 @@ from pathlib import Path
 import click
 
 from tasks import layout, quiet, registry
-from tasks.errors import SemioflowError
+from tasks.errors import ConfigError, SemioflowError, did_you_mean
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -30,10 +30,13 @@ class CliContext:
     data_dir: Path
     params_path: Path
     debug: bool
+    command: str = ""  # the command a flow run is named after when it is not the one running (demo)
 
     def params(self):
         from tasks.params import load_params
 
+        if not self.params_path.is_file():  # the flag and the value the user gave (this is their console)
+            raise ConfigError(f"--params {self.params_path}: no params file there")
         return load_params(self.params_path)
 
 
@@ -41,6 +44,39 @@ pass_ctx = click.make_pass_decorator(CliContext)
 
 
 PRIVATE_UMASK = 0o077  # new files 0600, new folders 0700
+
+
+class Choice(click.Choice):
+    """``click.Choice`` whose error says "did you mean", and whose metavar can be a name.
+
+    A long ``{a|b|c|...}`` metavar is one word to the help formatter, which cuts it anywhere to fit the
+    line (``face_cro p``); with ``metavar="STAGE"`` the usage line stays short and the command's help lists
+    the choices separated by commas, where lines break.
+    """
+
+    def __init__(self, choices, *, metavar: str | None = None) -> None:
+        super().__init__(choices)
+        self.name_metavar = metavar
+
+    def get_metavar(self, param, ctx):
+        return self.name_metavar or super().get_metavar(param, ctx)
+
+    def get_invalid_choice_message(self, value, ctx) -> str:
+        return (f"{value!r} is not one of {', '.join(map(str, self.choices))}"
+                + (did_you_mean(value, self.choices) or "."))
+
+
+def choices_help(what: str, choices) -> str:
+    """``"STAGE is one of: a, b, c."``: a list the help formatter wraps at its spaces."""
+    return f"{what} is one of: {', '.join(choices)}."
+
+
+def _existing_dir(fn):
+    """``--inbox DIR``: checked here, before Prefect or a progress line starts (the path may be shown: this is
+    the user's own console; flows get a keyed name for it, ``flows.settings.inbox_ref``)."""
+    return click.option("--inbox", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+                        help="Folder of new seizure recordings (default: ingest.inbox in params; gait clips come "
+                             "from ingest.gait_inbox).")(fn)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -77,7 +113,7 @@ def cli(ctx: click.Context, data_dir: Path, params_path: Path, debug: bool) -> N
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["table", "json", "yaml"]),
+    type=Choice(["table", "json", "yaml"]),
     default="table",
     show_default=True,
     help="Output format.",
@@ -261,24 +297,68 @@ def _wait_option(fn):
 
 
 @cli.command()
-@click.option("--inbox", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Folder of new seizure recordings (default: ingest.inbox in params; gait clips come from ingest.gait_inbox).")
+@_existing_dir
 @_wait_option
 @pass_ctx
 def ingest(obj: CliContext, inbox: Path | None, wait: bool) -> None:
     """Add new recordings from an inbox folder (pseudonymous ids, quarantine for bad files)."""
-    _run_flow(obj, "stage", wait, stage="ingest", inbox=inbox)
+    _run_flow(obj, "stage", wait, stage="ingest", inbox=inbox, command="ingest")
 
 
-@cli.command()
-@click.argument("name", type=click.Choice(registry.names()))
-@click.option("--inbox", type=click.Path(file_okay=False, path_type=Path), default=None,
+QUARANTINE_TABLE = "quarantine.parquet"  # a stage's quarantine rows (ingest's, deidentify's), table quarantine
+
+
+def quarantined_files(data_dir: Path) -> list[dict]:
+    """Every quarantine row of every stage, with the source file from ingest's private id map.
+
+    Rows: ``source_path`` (None when the map has no entry), ``recording_id``, ``stage``, ``reason``,
+    ``detail``, ``quarantined_at``.  For the console only (``semioflow quarantine``): the list names files.
+    """
+    from tasks.identity import ID_MAP
+    from tasks.schema import read_table
+
+    id_map = layout.path(data_dir, "ingest") / ID_MAP
+    paths = {r["recording_id"]: r["source_path"] for r in read_table("id_map", id_map).to_pylist()} \
+        if id_map.is_file() else {}
+    rows = []
+    for name in layout.STAGES:
+        table = layout.path(data_dir, name, QUARANTINE_TABLE)
+        if table.is_file():
+            for r in read_table("quarantine", table).to_pylist():
+                rows.append(dict(source_path=paths.get(r["recording_id"]), **{
+                    k: r[k] for k in ("recording_id", "stage", "reason", "detail", "quarantined_at")}))
+    return rows
+
+
+@cli.command("quarantine")
+@pass_ctx
+def quarantine_cmd(obj: CliContext) -> None:
+    """List the quarantined files, each with its reason (from ingest's private id map).
+
+    The list names files: it is printed on this console only, never logged, stored or sent to Prefect.
+    """
+    if not layout.stage_dir(obj.data_dir, "ingest").is_dir():
+        raise click.ClickException(f"--data-dir {obj.data_dir}: no ingest has run there yet (semioflow ingest)")
+    rows = quarantined_files(obj.data_dir)
+    if not rows:
+        click.echo(f"no quarantined files in {obj.data_dir}")
+        return
+    click.echo(f"{len(rows)} quarantined file(s) in {obj.data_dir} (file, then stage, reason and detail):")
+    for r in sorted(rows, key=lambda r: (r["source_path"] or "", r["quarantined_at"])):
+        click.echo(r["source_path"] or f"(no file in the id map for {r['recording_id']})")
+        detail = f": {r['detail']}" if r["detail"] else ""
+        click.echo(f"    {r['stage']} {r['reason']}{detail} [{r['recording_id']}]")
+
+
+@cli.command(help="Run one stage (one Prefect task run per recording; what dvc.yaml calls).\n\n"
+                  + choices_help("STAGE", registry.names()))
+@click.argument("name", metavar="STAGE", type=Choice(registry.names(), metavar="STAGE"))
+@click.option("--inbox", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Only for ingest: folder of new recordings.")
 @_wait_option
 @pass_ctx
 def stage(obj: CliContext, name: str, inbox: Path | None, wait: bool) -> None:
-    """Run one stage (one Prefect task run per recording; what dvc.yaml calls)."""
-    _run_flow(obj, "stage", wait, stage=name, inbox=inbox)
+    _run_flow(obj, "stage", wait, stage=name, inbox=inbox, command="stage")
 
 
 @cli.command("generate")
@@ -298,13 +378,12 @@ def generate_cmd(check: bool) -> None:
 
 
 @cli.command("run")
-@click.option("--inbox", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Folder of new seizure recordings (default: ingest.inbox in params; gait clips come from ingest.gait_inbox).")
+@_existing_dir
 @_wait_option
 @pass_ctx
 def run_cmd(obj: CliContext, inbox: Path | None, wait: bool) -> None:
     """Run every stage as one Prefect flow; finished recordings are cached."""
-    _run_flow(obj, "pipeline", wait, inbox=inbox)
+    _run_flow(obj, "pipeline", wait, inbox=inbox, command=obj.command or "run")
 
 
 def private_data_dir(data_dir: Path) -> str | None:
@@ -321,26 +400,43 @@ def private_data_dir(data_dir: Path) -> str | None:
             f"{data_dir.stat().st_mode & 0o777:o}); make it private: chmod -R go-rwx {data_dir}")
 
 
-def _run_flow(obj: CliContext, which: str, wait: bool, **kw) -> None:
+def check_inboxes(params, params_path: Path, inbox: Path | None) -> None:
+    """The inboxes ingest will scan exist: said here, naming the param and its value, before Prefect starts
+    (the stage's own check runs 20 s later and cannot name the folder: its message reaches Prefect)."""
+    ip = params.ingest
+    if inbox is not None:
+        return  # --inbox: click checked it
+    if not ip.inbox and not ip.gait_inbox:
+        raise ConfigError(f"ingest.inbox and ingest.gait_inbox in {params_path} are both empty: nothing to scan "
+                          "(set one, or pass --inbox DIR)")
+    if ip.inbox and not Path(ip.inbox).is_dir():
+        raise ConfigError(f"ingest.inbox in {params_path} is {ip.inbox!r}: no folder there (relative to "
+                          f"{Path.cwd()}); set it to the folder of seizure recordings, or pass --inbox DIR")
+
+
+def _run_flow(obj: CliContext, which: str, wait: bool, *, command: str, **kw) -> None:
     from flows.lock import run_lock
 
     params = obj.params()  # fail fast on bad params, before Prefect starts
+    stage = kw.get("stage", "all")
+    inbox = kw.pop("inbox", None)
+    if stage in ("all", "ingest"):
+        check_inboxes(params, obj.params_path, inbox)
     if (warning := private_data_dir(obj.data_dir)) is not None:
         click.echo(warning, err=True)
-    inbox = kw.pop("inbox", None)
     t0 = time.monotonic()
     with run_lock(obj.data_dir, wait=wait):
         pipeline = _prefect(obj)
-        from flows.settings import api_session
-
-        from flows.settings import inbox_ref
+        from flows.settings import api_session, inbox_ref, run_name
 
         args = dict(data_dir=str(obj.data_dir), params_path=str(obj.params_path),
                     inbox_ref=inbox_ref(inbox) if inbox else None, **kw)
         f = pipeline.pipeline if which == "pipeline" else pipeline.stage_flow
         try:
             with api_session():
-                out = pipeline.with_runner(f, params, obj.data_dir)(**args)
+                # named so that a stage's run can be found in the UI; no path or parameter in the name
+                f = pipeline.with_runner(f, params, obj.data_dir).with_options(flow_run_name=run_name(command, stage))
+                out = f(**args)
         finally:
             _write_run_record(obj, pipeline.STAGE_SECONDS, time.monotonic() - t0)
     lines = out if isinstance(out, list) else [out]
@@ -402,7 +498,7 @@ def demo(ctx: click.Context) -> None:
 
     obj: CliContext = ctx.obj
     ctx.obj = CliContext(data_dir=obj.data_dir, params_path=write_demo_params(obj.params_path, state_dir() / DEMO_PARAMS),
-                         debug=obj.debug)
+                         debug=obj.debug, command="demo")
     click.echo(f"demo params: {ctx.obj.params_path} (= {obj.params_path} with a small cohort and smoke-size models)")
     ctx.invoke(synth_seizure)
     ctx.invoke(synth_gait)
@@ -419,7 +515,7 @@ def models() -> None:
 
 
 @models.command("tiny")
-@click.option("--vision-arch", type=click.Choice(["qwen2_5_vl", "internvl", "qwen3_vl"]), default="qwen2_5_vl",
+@click.option("--vision-arch", type=Choice(["qwen2_5_vl", "internvl", "qwen3_vl"]), default="qwen2_5_vl",
               show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--force", is_flag=True, help="Rebuild even if the folders exist.")
@@ -536,8 +632,7 @@ def server_status() -> None:
 
 @cli.command()
 @click.option("--cron", default="0 2 * * *", show_default=True, help="When to run (cron, server time zone).")
-@click.option("--inbox", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Folder of new seizure recordings (default: ingest.inbox in params; gait clips come from ingest.gait_inbox).")
+@_existing_dir
 @click.option("--publish/--no-publish", default=True, show_default=True,
               help="After the run: dvc commit + dvc push (+ git commit of dvc.lock).")
 @click.option("--register-only", is_flag=True, help="Register the deployment and exit (no serving process).")
@@ -577,7 +672,7 @@ def labels_group() -> None:
 
 @labels_group.command("import")
 @click.argument("source", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(["s3", "semioflow"]), required=True,
+@click.option("--format", "fmt", type=Choice(["s3", "semioflow"]), required=True,
               help="s3: Seizure-Semiology-Suite labels CSV; semioflow: CSV/Parquet with source_name, feature_id, "
                    "label (+ optional patient_id, annotator_1..3, onset_s, offset_s, justification).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("annotations"),
@@ -623,7 +718,7 @@ def labels_score_s3(labels: Path, outputs: Path) -> None:
 
 
 @cli.command("export")
-@click.option("--format", "fmt", type=click.Choice(["s3"]), required=True, help="s3: S³'s per-video layout.")
+@click.option("--format", "fmt", type=Choice(["s3"]), required=True, help="s3: S³'s per-video layout.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="The CSV to write. It names the original files (S³ matches on them): keep it with the raw "
                    "recordings.")

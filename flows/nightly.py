@@ -19,6 +19,7 @@ from prefect import serve as prefect_serve
 
 from flows.lock import run_lock
 from flows.pipeline import pipeline, with_runner
+from flows.settings import run_name
 from tasks.errors import SemioflowError
 from tasks.params import load_params
 
@@ -53,8 +54,8 @@ def nightly(data_dir: str, params_path: str, inbox_ref: str | None = None, publi
     """One scheduled run (waits for a manual run to finish rather than failing)."""
     params = load_params(params_path)
     with run_lock(Path(data_dir), wait=True):
-        lines = with_runner(pipeline, params, data_dir)(data_dir=data_dir, params_path=params_path,
-                                                          inbox_ref=inbox_ref)
+        f = with_runner(pipeline, params, data_dir).with_options(flow_run_name=run_name("nightly"))
+        lines = f(data_dir=data_dir, params_path=params_path, inbox_ref=inbox_ref)
     if publish_results:
         lines.append(publish(Path(params_path).resolve().parent))
     for line in lines:

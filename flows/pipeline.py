@@ -31,7 +31,7 @@ from tasks.atomic import remove_stale_partials
 from tasks.cache import (COHORT_MARKER, cohort_job, marker_key, marker_result, prepare, recording_jobs,
                          scrub_paths)
 from tasks.contract import Stage
-from tasks.errors import SemioflowError
+from tasks.errors import SemioflowError, did_you_mean
 from tasks.params import Params, load_params, to_dict
 
 
@@ -259,7 +259,8 @@ def stage_flow(stage: str, data_dir: str = "data", params_path: str = "params.ya
     """One stage (what dvc.yaml runs)."""
     inbox = inbox_path(inbox_ref)
     if stage not in registry.names():
-        raise SemioflowError(f"unknown stage {stage!r}; stages: {', '.join(registry.names())}")
+        raise SemioflowError(f"unknown stage {stage!r}{did_you_mean(stage, registry.names())} "
+                             f"(stages: {', '.join(registry.names())})")
     _token(data_dir)
     return run_stage(stage, Path(data_dir), load_params(params_path), inbox=inbox).line()
 

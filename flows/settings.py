@@ -69,6 +69,22 @@ def inbox_path(ref: str | None, root: Path | None = None) -> str | None:
     return f.read_text(encoding="utf-8")
 
 
+RUN_NAME_TIME = "%Y-%m-%dT%H-%M-%S"  # UTC; a run name carries no colon (the UI's search and URLs take it whole)
+
+
+def run_name(command: str, stage: str = "all", *, now=None) -> str:
+    """A flow run's name, ``<command>-<stage>-<date>``: ``stage-window-2026-12-07T23-40-01``,
+    ``run-all-…``, ``demo-all-…``, ``ingest-…`` (the command is the stage).
+
+    Prefect otherwise names every run of a flow at random, and one stage's run cannot be found among the
+    ``semioflow-stage`` runs.  Only the command and the stage go in: never a path or a parameter value.
+    """
+    import datetime as dt
+
+    when = (now or dt.datetime.now(dt.timezone.utc)).strftime(RUN_NAME_TIME)
+    return "-".join([command] + ([stage] if stage != command else []) + [when])
+
+
 def prefect_home(root: Path | None = None) -> Path:
     home = state_dir(root) / "prefect"
     home.mkdir(parents=True, exist_ok=True)
