@@ -167,6 +167,7 @@ def test_run_shows_named_task_runs_through_the_api(proj):
     assert "done in" in res.stdout and "report: data/16_report/report.html" in res.stdout
     fr = latest_flow_run(proj)
     assert fr["state"]["type"] == "COMPLETED"
+    assert re.fullmatch(r"run-all-\d{4}-\d\d-\d\dT\d\d-\d\d-\d\d", fr["name"]), fr["name"]  # <command>-<stage>-<date>
     states = per_recording(task_states(proj, fr["id"]))
     assert passed(proj), "every recording was quarantined"
     assert set(states) == expected_tasks(proj)
@@ -341,6 +342,7 @@ def test_an_inbox_given_on_the_command_line_stays_out_of_prefect(proj):
     assert "1 quarantined" in out, out  # the folder was read
     runs = httpx.post(f"{api(proj)}/flow_runs/filter", json={"limit": 200}).json()
     assert runs and "ward7" not in json.dumps(runs)
+    assert re.fullmatch(r"stage-ingest-[\dT-]{19}", latest_flow_run(proj, "semioflow-stage")["name"])
     blobs = [f for f in (proj / ".semioflow" / "prefect").rglob("*") if f.is_file()]
     assert blobs and not [f for f in blobs if b"ward7" in f.read_bytes()]
     (ref,) = list((proj / ".semioflow" / "inboxes").iterdir())  # where the path is: owner-only
