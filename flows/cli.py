@@ -358,6 +358,7 @@ def quarantine_cmd(obj: CliContext) -> None:
 @_wait_option
 @pass_ctx
 def stage(obj: CliContext, name: str, inbox: Path | None, wait: bool) -> None:
+    # the help is given above: it lists the stages, which a docstring cannot
     _run_flow(obj, "stage", wait, stage=name, inbox=inbox, command="stage")
 
 

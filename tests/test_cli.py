@@ -24,7 +24,7 @@ def test_entry_point_is_installed():
 
 
 COMMANDS = [(), ("features",), ("synth",), ("synth", "seizure"), ("synth", "gait"), ("ingest",), ("stage",),
-            ("run",), ("server",), ("server", "start"), ("server", "stop"), ("server", "status"), ("schedule",)]
+            ("run",), ("quarantine",), ("server",), ("server", "start"), ("server", "stop"), ("server", "status"), ("schedule",)]
 
 
 @pytest.mark.parametrize("args", COMMANDS)
