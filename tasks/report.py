@@ -593,7 +593,7 @@ def run(data_dir: Path, out_dir: Path, params: Params) -> dict:
 
 
 STAGE = Stage(
-    "report", "cohort", run, "one self-contained HTML report: answers, predictions, metrics, evidence frames",
+    "report", "cohort", run, "one self-contained HTML report: overview of arms vs baselines, per-recording timelines, gait",
     inputs=(ANSWERS, QUERY_JSON, PREDICTIONS, EVIDENCE, WINDOWS, VIDEOS),
     # sections say "not run yet" without these; the planted-events table only exists for phantom cohorts
     optional=(TRANSCRIPT, LABELS, METRICS, FAITHFULNESS, DIAGNOSIS, BASELINE_PREDICTIONS, GAIT_RESULTS, GAIT_SUMMARY,
