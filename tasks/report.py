@@ -370,6 +370,8 @@ def metric_tables(rows: list[dict]) -> list[dict]:
         feats = sorted(by[arm], key=_feature_key(order))
         tables.append(dict(arm=arm, name=armlib.display(arm), rows=[dict(
             feature_id=f, name=names.get(f, f), n=max(m["n"] for m in by[arm][f].values()),
+            # recordings left out of the scores (no media), where evaluate counts them
+            not_assessable=max(m.get("n_not_assessable") or 0 for m in by[arm][f].values()),
             cells=[_fmt_metric(by[arm][f].get(key)) for key, _ in METRIC_COLUMNS]) for f in feats]))
     return tables
 
@@ -449,7 +451,9 @@ def overview(rows: list[dict], catalog: Catalog, *, ci: float) -> dict:
                     picked=(c["arm"], f.id) in picked,
                     title=(f"{f.name} · {c['title']}: F1 {m['value']:.2f}"
                            + (f" [{m['ci_low']:.2f}, {m['ci_high']:.2f}]" if m["ci_low"] is not None else "")
-                           + f", n {m['n']}")))
+                           + f", n {m['n']}"
+                           + (f", {m['n_not_assessable']} not assessable (no media)" if m.get("n_not_assessable")
+                              else ""))))
             diffs = []
             for d in deltas:
                 pair = v[d["key"]]["pairs"].get(f.id)
@@ -501,7 +505,7 @@ def gait_section(inp: Inputs) -> dict | None:
     return dict(skipped=None, rows=rows, caveats=caveats, random=random_vlm,
                 clips=summary.get("clips"), train=summary.get("train"), test=summary.get("test"),
                 test_subjects=summary.get("test_subjects"), rationales=summary.get("rationales"),
-                verified=summary.get("rationales_verified"))
+                verified=summary.get("rationales_verified"), empty=summary.get("rationales_empty"))
 
 
 def faithfulness_chart(rows: list[dict], pass_score: int) -> dict:
