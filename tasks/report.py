@@ -470,7 +470,7 @@ def overview(rows: list[dict], catalog: Catalog, *, ci: float) -> dict:
             y += OV_ROW_H
     mb, er = v["mllm_vs_baseline"], v["enhanced_vs_raw"]
     return dict(line=v["line"], mllm_vs_baseline=mb, enhanced_vs_raw=er, ci=ci,
-                width=delta_x[1] + OV_DELTA_W + PAD, height=y + PAD, head_h=head_h, cell_w=cell_w, row_h=OV_ROW_H,
+                width=delta_x[1] + OV_DELTA_W + PAD, height=y + PAD, head_h=head_h, head_line=OV_HEAD_LINE, cell_w=cell_w, row_h=OV_ROW_H,
                 columns=columns, deltas=deltas, rows=out_rows, has_baseline=any(k == "baseline" for k in kinds),
                 has_reference=armlib.REFERENCE_ARM in arms, arms=[armlib.display(a) for a in arms])
 
