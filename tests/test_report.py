@@ -19,7 +19,7 @@ from flows.cli import main
 from tasks import report
 from tasks.params import Params, ReportParams
 from tasks.answers import RANDOM_BANNER, RANDOM_TAG
-from tasks.schema import write_table
+from tasks.schema import schema_of, write_table
 from tests import review_fixture as fx
 
 CHROMIUM = Path(os.environ.get("SEMIOFLOW_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium")
@@ -253,6 +253,11 @@ TWO_MODELS = ("qwen2_5_vl-tiny" + RANDOM_TAG, "other-vlm" + RANDOM_TAG)  # raw a
 MLLM_WINS, MLLM_TIES = 7, 2  # of the 18 video features: the best MLLM arm beats / ties the best baseline
 
 
+def _counted(name: str, rows: list[dict]) -> list[dict]:
+    """Rows planted here, with the not-assessable count (0) where the table's schema has that column."""
+    return [{"n_not_assessable": 0, **r} for r in rows] if "n_not_assessable" in schema_of(name).names else rows
+
+
 def _planted_metrics() -> tuple[list[dict], str]:
     """A full metrics table (20 features, every arm, raw by two models) with a planted verdict, and that verdict.
 
@@ -304,7 +309,7 @@ def full_report(cohort, tmp_path_factory) -> tuple[Path, str]:
     data = tmp_path_factory.mktemp("full") / "data"
     shutil.copytree(cohort.data_dir, data)
     rows, line = _planted_metrics()
-    write_table("metrics", rows, data / "13_evaluate" / "metrics.parquet")
+    write_table("metrics", _counted("metrics", rows), data / "13_evaluate" / "metrics.parquet")
     _gait(data, random_vlm=True)
     return report.build_report(data, data / "16_report" / "report.html", _params(cohort)), line
 
@@ -370,7 +375,7 @@ def test_the_overview_verdict_is_the_one_evaluate_writes(cohort, tmp_path):
     base = [dict(recording_id=rid, feature_id=fid, arm=arm, model_id=f"{arm}-tiny", rule="threshold",
                  predicted=arm == "vivit", score=0.5, n_windows=1, n_yes=0, evidence_windows=[])
             for (rid, fid) in labels for arm in ("r2plus1d", "vivit")]
-    write_table("predictions", base, data / "12_train" / "predictions.parquet")
+    write_table("predictions", _counted("predictions", base), data / "12_train" / "predictions.parquet")
     params = dataclasses.replace(_params(cohort), evaluate=dataclasses.replace(Params().evaluate, bootstrap=50))
     evaluate.run(data, data / "13_evaluate", params)
     tables = (data / "13_evaluate" / "tables.md").read_text(encoding="utf-8")
@@ -398,10 +403,10 @@ def test_the_random_banner_comes_from_the_tables_even_when_query_json_says_other
                 c.data_dir / "10_aggregate" / "predictions.parquet")
     write_table("evidence", [], c.data_dir / "10_aggregate" / "evidence.parquet")
     assert 'id="random-banner"' not in report.build_report(c.data_dir, tmp_path / "r.html", params).read_text("utf-8")
-    write_table("predictions", [dict(recording_id=fx.RA, feature_id="clonic", arm="vivit",
-                                     model_id="vivit-tiny" + RANDOM_TAG + "-frozen", rule="threshold", predicted=True,
-                                     score=0.9, n_windows=1, n_yes=1, evidence_windows=[])],
-                c.data_dir / "12_train" / "predictions.parquet")
+    write_table("predictions", _counted("predictions", [dict(
+        recording_id=fx.RA, feature_id="clonic", arm="vivit", model_id="vivit-tiny" + RANDOM_TAG + "-frozen",
+        rule="threshold", predicted=True, score=0.9, n_windows=1, n_yes=1, evidence_windows=[])]),
+        c.data_dir / "12_train" / "predictions.parquet")
     html = report.build_report(c.data_dir, tmp_path / "r.html", params).read_text(encoding="utf-8")
     assert 'id="random-banner"' in html, "a random-weight baseline is a random-weight model shown"
 
