@@ -44,7 +44,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import re
 import shutil
 from collections import defaultdict
@@ -57,6 +56,9 @@ from tasks import diagnosis, layout, onset, rouge
 from tasks.contract import Out, Stage
 from tasks.layout import rel
 from tasks.answers import is_random
+from tasks.arms import (ARM_NAMES, ARM_ORDER, BASELINE_ARMS, COMPARISONS, ENHANCED_ARMS,  # noqa: F401 (API)
+                        RAW_ARM, REFERENCE_ARM, binomial_two_sided, verdict)
+from tasks.arms import display as _display, order as _order, sort_arms as _arms_sorted
 from tasks.atomic import atomic_write_text
 from tasks.catalog import Catalog, load_catalog
 from tasks.metrics import confusion, scores  # noqa: F401 (confusion: part of this stage's API)
@@ -66,17 +68,6 @@ from tasks.schema import read_table, write_table
 
 METRICS = ("accuracy", "precision", "recall", "f1")
 SHORT = {"accuracy": "Acc", "precision": "Prec", "recall": "Rec", "f1": "F1"}
-BASELINE_ARMS = ("r2plus1d", "vivit")
-REFERENCE_ARM = "always_yes"
-RAW_ARM = {"video": "raw", "audio": "audio_raw"}
-ENHANCED_ARMS = {"face_crop": ("face_crop",), "pose_overlay": ("pose_overlay",),
-                 "denoise_transcript": ("audio_denoised", "audio_transcript")}
-ARM_ORDER = ("r2plus1d", "vivit", "raw", "face_crop", "pose_overlay", "audio_raw", "audio_denoised",
-             "audio_transcript", REFERENCE_ARM)
-ARM_NAMES = {"r2plus1d": "R(2+1)D", "vivit": "ViViT", "raw": "MLLM raw", "face_crop": "MLLM + face crop",
-             "pose_overlay": "MLLM + pose overlay", "audio_raw": "MLLM raw audio",
-             "audio_denoised": "MLLM + denoised audio", "audio_transcript": "MLLM + transcript",
-             REFERENCE_ARM: "Always yes"}
 TABLE_NUMBERS = {"facial": "II", "limb_body": "III", "audio": "IV"}
 DIGITS = 2  # decimals in tables.md
 ALPHA = 0.05  # significance level for counting per-feature McNemar results (descriptive)
@@ -117,15 +108,6 @@ def with_ci(per_patient: np.ndarray, weights: np.ndarray, ci: float, metric: str
     boot = scores(weights @ per_patient, metric)  # (B, 4) counts per resample
     q = ((1 - ci) / 2, 1 - (1 - ci) / 2)
     return {m: Estimate(float(point[m]), *(float(x) for x in np.quantile(boot[m], q))) for m in METRICS}
-
-
-def binomial_two_sided(k: int, n: int) -> float:
-    """Exact two-sided p of ``k`` successes in ``n`` fair coin flips (doubling the smaller tail)."""
-    if n == 0:
-        return 1.0
-    k = min(k, n - k)
-    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n
-    return min(1.0, 2 * tail)
 
 
 def mcnemar_exact(correct_a: np.ndarray, correct_b: np.ndarray) -> tuple[int, int, float]:
@@ -219,17 +201,6 @@ def evaluate_all(labels: list[dict], preds: list[dict], *, n_boot: int, ci: floa
 # ---- comparisons --------------------------------------------------------------------
 
 
-def _best(evals: dict[tuple[str, str], Evaluated], fid: str, base_arms) -> Evaluated | None:
-    cands = [e for (a, f), e in evals.items() if f == fid and e.base_arm in base_arms]
-    # Highest F1; ties go to the arm listed first in ARM_ORDER (then by name), so the choice is stable.
-    return max(cands, key=lambda e: (e.estimates["f1"].value, -_order(e.arm)), default=None)
-
-
-def _order(arm: str) -> float:
-    base = arm.split("@")[0]
-    return ARM_ORDER.index(base) if base in ARM_ORDER else len(ARM_ORDER)
-
-
 def paired(a: Evaluated, b: Evaluated, rs: Resampling) -> dict:
     """A vs B on the recordings both decided: McNemar and the paired bootstrap CI of F1(A) - F1(B)."""
     common = sorted(set(a.recordings) & set(b.recordings))
@@ -248,46 +219,21 @@ def paired(a: Evaluated, b: Evaluated, rs: Resampling) -> dict:
 
 
 def compare(evals: dict[tuple[str, str], Evaluated], catalog: Catalog, rs: Resampling) -> tuple[dict, dict]:
-    """(summary, paired tests): best MLLM vs best baseline (video features), enhanced vs raw (all features)."""
-    mllm_bases = {e.base_arm for e in evals.values()} - set(BASELINE_ARMS) - {REFERENCE_ARM}
-    vs_baseline, vs_raw = {}, {}
-    for f in catalog.features:
-        if f.modality == "video":
-            a, b = _best(evals, f.id, mllm_bases), _best(evals, f.id, BASELINE_ARMS)
-            if a and b:
-                vs_baseline[f.id] = paired(a, b, rs)
-        a, b = _best(evals, f.id, ENHANCED_ARMS.get(f.enhancement, ())), _best(evals, f.id, (RAW_ARM[f.modality],))
-        if a and b:
-            vs_raw[f.id] = paired(a, b, rs)
-    n_video = sum(f.modality == "video" for f in catalog.features)
-    summary = {}
-    for key, tests, total in (("mllm_vs_baseline", vs_baseline, n_video), ("enhanced_vs_raw", vs_raw,
-                                                                          len(catalog.features))):
-        wins = sum(t["f1_a"] > t["f1_b"] for t in tests.values())
-        losses = sum(t["f1_a"] < t["f1_b"] for t in tests.values())
-        summary[key] = {"wins": wins, "losses": losses, "ties": len(tests) - wins - losses,
-                        "features": len(tests), "of": total, "sign_test_p": binomial_two_sided(wins, wins + losses),
-                        "mcnemar_significant": sum(t["mcnemar_p"] < ALPHA for t in tests.values())}
-    mb, er = summary["mllm_vs_baseline"], summary["enhanced_vs_raw"]
-    first = (f"best MLLM arm beats best baseline on {mb['wins']}/{mb['features']} features" if mb["features"]
-             else f"best MLLM arm beats best baseline on 0/{n_video} features (no MLLM or baseline predictions)")
-    second = (f"enhancement improves {er['wins']}/{er['features']}" if er["features"]
-              else f"enhancement improves 0/{len(catalog.features)} (no raw/enhanced MLLM predictions)")
-    summary["line"] = f"{first}; {second}"
-    return summary, {"mllm_vs_baseline": vs_baseline, "enhanced_vs_raw": vs_raw}
+    """(summary, paired tests): best MLLM vs best baseline (video features), enhanced vs raw (all features).
+
+    Which arms meet and the win/loss counts come from ``tasks.arms.verdict`` on the F1 values (the report
+    says the same verdict from ``metrics.parquet``); the paired tests are added here."""
+    v = verdict({k: e.estimates["f1"].value for k, e in evals.items()}, catalog)
+    tests = {key: {fid: paired(evals[(a, fid)], evals[(b, fid)], rs) for fid, (a, b) in v[key]["pairs"].items()}
+             for key in COMPARISONS}
+    summary = {key: {**{k: x for k, x in v[key].items() if k != "pairs"},
+                     "mcnemar_significant": sum(t["mcnemar_p"] < ALPHA for t in tests[key].values())}
+               for key in COMPARISONS}
+    summary["line"] = v["line"]
+    return summary, tests
 
 
 # ---- outputs ------------------------------------------------------------------------------
-
-
-def _arms_sorted(arms) -> list[str]:
-    return sorted(set(arms), key=lambda a: (_order(a), a))
-
-
-def _display(arm: str) -> str:
-    base, _, model = arm.partition("@")
-    name = ARM_NAMES.get(base, base)
-    return f"{name} ({model})" if model else name
 
 
 def _fmt(x: float) -> str:
