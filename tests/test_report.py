@@ -248,7 +248,7 @@ def test_each_recording_lists_its_detections_in_onset_order_and_its_es_probabili
 # ---- the first screen: overview, verdict, readable names, folded justifications ----------------------------
 
 FIRST_SCREEN = {"width": 1280, "height": 800}  # a laptop's viewport
-SHOT = Path("/tmp/report-first-screen.png")  # kept for the reader of the note
+SHOT_ENV = "SEMIOFLOW_REPORT_SHOT"  # where to keep the first screen's screenshot (default: the test's own tmp folder)
 TWO_MODELS = ("qwen2_5_vl-tiny" + RANDOM_TAG, "other-vlm" + RANDOM_TAG)  # raw answered by two models
 MLLM_WINS, MLLM_TIES = 7, 2  # of the 18 video features: the best MLLM arm beats / ties the best baseline
 
@@ -317,10 +317,11 @@ def full_report(cohort, tmp_path_factory) -> tuple[Path, str]:
 ARM_IDS = ("r2plus1d", "face_crop", "pose_overlay", "audio_raw", "audio_denoised", "audio_transcript", "always_yes")
 
 
-def test_the_first_screen_is_the_overview_with_the_verdict_and_justifications_fold(full_report):
+def test_the_first_screen_is_the_overview_with_the_verdict_and_justifications_fold(full_report, tmp_path):
     """Headless Chromium at 1280 x 800: the whole overview (heatmap of every arm, the verdict) lies within the
     first viewport, columns carry readable names, no heading shows an arm id, justifications are closed."""
     from PIL import Image
+    shot = Path(os.environ.get(SHOT_ENV) or tmp_path / "first-screen.png")
 
     html_file, line = full_report
     with _browser() as pw:
@@ -328,7 +329,7 @@ def test_the_first_screen_is_the_overview_with_the_verdict_and_justifications_fo
         try:
             page = browser.new_page(viewport=FIRST_SCREEN)
             page.goto(html_file.as_uri())
-            page.screenshot(path=str(SHOT))  # the viewport only: what a reader sees first
+            page.screenshot(path=str(shot))  # the viewport only: what a reader sees first
             box = page.locator("#overview").bounding_box()
             verdict_box = page.locator("#verdict").bounding_box()
             verdict = page.inner_text("#verdict")
@@ -357,7 +358,7 @@ def test_the_first_screen_is_the_overview_with_the_verdict_and_justifications_fo
     assert not [h for h in headings if any(a in h for a in ARM_IDS)], "readable names, never arm ids, head things"
     assert details and not any(d["open"] or d["shown"] for d in details), "justifications are folded"
     assert "BioGait without TED" in gait and "0.67" in gait and "0.55" in gait and "random-weight" in gait
-    img = np.asarray(Image.open(SHOT).convert("RGB"))
+    img = np.asarray(Image.open(shot).convert("RGB"))
     assert img.shape[:2] == (FIRST_SCREEN["height"], FIRST_SCREEN["width"])
     best = np.all(np.abs(img.astype(int) - report.fill_rgb(0.7)) <= 2, axis=-1).sum()
     assert best > 7 * 50 * 12, "the 7 winning cells (F1 0.7) are painted on the first screen"
