@@ -54,7 +54,7 @@ def test_macro_f1_by_hand_and_the_catalog_picks_it_per_feature():
     labels = [dict(recording_id=r, patient_id=f"P{i:010x}", feature_id=f, label=bool(y[i]))
               for i, r in enumerate(rids) for f in ("verbal_responsiveness", "tonic")]
     preds = [dict(recording_id=r, feature_id=f, arm="audio_raw" if f == "verbal_responsiveness" else "raw",
-                  model_id="m", rule="x", predicted=bool(p[i]), score=0.5, n_windows=1, n_yes=0, evidence_windows=[])
+                  model_id="m", rule="x", predicted=bool(p[i]), score=0.5, n_windows=1, n_yes=0, evidence_windows=[], n_not_assessable=0)
              for i, r in enumerate(rids) for f in ("verbal_responsiveness", "tonic")]
     evals, _ = evaluate.evaluate_all(labels, preds, n_boot=50, ci=0.95, seed=0)
     assert evals[("audio_raw", "verbal_responsiveness")].estimates["f1"].value == pytest.approx(7 / 12)
@@ -136,7 +136,7 @@ def _planted(tmp_path):
     def rows(arm, miss_every: dict[str, int], model="m1"):
         return [dict(recording_id=r, feature_id=f, arm=arm, model_id=model, rule="x",
                      predicted=truth[(r, f)] != bool(k and i % k == 0), score=0.5, n_windows=1, n_yes=0,
-                     evidence_windows=[]) for f, k in miss_every.items() for i, r in enumerate(rids)]
+                     evidence_windows=[], n_not_assessable=0) for f, k in miss_every.items() for i, r in enumerate(rids)]
 
     base = rows("r2plus1d", {f: 3 if f in MLLM_WINS else PERFECT for f in VIDEO}) + rows("vivit", {f: 2 for f in VIDEO})
     raw_miss = {f: PERFECT if f in MLLM_WINS else 5 if f in ENHANCED_WINS else 4 for f in ALL}
@@ -247,7 +247,7 @@ def test_onset_mae_beats_the_constant_baseline_on_planted_onsets(tmp_path):
         yes = [k for k, (a, b) in enumerate(spans) if a < t0 + 10 and b > t0]
         for arm in ("raw", "pose_overlay"):
             preds.append(dict(recording_id=r, feature_id="clonic", arm=arm, model_id="m", rule="any_yes", predicted=True,
-                              score=1.0, n_windows=8, n_yes=len(yes), evidence_windows=yes))
+                              score=1.0, n_windows=8, n_yes=len(yes), evidence_windows=yes, n_not_assessable=0))
         labels.append(dict(recording_id=r, patient_id=patient[r], feature_id="clonic", label=True))
         onsets.append(dict(recording_id=r, feature_id="clonic", onset_s=t0, offset_s=t0 + 10))
     write_table("recording_labels", labels, data / "11_folds" / "labels.parquet")
@@ -289,7 +289,7 @@ def test_es_nes_from_the_feature_vector_beats_the_majority_baseline(tmp_path):
             said = lab if rng.random() < 0.8 else not lab
             arm = "raw" if CATALOG.by_id(f).modality == "video" else "audio_raw"
             preds.append(dict(recording_id=r, feature_id=f, arm=arm, model_id="m", rule="any_yes", predicted=said,
-                              score=float(said), n_windows=2, n_yes=int(said), evidence_windows=[]))
+                              score=float(said), n_windows=2, n_yes=int(said), evidence_windows=[], n_not_assessable=0))
         dx.append(dict(recording_id=r, patient_id=patient[r], diagnosis="ES" if es[r] else "NES"))
         folds_rows.append(dict(recording_id=r, patient_id=patient[r], fold=int(patient[r][1:], 16) // 4))
     write_table("recording_labels", labels, data / "11_folds" / "labels.parquet")
@@ -322,7 +322,7 @@ def test_justification_agreement_is_rouge_l_against_the_annotator(tmp_path):
     rids = [f"R{i:010x}" for i in range(4)]
     labels = [dict(recording_id=r, patient_id=f"P{i:010x}", feature_id="clonic", label=True) for i, r in enumerate(rids)]
     preds = [dict(recording_id=r, feature_id="clonic", arm="raw", model_id="m", rule="any_yes", predicted=True, score=1.0,
-                  n_windows=2, n_yes=2, evidence_windows=[0, 1]) for r in rids]
+                  n_windows=2, n_yes=2, evidence_windows=[0, 1], n_not_assessable=0) for r in rids]
     said = {rids[0]: ["rhythmic jerking", "of the left arm"], rids[1]: ["the patient is still"],
             rids[2]: ["left arm jerks"], rids[3]: []}
     why = "rhythmic jerking of the left arm"
@@ -362,7 +362,7 @@ def test_es_nes_vectors_combine_the_video_and_audio_models_and_split_rivals_on_o
             for model in (("vlm-a", "vlm-b") if arm == "raw" else ("alm",)):
                 preds.append(dict(recording_id=r, feature_id=f.id, arm=arm, model_id=model, rule="any_yes",
                                   predicted=es[r] == (f.id in ("tonic", "clonic")), score=0.0, n_windows=1, n_yes=0,
-                                  evidence_windows=[]))
+                                  evidence_windows=[], n_not_assessable=0))
     labels = [dict(recording_id=r, patient_id=patient[r], feature_id="tonic", label=es[r]) for r in rids]
     with tempfile.TemporaryDirectory() as d:
         data = Path(d)

@@ -108,7 +108,7 @@ def _sampling_dir(tmp: Path, n_tp: int, n_tn: int) -> Path:
                                      for i, r in enumerate(rids)], tmp / review.LABELS)
     write_table("predictions", [dict(recording_id=r, feature_id="tonic", arm="raw", model_id="m", rule="any_yes",
                                      predicted=i < n_tp, score=float(i < n_tp), n_windows=1, n_yes=int(i < n_tp),
-                                     evidence_windows=[0] if i < n_tp else []) for i, r in enumerate(rids)],
+                                     evidence_windows=[0] if i < n_tp else [], n_not_assessable=0) for i, r in enumerate(rids)],
                 tmp / review.PREDICTIONS)
     for r in rids:
         (tmp / review.VIDEO_DIR).mkdir(parents=True, exist_ok=True)

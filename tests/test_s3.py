@@ -177,7 +177,7 @@ def test_an_s3_labels_file_imported_reaches_the_folds_stage_on_pseudonyms(tmp_pa
             (A, "verbal_responsiveness"): False, (B, "verbal_responsiveness"): True}
     arm = {"closed_eyes": "raw", "verbal_responsiveness": "audio_raw"}
     preds = [dict(recording_id=rids[n], feature_id=f, arm=arm[f], model_id="m", rule="any_yes", predicted=v,
-                  score=float(v), n_windows=2, n_yes=int(v), evidence_windows=[1] if v else []) for (n, f), v in said.items()]
+                  score=float(v), n_windows=2, n_yes=int(v), evidence_windows=[1] if v else [], n_not_assessable=0) for (n, f), v in said.items()]
     preds.append(dict(preds[0], arm="face_crop", predicted=False))  # another arm: not exported
     write_table("predictions", preds, data / "10_aggregate" / "predictions.parquet")
     write_table("evidence", [dict(recording_id=rids[A], feature_id="closed_eyes", arm="raw", model_id="m", window_index=1,
