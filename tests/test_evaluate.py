@@ -378,3 +378,45 @@ def test_es_nes_vectors_combine_the_video_and_audio_models_and_split_rivals_on_o
         assert set(out) == {"labels", "mllm_raw"}
         rows = read_table("diagnosis_predictions", data / "dx.parquet").to_pylist()
         assert {r["source"] for r in rows} == {"labels", "mllm_raw"}
+
+
+def test_a_recording_pose_failed_on_is_not_assessable_left_out_of_the_metrics_and_counted(tmp_path):
+    """Six recordings of three patients, clonic present in all; the pose overlay answers yes wherever it has
+    media, but pose failed on R0 (no_pose on every window).  Read as "no", R0 would be a false negative
+    (recall 5/6, n 6); not assessable, the arm is scored on the other five (recall 1, n 5) and R0 counted."""
+    from tasks.aggregate import aggregate
+    from tasks.params import AggregateParams
+
+    rids = [f"R{i:010x}" for i in range(6)]
+    labels = [dict(recording_id=r, patient_id=f"P{i // 2}", feature_id="clonic", label=True) for i, r in enumerate(rids)]
+    answers = []
+    for r in rids:
+        for wi in range(3):
+            status = "not_assessable" if r == rids[0] else ("yes" if wi == 1 else "no")
+            for arm in ("raw", "pose_overlay"):
+                s = status if arm == "pose_overlay" else "yes"
+                answers.append(dict(recording_id=r, window_index=wi, feature_id="clonic", arm=arm, model_id="m",
+                                    backend="openai", prompt_version="v", status=s,
+                                    present={"yes": True, "no": False}.get(s), yes_prob=None,
+                                    justification="no media: pose_overlay: no_pose" if s == "not_assessable" else "j",
+                                    raw_text=None, finish_reason=None, cache_key=""))
+    preds, _, _ = aggregate(answers, AggregateParams())
+    blind = [p for p in preds if p["predicted"] is None]
+    assert [(p["recording_id"], p["arm"], p["n_not_assessable"]) for p in blind] == [(rids[0], "pose_overlay", 3)]
+    data = tmp_path / "data"
+    write_table("recording_labels", labels, data / "11_folds" / "labels.parquet")
+    write_table("predictions", [dict(p, arm="r2plus1d") for p in preds if p["arm"] == "raw"],
+                data / "12_train" / "predictions.parquet")
+    write_table("predictions", preds, data / "10_aggregate" / "predictions.parquet")
+    out = data / "13_evaluate"
+    evaluate.run(data, out, Params(evaluate=EvaluateParams(bootstrap=50)))
+    rows = {(r["arm"], r["metric"]): r for r in read_table("metrics", out / "metrics.parquet").to_pylist()
+            if r["feature_id"] == "clonic"}
+    pose, raw = rows[("pose_overlay", "recall")], rows[("raw", "recall")]
+    assert (pose["value"], pose["n"], pose["n_not_assessable"]) == (1.0, 5, 1)
+    assert (raw["value"], raw["n"], raw["n_not_assessable"]) == (1.0, 6, 0)
+    doc = json.loads((out / "metrics.json").read_text())
+    assert doc["pose_overlay"]["clonic"]["n"] == 5 and doc["pose_overlay"]["clonic"]["n_not_assessable"] == 1
+    assert doc["not_assessable"] == {"pose_overlay": {"clonic": 1}}
+    tables = (out / "tables.md").read_text()
+    assert "## Not assessable (no media)" in tables and "- MLLM + pose overlay: Clonic 1" in tables

@@ -95,16 +95,44 @@ def test_media_prefix_is_byte_identical_across_a_windows_questions(data):
     assert media[(0, "raw")].images != media[(1, "raw")].images
 
 
-def test_arms_without_media_are_recorded_as_skipped(data, tmp_path):
+def test_arms_without_media_are_not_assessable_never_asked(data, tmp_path):
     d, rid = data
     with FakeOpenAI(yes_for(set())) as srv:
         params = params_for(srv.url, arms=("audio_transcript", "pose_overlay"))
         res = query_recording(rid, d, tmp_path, params)
     assert res["requests"] == 0
     rows = read_table("answers", tmp_path / "answers" / f"{rid}.parquet").to_pylist()
-    assert {r["status"] for r in rows} == {"skipped"}
+    assert {r["status"] for r in rows} == {"not_assessable"} and {r["present"] for r in rows} == {None}
     assert len(rows) == 2 * (2 + 11)  # 2 windows x (2 audio + 11 limb features)
     assert all("run transcript" in r["justification"] or "run pose" in r["justification"] for r in rows)
+
+
+def test_no_pose_windows_are_not_assessable_and_backend_none_is_skipped(data, tmp_path):
+    """Pose found no one in the recording (every window ``no_pose``): its pose-overlay questions are not asked
+    and never read "no"; the raw arm is asked; an arm without a model stays ``skipped``."""
+    from tasks.schema import write_table
+
+    d, rid = data
+    root = tmp_path / "data"
+    root.mkdir()
+    for sub in ("01_ingest", "02_deidentify", "03_downsample", "04_window"):
+        (root / sub).symlink_to(d / sub, target_is_directory=True)
+    windows = read_table("windows", d / "04_window" / "windows" / f"{rid}.parquet").to_pylist()
+    write_table("arms", [dict(recording_id=rid, window_index=w["window_index"], arm="pose_overlay", path=None,
+                              status="no_pose") for w in windows], root / "06_pose" / "arms" / f"{rid}.parquet")
+    with FakeOpenAI(yes_for({"clonic"})) as srv:
+        params = params_for(srv.url, arms=("raw", "pose_overlay", "audio_raw"), features=("clonic", "ictal_vocalization"))
+        params = replace(params, audio=replace(params.audio, backend="none"))
+        res = query_recording(rid, root, tmp_path / "out", params)
+    rows = read_table("answers", tmp_path / "out" / "answers" / f"{rid}.parquet").to_pylist()
+    by_arm = {a: [r for r in rows if r["arm"] == a] for a in ("raw", "pose_overlay", "audio_raw")}
+    assert res["requests"] == len(windows), "only the raw arm's clonic questions were asked"
+    assert {r["status"] for r in by_arm["raw"]} == {"yes"}
+    pose = by_arm["pose_overlay"]
+    assert len(pose) == len(windows) and {(r["status"], r["present"]) for r in pose} == {("not_assessable", None)}
+    assert all(r["justification"] == "no media: pose_overlay: no_pose" and r["model_id"] == "openai:fake-vlm"
+               for r in pose)
+    assert {(r["status"], r["model_id"]) for r in by_arm["audio_raw"]} == {("skipped", "none")}
 
 
 # ---- answers ----------------------------------------------------------------------------
