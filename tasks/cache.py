@@ -351,15 +351,17 @@ def run_local(stage: Stage, data_dir: Path, params: Params, *, workers: int = 1)
     if stage.kind == "cohort":
         return [run_job(stage, data_dir, cohort_job(stage, data_dir, params), pdict)]
     jobs = recording_jobs(stage, data_dir, params)
+    results: list[dict] = []
     try:
         if workers > 1 and len(jobs) > 1:
             # spawn: forking a process that already runs torch/mediapipe threads can abort the child
             with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
                 results = list(pool.map(_run_args, [(stage, data_dir, job, pdict) for job in jobs]))
         else:
-            results = [run_job(stage, data_dir, job, pdict) for job in jobs]
+            for job in jobs:
+                results.append(run_job(stage, data_dir, job, pdict))
     finally:  # a failure too: the tables hold what finished, and what failed keeps its last good result
-        collect(stage, out, jobs)
+        collect(stage, out, jobs, current=[job.marker for job in jobs[:len(results)]])
     return results
 
 
