@@ -407,6 +407,8 @@ def faithfulness_cases(data_dir: Path, params: Params) -> list[dict]:
             continue
         if p["predicted"] is None:  # not assessable (no media): neither a true positive nor a true negative
             continue
+        if not p["n_windows"]:  # no window gave a yes/no (all unparsed, refused...): nothing the model said to rate
+            continue
         if p["predicted"] != truth[key]:
             continue
         if not (data_dir / VIDEO_DIR / f"{p['recording_id']}.mp4").is_file():

@@ -133,16 +133,16 @@ def test_study1_true_negatives_are_a_seeded_random_draw(tmp_path):
 
 def test_study1_never_samples_a_not_assessable_decision_and_shows_windows_without_media(tmp_path):
     """Pose failed on eight recordings without the feature (every window not assessable): none of them is a
-    true negative to sample; the one real true negative is.  A true positive's window without media is listed
+    true negative to sample, nor are four whose every reply was no answer; the one real true negative is.  A true positive's window without media is listed
     as not assessable, and its page carries the smoke model's banner (from the model id)."""
     from tasks.aggregate import aggregate
     from tasks.answers import RANDOM_TAG
     from tasks.params import AggregateParams
 
     model = "openai:tiny" + RANDOM_TAG
-    tp, blind, tn = ([f"R{k}{i:09x}" for i in range(n)] for k, n in (("a", 3), ("b", 8), ("c", 1)))
+    tp, blind, tn, mute = ([f"R{k}{i:09x}" for i in range(n)] for k, n in (("a", 3), ("b", 8), ("c", 1), ("d", 4)))
     statuses = {**{r: ["not_assessable", "yes"] for r in tp}, **{r: ["not_assessable"] * 2 for r in blind},
-                **{r: ["no", "no"] for r in tn}}
+                **{r: ["no", "no"] for r in tn}, **{r: ["unparsed"] * 2 for r in mute}}  # mute: blank replies
     answers = [dict(recording_id=r, window_index=wi, feature_id="tonic", arm="pose_overlay", model_id=model,
                     backend="openai", prompt_version="v", status=st, present={"yes": True, "no": False}.get(st),
                     yes_prob=None, justification="no media: pose_overlay: no_pose" if st == "not_assessable"
