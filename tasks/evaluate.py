@@ -10,7 +10,8 @@ recording positive) is added as a reference.
 
 Per arm x feature, on the recordings that have both a label and a
 prediction (a *not assessable* prediction, ``predicted`` null: no window had
-media, is left out of every metric and counted as ``n_not_assessable``): accuracy, precision, recall, F1 (scikit-learn's definitions,
+media, is left out of every metric and counted as ``n_not_assessable``):
+accuracy, precision, recall, F1 (scikit-learn's definitions,
 ``zero_division=0``; a feature whose catalog ``metric`` is ``macro_f1``, verbal
 responsiveness as S³ scores it, has the mean F1 of yes and of no as its F1) with a percentile CI from a patient-level bootstrap:
 patients are drawn with replacement and bring all their recordings, so

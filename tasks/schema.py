@@ -242,7 +242,8 @@ TABLES: dict[str, pa.Schema] = {
         _f("model_id", pa.string()),
         _f("backend", pa.string()),
         _f("prompt_version", pa.string()),
-        _f("status", pa.string()),  # yes | no | unparsed | refused | truncated | skipped (no model) | not_assessable (no media)
+        # yes | no | unparsed | refused | truncated | skipped (no model) | not_assessable (no media)
+        _f("status", pa.string()),
         _f("present", pa.bool_(), nullable=True),  # null unless status is yes/no
         _f("yes_prob", pa.float64(), nullable=True),
         _f("justification", pa.string(), nullable=True),

@@ -54,7 +54,8 @@ def test_macro_f1_by_hand_and_the_catalog_picks_it_per_feature():
     labels = [dict(recording_id=r, patient_id=f"P{i:010x}", feature_id=f, label=bool(y[i]))
               for i, r in enumerate(rids) for f in ("verbal_responsiveness", "tonic")]
     preds = [dict(recording_id=r, feature_id=f, arm="audio_raw" if f == "verbal_responsiveness" else "raw",
-                  model_id="m", rule="x", predicted=bool(p[i]), score=0.5, n_windows=1, n_yes=0, evidence_windows=[], n_not_assessable=0)
+                  model_id="m", rule="x", predicted=bool(p[i]), score=0.5, n_windows=1, n_yes=0, evidence_windows=[],
+                  n_not_assessable=0)
              for i, r in enumerate(rids) for f in ("verbal_responsiveness", "tonic")]
     evals, _ = evaluate.evaluate_all(labels, preds, n_boot=50, ci=0.95, seed=0)
     assert evals[("audio_raw", "verbal_responsiveness")].estimates["f1"].value == pytest.approx(7 / 12)
@@ -136,7 +137,8 @@ def _planted(tmp_path):
     def rows(arm, miss_every: dict[str, int], model="m1"):
         return [dict(recording_id=r, feature_id=f, arm=arm, model_id=model, rule="x",
                      predicted=truth[(r, f)] != bool(k and i % k == 0), score=0.5, n_windows=1, n_yes=0,
-                     evidence_windows=[], n_not_assessable=0) for f, k in miss_every.items() for i, r in enumerate(rids)]
+                     evidence_windows=[], n_not_assessable=0)
+                for f, k in miss_every.items() for i, r in enumerate(rids)]
 
     base = rows("r2plus1d", {f: 3 if f in MLLM_WINS else PERFECT for f in VIDEO}) + rows("vivit", {f: 2 for f in VIDEO})
     raw_miss = {f: PERFECT if f in MLLM_WINS else 5 if f in ENHANCED_WINS else 4 for f in ALL}
@@ -388,7 +390,8 @@ def test_a_recording_pose_failed_on_is_not_assessable_left_out_of_the_metrics_an
     from tasks.params import AggregateParams
 
     rids = [f"R{i:010x}" for i in range(6)]
-    labels = [dict(recording_id=r, patient_id=f"P{i // 2}", feature_id="clonic", label=True) for i, r in enumerate(rids)]
+    labels = [dict(recording_id=r, patient_id=f"P{i // 2}", feature_id="clonic", label=True)
+              for i, r in enumerate(rids)]
     answers = []
     for r in rids:
         for wi in range(3):

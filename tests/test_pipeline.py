@@ -222,7 +222,8 @@ def test_a_failed_recording_names_its_cause_in_the_final_error(proj):
     assert res.returncode == 1, res.stderr
     last = res.stderr.strip().splitlines()[-1]
     n = len(passed(proj))
-    assert f"window failed for 1 of {n} recordings: {bad.stem}; first cause: window failed for {bad.stem}:" in last, last
+    assert f"window failed for 1 of {n} recordings: {bad.stem}; first cause: window failed for {bad.stem}:" \
+        in last, last
     assert "(the others finished;" in last
     assert str(proj) not in res.stderr, last  # no file path in the message
     assert "Traceback" not in res.stderr

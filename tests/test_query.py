@@ -121,7 +121,8 @@ def test_no_pose_windows_are_not_assessable_and_backend_none_is_skipped(data, tm
     write_table("arms", [dict(recording_id=rid, window_index=w["window_index"], arm="pose_overlay", path=None,
                               status="no_pose") for w in windows], root / "06_pose" / "arms" / f"{rid}.parquet")
     with FakeOpenAI(yes_for({"clonic"})) as srv:
-        params = params_for(srv.url, arms=("raw", "pose_overlay", "audio_raw"), features=("clonic", "ictal_vocalization"))
+        params = params_for(srv.url, arms=("raw", "pose_overlay", "audio_raw"),
+                            features=("clonic", "ictal_vocalization"))
         params = replace(params, audio=replace(params.audio, backend="none"))
         res = query_recording(rid, root, tmp_path / "out", params)
     rows = read_table("answers", tmp_path / "out" / "answers" / f"{rid}.parquet").to_pylist()

@@ -108,7 +108,8 @@ def _sampling_dir(tmp: Path, n_tp: int, n_tn: int) -> Path:
                                      for i, r in enumerate(rids)], tmp / review.LABELS)
     write_table("predictions", [dict(recording_id=r, feature_id="tonic", arm="raw", model_id="m", rule="any_yes",
                                      predicted=i < n_tp, score=float(i < n_tp), n_windows=1, n_yes=int(i < n_tp),
-                                     evidence_windows=[0] if i < n_tp else [], n_not_assessable=0) for i, r in enumerate(rids)],
+                                     evidence_windows=[0] if i < n_tp else [], n_not_assessable=0)
+                                for i, r in enumerate(rids)],
                 tmp / review.PREDICTIONS)
     for r in rids:
         (tmp / review.VIDEO_DIR).mkdir(parents=True, exist_ok=True)
@@ -133,8 +134,9 @@ def test_study1_true_negatives_are_a_seeded_random_draw(tmp_path):
 
 def test_study1_never_samples_a_not_assessable_decision_and_shows_windows_without_media(tmp_path):
     """Pose failed on eight recordings without the feature (every window not assessable): none of them is a
-    true negative to sample, nor are four whose every reply was no answer; the one real true negative is.  A true positive's window without media is listed
-    as not assessable, and its page carries the smoke model's banner (from the model id)."""
+    true negative to sample, nor are four whose every reply was no answer; the one real true negative is.  A
+    true positive's window without media is listed as not assessable, and its page carries the smoke model's
+    banner (from the model id)."""
     from tasks.aggregate import aggregate
     from tasks.answers import RANDOM_TAG
     from tasks.params import AggregateParams
