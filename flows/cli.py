@@ -731,7 +731,8 @@ def export_cmd(obj: CliContext, fmt: str, out: Path, video_arm: str, audio_arm: 
     from tasks.annotations import export_s3
 
     counts = export_s3(obj.data_dir, out, video_arm=video_arm, audio_arm=audio_arm)
-    click.echo(f"export: {counts['videos']} videos x {counts['features']} features ({counts['positive']} yes) "
+    click.echo(f"export: {counts['videos']} videos x {counts['features']} features ({counts['positive']} yes, "
+               f"{counts['not_assessable']} not assessable) "
                f"written to {out}; it names the original files: keep it with the raw recordings")
 
 

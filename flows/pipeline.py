@@ -28,15 +28,15 @@ from flows.settings import inbox_path
 from flows.stages import ingest_task, stage_task
 from tasks import registry
 from tasks.atomic import remove_stale_partials
-from tasks.cache import (COHORT_MARKER, cohort_job, marker_key, marker_result, prepare, recording_jobs,
-                         scrub_paths)
+from tasks.cache import (COHORT_MARKER, cohort_job, collect, intact_key, marker_key, marker_result, prepare,
+                         recording_jobs, scrub_paths)
 from tasks.contract import Stage
 from tasks.errors import SemioflowError, did_you_mean
 from tasks.params import Params, load_params, to_dict
 
 
 class StageFailed(SemioflowError):
-    """Some recordings of a stage raised; the others finished."""
+    """Some (or all) recordings of a stage raised; the others finished."""
 
 
 @dataclass
@@ -44,6 +44,7 @@ class StageReport:
     stage: str
     done: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+    stale: list[str] = field(default_factory=list)  # failed, their last good result kept (inputs changed since)
     cached: int = 0
     rebuilt: int = 0  # cache entries whose files had gone (e.g. removed by DVC)
     results: list[dict] = field(default_factory=list)
@@ -53,7 +54,18 @@ class StageReport:
         if self.summary:
             return self.summary
         return (f"{self.stage}: {len(self.done)} recording(s) ok ({self.cached} cached, {self.rebuilt} rebuilt "
-                f"from a stale cache entry), {len(self.failed)} failed")
+                f"from a stale cache entry), {len(self.failed)} failed"
+                + (f", {len(self.stale)} stale (their last good result kept)" if self.stale else ""))
+
+    def failure(self, cause: str) -> str:
+        """The stage's error: how many of its recordings failed, which, why, and what was kept."""
+        total = len(self.done) + len(self.failed)
+        what = (f"all {total} recordings" if len(self.failed) == total > 1 else
+                f"its only recording" if total == 1 else f"{len(self.failed)} of {total} recordings")
+        kept = (f"; {len(self.stale)} of them keep their last good result, marked stale" if self.stale else "")
+        others = "" if len(self.failed) == total else "the others finished; "
+        return (f"{self.stage} failed for {what}: {', '.join(self.failed)}; first cause: {cause}{kept} "
+                f"({others}every cause is in the Prefect UI)")
 
 
 def _run_ingest(data_dir: Path, params: Params, inbox: str | None) -> StageReport:
@@ -125,7 +137,9 @@ def _run_per_recording(declared: Stage, data_dir: Path, params: Params) -> Stage
     with stage_line(stage, len(jobs)) as tick:
         def ran(job, state) -> None:
             finished.append((job, state))
-            tick(cached=state.name == "Cached", failed=not state.is_completed())
+            ok = state.is_completed()
+            # a failed recording whose last good result is intact keeps it (tasks.cache.last_good_kept): stale
+            tick(cached=state.name == "Cached", failed=not ok, stale=not ok and intact_key(out, job.marker) is not None)
 
         for job in jobs:
             # Files behind a cache entry gone (e.g. DVC removed them)? Re-run and re-cache.
@@ -160,13 +174,13 @@ def _run_per_recording(declared: Stage, data_dir: Path, params: Params) -> Stage
     # a writer killed mid-task (a lost Dask worker, whose task ran again elsewhere) left its temp file; every
     # task of the stage has ended, so nothing is being written now
     remove_stale_partials(out)
-    declared.collect(out, report.done)
+    # the tables from every complete result on disk: a failed recording keeps its last good one
+    report.stale = collect(declared, out, jobs, current=report.done).stale
     # artifact keys allow lowercase letters, digits and dashes only
     create_table_artifact(key=stage.replace("_", "-"), table=report.results or [{"recordings": 0}],
                           description=report.line())
     if report.failed:
-        raise StageFailed(f"{stage} failed for {len(report.failed)} recording(s): {', '.join(report.failed)}; "
-                          f"first cause: {causes[0]} (the others finished; every cause is in the Prefect UI)")
+        raise StageFailed(report.failure(causes[0]))
     return report
 
 

@@ -24,11 +24,13 @@ class Tally:
     done: int = 0
     cached: int = 0
     failed: int = 0
+    stale: int = 0  # failed, their last good result kept
 
 
 @contextmanager
 def stage_line(stage: str, total: int, console: Console | None = None) -> Iterator[callable]:
-    """Yields ``tick(cached: bool = False, failed: bool = False)``; the line closes with the block."""
+    """Yields ``tick(cached: bool = False, failed: bool = False, stale: bool = False)``; the line closes with the
+    block (stale: a failed recording that keeps its last good result)."""
     tally = Tally()
     prog = Progress(TextColumn(f"[bold]{stage:<{STAGE_COLUMN}}"), BarColumn(bar_width=20), MofNCompleteColumn(),
                     TextColumn("{task.fields[note]}"), TimeElapsedColumn(), console=console or Console(),
@@ -37,12 +39,14 @@ def stage_line(stage: str, total: int, console: Console | None = None) -> Iterat
 
     def note() -> str:
         failed = f", [red]{tally.failed} failed[/red]" if tally.failed else ""
-        return f"{tally.cached} cached{failed}"
+        stale = f", [yellow]{tally.stale} stale[/yellow]" if tally.stale else ""
+        return f"{tally.cached} cached{failed}{stale}"
 
-    def tick(*, cached: bool = False, failed: bool = False) -> None:
+    def tick(*, cached: bool = False, failed: bool = False, stale: bool = False) -> None:
         tally.done += 1
         tally.cached += cached
         tally.failed += failed
+        tally.stale += stale
         prog.update(task, completed=tally.done, note=note())
 
     with prog:

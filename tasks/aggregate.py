@@ -9,17 +9,23 @@ Rules (``aggregate.rule``):
 - ``mean_prob``: present if the mean P(yes) over the windows that carry one
   is at least ``threshold`` (needs a backend that records P(yes)).
 
-Only ``yes``/``no`` answers are votes; ``unparsed``, ``refused``, ``truncated``
-and ``skipped`` are never read as either.  A recording x feature with no vote
-at all is predicted absent (no window showed the feature) and counted as
-*undecided* in ``aggregate.json``, so the gap is visible.  Arms that had no
-model (``query.*.backend: none``) produce no prediction.
+Only ``yes``/``no`` answers are votes; ``unparsed``, ``refused``, ``truncated``,
+``skipped`` and ``not_assessable`` are never read as either.  A recording x
+feature x arm none of whose windows had media (every answer ``not_assessable``:
+no face, no pose, no audio) is *not assessable*: ``predicted`` is null, never
+"no", and ``aggregate.json`` counts it per arm; one with some assessable windows
+is decided over those, its ``n_not_assessable`` counting the others.  A
+recording x feature whose assessable windows gave no vote at all is predicted
+absent (no window showed the feature) and counted as *undecided* in
+``aggregate.json``, so the gap is visible.  Arms that had no model
+(``query.*.backend: none``) produce no prediction.
 
 Outputs (under ``out_dir`` = ``data_dir/10_aggregate``):
 
-- ``predictions.parquet`` (table ``predictions``): predicted, score (share of
-  yes votes; mean P(yes) for mean_prob), n_windows (votes), n_yes,
-  evidence_windows (the window indices that said yes);
+- ``predictions.parquet`` (table ``predictions``): predicted (null: not
+  assessable), score (share of yes votes; mean P(yes) for mean_prob; 0 when
+  not assessable), n_windows (votes), n_yes, evidence_windows (the window
+  indices that said yes), n_not_assessable (windows without media);
 - ``evidence.parquet`` (table ``evidence``): one row per yes window with its
   justification and P(yes);
 - ``aggregate.json``: counts per arm, undecided count, the random-weights banner.
@@ -34,7 +40,7 @@ from pathlib import Path
 from tasks import layout
 from tasks.contract import Stage
 from tasks.layout import rel
-from tasks.answers import NO_MODEL, RANDOM_BANNER, RANDOM_TAG, SCORED
+from tasks.answers import NO_MODEL, NOT_ASSESSABLE, RANDOM_BANNER, RANDOM_TAG, SCORED
 from tasks.atomic import atomic_write_text
 from tasks.errors import SemioflowError
 from tasks.params import AggregateParams, Params
@@ -68,24 +74,29 @@ def aggregate(answers: list[dict], params: AggregateParams) -> tuple[list[dict],
                              "query.*.logprobs on a server that returns logprobs, or use the local backend")
     preds, evidence = [], []
     undecided = 0
-    per_arm: dict[str, dict[str, int]] = defaultdict(lambda: {"predictions": 0, "positive": 0})
+    per_arm: dict[str, dict[str, int]] = defaultdict(lambda: {"predictions": 0, "positive": 0, "not_assessable": 0})
     for (rid, fid, arm, model_id), rows in sorted(groups.items()):
         rows = sorted(rows, key=lambda r: r["window_index"])
         votes = [r for r in rows if r["status"] in SCORED]
+        blind = sum(r["status"] == NOT_ASSESSABLE for r in rows)
         predicted, score = decide(votes, params)
+        if blind == len(rows):  # no window had media: not asked, so not "no"
+            predicted, score = None, 0.0
         yes = [r for r in votes if r["status"] == "yes"]
-        undecided += not votes
+        undecided += not votes and predicted is not None
         per_arm[arm]["predictions"] += 1
-        per_arm[arm]["positive"] += predicted
+        per_arm[arm]["positive"] += bool(predicted)
+        per_arm[arm]["not_assessable"] += predicted is None
         preds.append(dict(recording_id=rid, feature_id=fid, arm=arm, model_id=model_id, rule=params.rule,
                           predicted=predicted, score=float(score), n_windows=len(votes), n_yes=len(yes),
-                          evidence_windows=[int(r["window_index"]) for r in yes]))
+                          evidence_windows=[int(r["window_index"]) for r in yes], n_not_assessable=blind))
         evidence += [dict(recording_id=rid, feature_id=fid, arm=arm, model_id=model_id,
                           window_index=int(r["window_index"]), yes_prob=r["yes_prob"],
                           justification=r["justification"]) for r in yes]
     models = sorted({k[3] for k in groups})
     random = any(m.endswith(RANDOM_TAG) for m in models)
-    summary = {"rule": params.rule, "predictions": len(preds), "undecided": undecided, "arms": dict(per_arm),
+    summary = {"rule": params.rule, "predictions": len(preds), "undecided": undecided,
+               "not_assessable": sum(p["predicted"] is None for p in preds), "arms": dict(per_arm),
                "models": models, "random_weights": random, "banner": RANDOM_BANNER if random else ""}
     return preds, evidence, summary
 

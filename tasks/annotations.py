@@ -165,7 +165,10 @@ def export_s3(data_dir: Path, out: Path, *, video_arm: str = "raw", audio_arm: s
     rows: dict[str, dict[str, tuple[bool, str | None]]] = {}
     for p in chosen:
         just = first_words.get((p["recording_id"], p["feature_id"], p["arm"], p["model_id"]), (0, None))[1]
-        rows.setdefault(names[p["recording_id"]], {})[p["feature_id"]] = (bool(p["predicted"]), just)
+        # not assessable (no media): None, an empty cell, S³'s "not assessable" -- never "no"
+        present = None if p["predicted"] is None else bool(p["predicted"])
+        rows.setdefault(names[p["recording_id"]], {})[p["feature_id"]] = (present, just)
     write_predictions(Path(out), rows, catalog)  # written 0600 from the start (it names the files)
     return {"videos": len(rows), "features": len({f for r in rows.values() for f in r}),
-            "positive": sum(v[0] for r in rows.values() for v in r.values())}
+            "positive": sum(bool(v[0]) for r in rows.values() for v in r.values()),
+            "not_assessable": sum(v[0] is None for r in rows.values() for v in r.values())}

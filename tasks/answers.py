@@ -8,6 +8,8 @@ from __future__ import annotations
 
 SCORED = ("yes", "no")  # the only statuses that count as an answer
 UNSCORED = ("unparsed", "refused", "truncated")  # the model replied, but not with a usable yes/no
+NOT_ASSESSABLE = "not_assessable"  # the window x arm had no media (no face, no pose, no audio): never asked
+SKIPPED = "skipped"  # the arm had no model (query.*.backend none)
 NO_MODEL = "none"  # model id (and backend) of answers recorded while an arm had no backend
 RANDOM_TAG = "+random-weights"  # appended to the model id of a random-weight smoke model
 RANDOM_BANNER = "RANDOM-WEIGHT SMOKE MODEL: these answers are not clinical results"

@@ -10,7 +10,10 @@ every run leaves a marker (``done/<id>.json``, ``done/_cohort.json`` for a
 cohort stage: the key, the SHA-256 of each output file, the small result).
 ``run_marked`` returns the marker's result without recomputing when the key
 matches and every file is intact, else runs the work and writes a new marker
-last.  Prefect-free: ``flows/`` wraps these in tasks.
+last.  A recording's run that raises leaves its last good outputs as they were
+(``last_good_kept``); the stage tables are rebuilt from every complete result on
+disk (``collect``), those kept from an earlier run marked stale when their key
+differs from this run's.  Prefect-free: ``flows/`` wraps these in tasks.
 """
 
 from __future__ import annotations
@@ -18,9 +21,13 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing
+import os
 import re
+import shutil
 import warnings
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -29,7 +36,7 @@ from tasks.atomic import atomic_write_text, remove_stale_partials
 from tasks.codehash import code_hash
 from tasks.cohorts import members
 from tasks.errors import mask_secrets
-from tasks.contract import Stage
+from tasks.contract import STATE, Stage
 from tasks.identity import sha256_file
 from tasks.params import Params, build, to_dict
 from tasks.quiet import native_stderr_captured
@@ -61,22 +68,35 @@ def marker_key(out_dir: Path, marker: str) -> str | None:
         return None
 
 
-def marker_result(out_dir: Path, marker: str, key: str) -> dict | None:
-    """The stored result if the marker matches ``key`` and every output file is intact."""
-    p = _marker_path(out_dir, marker)
-    if not p.is_file():
-        return None
+def _read_marker(out_dir: Path, marker: str) -> dict | None:
     try:
-        m = json.loads(p.read_text())
-    except ValueError:
+        m = json.loads(_marker_path(out_dir, marker).read_text())
+    except (OSError, ValueError):
         return None
-    if m.get("key") != key:
-        return None
+    return m if isinstance(m, dict) else None
+
+
+def _files_intact(out_dir: Path, m: dict) -> bool:
     for rel, digest in m.get("files", {}).items():
         f = out_dir / rel
         if not f.is_file() or sha256_file(f) != digest:
-            return None
+            return False
+    return True
+
+
+def marker_result(out_dir: Path, marker: str, key: str) -> dict | None:
+    """The stored result if the marker matches ``key`` and every output file is intact."""
+    m = _read_marker(out_dir, marker)
+    if m is None or m.get("key") != key or not _files_intact(out_dir, m):
+        return None
     return m.get("result")
+
+
+def intact_key(out_dir: Path, marker: str) -> str | None:
+    """The key of ``marker``'s last complete result if every file its marker lists is intact (whatever the
+    key), else None: what a failed rerun leaves in place."""
+    m = _read_marker(out_dir, marker)
+    return m.get("key") if m is not None and _files_intact(out_dir, m) else None
 
 
 def write_marker(out_dir: Path, marker: str, key: str, files: list[Path], result: dict) -> None:
@@ -109,7 +129,60 @@ def outputs(out_dir: Path, marker: str) -> list[Path]:
     """Files a run wrote (a recording's: names carry its id; a cohort run's: all), markers excluded."""
     pattern = "*" if marker == COHORT_MARKER else f"*{marker}*"
     return sorted(p for p in out_dir.rglob(pattern)
-                  if p.is_file() and p.parent.name != "done" and not p.name.startswith("."))
+                  if p.is_file() and "done" not in p.relative_to(out_dir).parts and not p.name.startswith("."))
+
+
+KEEP = "keep"  # done/keep/<id>/: hard links to a recording's last good outputs while it reruns
+
+
+def _restore(out_dir: Path, marker: str, keep: Path, *, check: bool) -> None:
+    """Put the outputs the marker lists back from ``keep`` and remove the recording's files it does not list.
+
+    ``check``: only where the file on disk is not the one the marker recorded and the kept one is (after a
+    killed run, whose marker may or may not be new)."""
+    m = _read_marker(out_dir, marker) or {}
+    files = m.get("files", {})
+    for rel, digest in files.items():
+        kept, final = keep / rel, out_dir / rel
+        if not kept.is_file():
+            continue
+        if check and (final.is_file() and sha256_file(final) == digest or sha256_file(kept) != digest):
+            continue
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(kept, final)
+    for f in outputs(out_dir, marker):  # what a failed run wrote beside them: no complete result
+        if f.relative_to(out_dir).as_posix() not in files:
+            f.unlink(missing_ok=True)
+
+
+@contextmanager
+def last_good_kept(out_dir: Path, marker: str) -> Iterator[None]:
+    """Run a job's work inside this: if it raises, the recording's outputs are again those of its last complete
+    result (its marker's files, put back from hard links; files the failed run added removed), so a
+    recording's outputs are only ever replaced by a complete, successful result.  Stages write atomically
+    (``tasks.atomic``), so a hard link keeps the old content of a file the run replaces or deletes."""
+    out_dir = Path(out_dir)
+    keep = out_dir / "done" / KEEP / marker
+    if keep.is_dir():  # left by a killed run: put back what it had replaced, unless its marker vouches for it
+        _restore(out_dir, marker, keep, check=True)
+    shutil.rmtree(keep, ignore_errors=True)
+    m = _read_marker(out_dir, marker) or {}
+    for rel in m.get("files", {}):
+        src = out_dir / rel
+        if src.is_file():
+            dst = keep / rel
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(src, dst)
+            except OSError:  # a file system without hard links
+                shutil.copy2(src, dst)
+    try:
+        yield
+    except BaseException:
+        _restore(out_dir, marker, keep, check=False)
+        raise
+    finally:
+        shutil.rmtree(keep, ignore_errors=True)
 
 
 # ---- planning -----------------------------------------------------------------------------
@@ -237,6 +310,13 @@ def run_job(stage: Stage, data_dir: Path, job: Job, params: dict) -> dict:
     if done is not None:
         return done
     failure = f"{stage.name} failed" + ("" if job.marker == COHORT_MARKER else f" for {job.marker}")
+    if job.marker != COHORT_MARKER:  # a recording that fails keeps its last good outputs
+        with last_good_kept(out, job.marker):
+            return _run_and_mark(stage, data_dir, out, job, params, failure)
+    return _run_and_mark(stage, data_dir, out, job, params, failure)
+
+
+def _run_and_mark(stage: Stage, data_dir: Path, out: Path, job: Job, params: dict, failure: str) -> dict:
     pin()  # the same numeric thread pools on every runner and machine: the same outputs (tasks.threads)
     try:
         # mediapipe/TFLite graph threads write absl lines to fd 2 while models start and first run;
@@ -271,14 +351,50 @@ def run_local(stage: Stage, data_dir: Path, params: Params, *, workers: int = 1)
     if stage.kind == "cohort":
         return [run_job(stage, data_dir, cohort_job(stage, data_dir, params), pdict)]
     jobs = recording_jobs(stage, data_dir, params)
-    if workers > 1 and len(jobs) > 1:
-        # spawn: forking a process that already runs torch/mediapipe threads can abort the child
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            results = list(pool.map(_run_args, [(stage, data_dir, job, pdict) for job in jobs]))
-    else:
-        results = [run_job(stage, data_dir, job, pdict) for job in jobs]
-    stage.collect(out, [job.marker for job in jobs])
+    results: list[dict] = []
+    try:
+        if workers > 1 and len(jobs) > 1:
+            # spawn: forking a process that already runs torch/mediapipe threads can abort the child
+            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+                results = list(pool.map(_run_args, [(stage, data_dir, job, pdict) for job in jobs]))
+        else:
+            for job in jobs:
+                results.append(run_job(stage, data_dir, job, pdict))
+    finally:  # a failure too: the tables hold what finished, and what failed keeps its last good result
+        collect(stage, out, jobs, current=[job.marker for job in jobs[:len(results)]])
     return results
+
+
+@dataclass(frozen=True)
+class Collected:
+    """What a recording stage's tables hold after a run."""
+
+    ids: list[str]  # recordings in the tables: each with a complete result on disk
+    stale: list[str]  # of those, kept from an earlier run whose inputs differ from this run's (it failed)
+    missing: list[str]  # jobs with no complete result (not in the tables)
+
+
+def collect(stage: Stage, out_dir: Path, jobs: list[Job], *, current: tuple[str, ...] | list[str] = ()
+            ) -> Collected:
+    """Rebuild ``stage``'s tables from the complete per-recording results on disk (intact markers), not only
+    this run's successes, and write ``state.json`` (counts, stale ids); returns what they hold.
+
+    ``current``: jobs known to have an intact marker with their current key (just run or checked)."""
+    out_dir = Path(out_dir)
+    known = set(current)
+    ids, stale, missing = [], [], []
+    for job in jobs:
+        key = job.cache_key if job.marker in known else intact_key(out_dir, job.marker)
+        if key is None:
+            missing.append(job.marker)
+            continue
+        ids.append(job.marker)
+        if key != job.cache_key:
+            stale.append(job.marker)
+    stage.collect(out_dir, ids)
+    atomic_write_text(out_dir / STATE, json.dumps({"recordings": len(ids), "stale": sorted(stale),
+                                                   "missing": sorted(missing)}, indent=2, sort_keys=True))
+    return Collected(sorted(ids), sorted(stale), sorted(missing))
 
 
 def _run_args(args: tuple[Stage, Path, Job, dict]) -> dict:

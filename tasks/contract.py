@@ -43,6 +43,7 @@ from tasks.schema import COHORTS, SEIZURE, concat_write
 Kind = Literal["source", "recording", "cohort"]
 KINDS = ("source", "recording", "cohort")
 SKIPPED = "skipped.json"  # written instead of outputs when a stage had no input (a site without a gait study)
+STATE = "state.json"  # recording stages: what the tables hold (recordings, stale ids kept from a failed rerun)
 
 
 @dataclass(frozen=True)
@@ -135,7 +136,10 @@ class Stage:
         return tuple(paths)
 
     def collect(self, out_dir: Path, recording_ids: list[str]) -> pa.Table | None:
-        """The stage tables from the per-recording files of ``recording_ids``; returns the first."""
+        """The stage tables from the per-recording files of ``recording_ids``; returns the first.
+
+        The runners (``tasks.cache.collect``) pass every recording with a complete result on disk, a failed
+        rerun's last good one included, so a failed run never empties a table."""
         ids = sorted(recording_ids)
         first = None
         for t in self.tables:

@@ -9,7 +9,9 @@ is evaluated per model as ``<arm>@<model_id>``.  ``always_yes`` (every
 recording positive) is added as a reference.
 
 Per arm x feature, on the recordings that have both a label and a
-prediction: accuracy, precision, recall, F1 (scikit-learn's definitions,
+prediction (a *not assessable* prediction, ``predicted`` null: no window had
+media, is left out of every metric and counted as ``n_not_assessable``):
+accuracy, precision, recall, F1 (scikit-learn's definitions,
 ``zero_division=0``; a feature whose catalog ``metric`` is ``macro_f1``, verbal
 responsiveness as S³ scores it, has the mean F1 of yes and of no as its F1) with a percentile CI from a patient-level bootstrap:
 patients are drawn with replacement and bring all their recordings, so
@@ -28,9 +30,10 @@ bootstrap CI of the F1 difference, and an exact sign test over features.
 Outputs (``out_dir`` = ``data_dir/13_evaluate``):
 
 * ``metrics.parquet`` (table ``metrics``: arm, feature_id, metric, value,
-  ci_low, ci_high, n);
+  ci_low, ci_high, n, n_not_assessable);
 * ``metrics.json`` (DVC metrics): ``{arm: {feature: {accuracy, precision,
-  recall, f1, f1_ci_low, f1_ci_high, n}}, "summary": {...}, "paired": {...}}``;
+  recall, f1, f1_ci_low, f1_ci_high, n, n_not_assessable}}, "summary": {...},
+  "paired": {...}, "not_assessable": {arm: {feature: n}}}``;
 * ``plots/f1.csv`` (arm, feature, f1, ci_low, ci_high) and
   ``plots/arms/<arm>.csv`` (feature, f1, ci_low, ci_high): DVC plots, e.g.
   ``x: f1, y: feature, template: bar_horizontal`` on the ``plots/arms`` folder
@@ -132,6 +135,7 @@ class Evaluated:
     predicted: dict[str, bool]  # recording -> prediction
     estimates: dict[str, Estimate]
     metric: str = "f1_yes"  # the feature's catalog metric: what "f1" means here
+    not_assessable: int = 0  # labelled recordings the arm could not assess (no media): not in ``recordings``
 
     def correct(self, rid: str) -> bool:
         return self.truth[rid] == self.predicted[rid]
@@ -159,6 +163,17 @@ class Resampling:
                               len(self.patients))
 
 
+def not_assessable(labels: list[dict], preds: list[dict]) -> dict[tuple[str, str], int]:
+    """(arm name, feature) -> labelled recordings whose prediction is not assessable (``predicted`` null)."""
+    labelled = {(r["recording_id"], r["feature_id"]) for r in labels}
+    names = _arm_names(preds)
+    counts: dict[tuple[str, str], int] = defaultdict(int)
+    for p in preds:
+        if p["predicted"] is None and (p["recording_id"], p["feature_id"]) in labelled:
+            counts[(names[(p["arm"], p["model_id"])], p["feature_id"])] += 1
+    return dict(counts)
+
+
 def evaluate_all(labels: list[dict], preds: list[dict], *, n_boot: int, ci: float, seed: int,
                  catalog: Catalog | None = None) -> tuple[dict[tuple[str, str], Evaluated], Resampling]:
     """Every (arm, feature) with at least one labelled prediction, plus the ``always_yes`` reference.
@@ -180,10 +195,13 @@ def evaluate_all(labels: list[dict], preds: list[dict], *, n_boot: int, ci: floa
         cell = decided[(arm, p["feature_id"])]
         if p["recording_id"] in cell:
             raise SemioflowError(f"two predictions of arm {arm} for one recording x feature ({p['feature_id']})")
+        if p["predicted"] is None:  # not assessable: in no metric (counted by ``not_assessable``)
+            continue
         cell[p["recording_id"]] = bool(p["predicted"])
     for rid, fid in truth:
         decided[(REFERENCE_ARM, fid)][rid] = True
     base[REFERENCE_ARM] = REFERENCE_ARM
+    blind = not_assessable(labels, preds)
     out = {}
     for (arm, fid), cell in decided.items():
         rids = tuple(sorted(r for r in cell if (r, fid) in truth))
@@ -194,7 +212,8 @@ def evaluate_all(labels: list[dict], preds: list[dict], *, n_boot: int, ci: floa
         metric = catalog.by_id(fid).metric
         out[(arm, fid)] = Evaluated(arm, base[arm], fid, rids, {r: truth[(r, fid)] for r in rids},
                                     {r: cell[r] for r in rids},
-                                    with_ci(rs.counts(rids, y, yhat), rs.weights, ci, metric), metric)
+                                    with_ci(rs.counts(rids, y, yhat), rs.weights, ci, metric), metric,
+                                    blind.get((arm, fid), 0))
     return out, rs
 
 
@@ -336,16 +355,23 @@ def run(data_dir: Path, out_dir: Path, params: Params) -> dict:
     keys = sorted(evals, key=lambda k: (_order(k[0]), k[0], order.get(k[1], len(order))))
     write_table("metrics", [dict(arm=a, feature_id=f, metric=m, value=evals[(a, f)].estimates[m].value,
                                  ci_low=evals[(a, f)].estimates[m].low, ci_high=evals[(a, f)].estimates[m].high,
-                                 n=len(evals[(a, f)].recordings)) for a, f in keys for m in METRICS],
+                                 n=len(evals[(a, f)].recordings), n_not_assessable=evals[(a, f)].not_assessable)
+                            for a, f in keys for m in METRICS],
                 out_dir / "metrics.parquet")
     nested: dict[str, dict] = defaultdict(dict)
     for a, f in keys:
         e = evals[(a, f)]
         nested[a][f] = {**{m: e.estimates[m].value for m in METRICS}, "f1_ci_low": e.estimates["f1"].low,
-                        "f1_ci_high": e.estimates["f1"].high, "n": len(e.recordings)}
+                        "f1_ci_high": e.estimates["f1"].high, "n": len(e.recordings),
+                        "n_not_assessable": e.not_assessable}
+    blind = not_assessable(labels, preds)  # arms x features wholly not assessable have no metrics: counted here
+    blind_doc: dict[str, dict[str, int]] = defaultdict(dict)
+    for (a, f), n in sorted(blind.items()):
+        blind_doc[a][f] = n
     random = any(is_random(p["model_id"]) for p in preds)
     banner = "Some predictions come from random-weight smoke models: not clinical results" if random else ""
     doc = {**nested, "summary": {**summary, "random_weights": random}, "paired": tests,
+           "not_assessable": dict(blind_doc),
            "onset": {arm: o.to_dict() for arm, o in onsets.items()}, "diagnosis": dx,
            "justification_rouge_l": agreement}
     atomic_write_text(out_dir / "metrics.json", json.dumps(doc, indent=2, sort_keys=True))
@@ -363,6 +389,7 @@ def run(data_dir: Path, out_dir: Path, params: Params) -> dict:
              for f in catalog.ids if (arm, f) in evals]))
     atomic_write_text(out_dir / "tables.md", markdown(evals, catalog, summary, tests, ci=ep.ci, n_boot=ep.bootstrap,
                                                       banner=banner) + _not_assessable_line(data_dir, catalog)
+                      + no_media_markdown(blind, catalog)
                       + onset_markdown(onsets, ci=ep.ci)
                       + diagnosis_markdown(dx, catalog, ci=ep.ci) + agreement_markdown(agreement, ci=ep.ci))
     return {"arms": len(arms), "features": len(feats), "recordings": len(rs.patient_of), "patients": len(rs.patients),
@@ -380,6 +407,21 @@ def _not_assessable_line(data_dir: Path, catalog: Catalog) -> str:
     shown = [f"{catalog.by_id(f).name} {n}" for f, n in counts.items() if n and f in catalog.ids]
     return ("\nNot assessable in the labels, so excluded from every score above (recordings): "
             + ", ".join(shown) + ".\n") if shown else ""
+
+
+def no_media_markdown(blind: dict[tuple[str, str], int], catalog: Catalog) -> str:
+    """Per arm, the features whose recordings it could not assess (no media), left out of its scores."""
+    if not blind:
+        return ""
+    order = {f: i for i, f in enumerate(catalog.ids)}
+    lines = ["", "## Not assessable (no media)", "",
+             "Recordings an arm could not assess (no window had its media: no face, no pose, no audio), left out "
+             "of that arm's scores above (n counts the others):", ""]
+    for arm in _arms_sorted(a for a, _ in blind):
+        feats = sorted((f for a, f in blind if a == arm), key=lambda f: order.get(f, len(order)))
+        lines.append(f"- {_display(arm)}: " + ", ".join(
+            f"{catalog.by_id(f).name if f in order else f} {blind[(arm, f)]}" for f in feats))
+    return "\n".join(lines) + "\n"
 
 
 def _onsets(data_dir: Path, preds: list[dict], rs: Resampling, ci: float) -> dict[str, onset.OnsetScore]:
@@ -447,7 +489,7 @@ def _diagnosis(data_dir: Path, labels: list[dict], preds: list[dict], rs: Resamp
         rivals = sorted({m for a in set(arms.values()) if len(models_of.get(a, ())) > 1 for m in models_of[a]})
         for model in rivals or [None]:
             got = {(p["recording_id"], p["feature_id"]): bool(p["predicted"]) for p in preds
-                   if arms.get(p["feature_id"]) == p["arm"]
+                   if arms.get(p["feature_id"]) == p["arm"] and p["predicted"] is not None
                    and (model is None or len(models_of[p["arm"]]) == 1 or p["model_id"] == model)}
             if got:
                 sources[name if model is None else f"{name}@{model}"] = got

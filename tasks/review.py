@@ -7,7 +7,9 @@ Two studies, one database (SQLAlchemy Core: SQLite by default, PostgreSQL by URL
   recording x feature x arm x model decision of ``10_aggregate`` that agrees
   with the reference label of ``11_folds/labels.parquet``: every true
   positive, plus as many true negatives as true positives drawn at random
-  (seeded by ``base.seed``) per feature x arm x model, as in the study.  A
+  (seeded by ``base.seed``) per feature x arm x model, as in the study; a
+  not-assessable decision (no media) is neither, and a case's windows without
+  media are listed as not assessable.  A
   true positive shows the justifications of its yes windows
   (``10_aggregate/evidence.parquet``), a true negative those of its windows
   (all said no; ``09_query/answers.parquet``).  The case set is fixed the
@@ -17,7 +19,8 @@ Two studies, one database (SQLAlchemy Core: SQLite by default, PostgreSQL by URL
   of up to three variants (table ``rationales``, written by any track; the
   paths in ``review.rationales``) are shown as A/B/C in an order shuffled per
   reviewer and case, each rated on four 1-5 scales (``SCALES``), plus best,
-  second best and a comment.  New case ids are appended; a stored case never
+  second best and a comment.  An empty or whitespace-only rationale is none: it
+  is left out of its case, and a case left without one is no case.  New case ids are appended; a stored case never
   changes.
 
 Every rating is an upsert of one value the moment it is given.  Reviewers
@@ -52,7 +55,7 @@ from statistics import median
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from tasks.answers import NO_MODEL, RANDOM_TAG
+from tasks.answers import NO_MODEL, NOT_ASSESSABLE, is_random
 from tasks.layout import ANSWERS, EVIDENCE, LABELS, PREDICTIONS, WINDOWS, folder, rel
 from tasks.atomic import atomic_write_text
 from tasks.catalog import load_catalog
@@ -402,6 +405,10 @@ def faithfulness_cases(data_dir: Path, params: Params) -> list[dict]:
             continue
         if arms and p["arm"] not in arms:
             continue
+        if p["predicted"] is None:  # not assessable (no media): neither a true positive nor a true negative
+            continue
+        if not p["n_windows"]:  # no window gave a yes/no (all unparsed, refused...): nothing the model said to rate
+            continue
         if p["predicted"] != truth[key]:
             continue
         if not (data_dir / VIDEO_DIR / f"{p['recording_id']}.mp4").is_file():
@@ -411,9 +418,11 @@ def faithfulness_cases(data_dir: Path, params: Params) -> list[dict]:
     for e in evidence:
         yes_just[(e["recording_id"], e["feature_id"], e["arm"], e["model_id"])].append(e)
     no_just: dict[tuple, list[dict]] = defaultdict(list)
+    blind: dict[tuple, list[dict]] = defaultdict(list)  # windows without media: shown as not assessable
     for a in answers:
-        if a["status"] == "no":
-            no_just[(a["recording_id"], a["feature_id"], a["arm"], a["model_id"])].append(a)
+        if a["status"] in ("no", NOT_ASSESSABLE):
+            (no_just if a["status"] == "no" else blind)[(a["recording_id"], a["feature_id"], a["arm"],
+                                                         a["model_id"])].append(a)
 
     cases = []
     for (fid, arm, model), both in sorted(groups.items()):
@@ -424,17 +433,18 @@ def faithfulness_cases(data_dir: Path, params: Params) -> list[dict]:
         feature = catalog.by_id(fid)
         for p in picked:
             k = (p["recording_id"], fid, arm, model)
-            rows = yes_just[k] if p["predicted"] else no_just[k]
+            rows = (yes_just[k] if p["predicted"] else no_just[k]) + blind[k]
             just = [dict(window_index=int(r["window_index"]),
                          t_start_s=times.get((p["recording_id"], r["window_index"]), (None, None))[0],
                          t_end_s=times.get((p["recording_id"], r["window_index"]), (None, None))[1],
-                         text=r["justification"] or "")
+                         text="" if r in blind[k] else (r["justification"] or "").strip(),
+                         not_assessable=r in blind[k])
                     for r in sorted(rows, key=lambda r: r["window_index"])]
             cases.append(dict(case_id=_case_id("F", *k), recording_id=p["recording_id"], feature_id=fid,
                               feature_name=feature.name, question=feature.prompt, arm=arm, model_id=model,
                               outcome="tp" if p["predicted"] else "tn", predicted=bool(p["predicted"]),
                               media=f"{VIDEO_DIR}/{p['recording_id']}.mp4", justifications=just,
-                              random_weights=model.endswith(RANDOM_TAG)))
+                              random_weights=is_random(model)))
     random.Random(f"{params.base.seed}|order").shuffle(cases)
     return cases
 
@@ -457,11 +467,13 @@ def comparison_cases(data_dir: Path, params: Params) -> list[dict]:
     for cid, rs in sorted(by_case.items()):
         if not _CASE_ID.match(cid):
             raise ReviewError(f"rationales: case id {cid!r} must be 1-64 letters, digits, '.', '_', ':' or '-'")
-        variants = {}
+        variants, seen = {}, set()
         for r in rs:
-            if r["variant"] in variants:
+            if r["variant"] in seen:
                 raise ReviewError(f"rationales: case {cid} has variant {r['variant']!r} twice")
-            variants[r["variant"]] = r["rationale"]
+            seen.add(r["variant"])
+            if (r["rationale"] or "").strip():  # an empty or whitespace-only rationale is no rationale: not shown
+                variants[r["variant"]] = r["rationale"].strip()
         if len(variants) > MAX_VARIANTS:
             raise ReviewError(f"rationales: case {cid} has {len(variants)} variants; Study 2 compares at most "
                               f"{MAX_VARIANTS}")
@@ -470,10 +482,20 @@ def comparison_cases(data_dir: Path, params: Params) -> list[dict]:
             raise ReviewError(f"rationales: case {cid} names different media for its variants")
         (rel,) = media
         deidentified_media(data_dir, rel)
+        if not variants:  # every variant gave nothing to compare: not a case
+            continue
         context = next((r["context"] for r in rs if r["context"]), None)
         cases.append(dict(case_id=cid, media=rel, context=context, variants=dict(sorted(variants.items())),
-                          random_weights=any(v.endswith(RANDOM_TAG) for v in variants)))
+                          # from the variants' names, which carry their model's random-weights tag
+                          random_weights=any(is_random(v) for v in seen)))
     return cases
+
+
+def random_weights(case: dict) -> bool:
+    """Whether a stored case shows a random-weight smoke model's output, from its model id or variant names
+    (they carry the tag), so the banner never hangs on a flag stored with the case."""
+    ids = [case.get("model_id") or ""] + list(case.get("variants") or {})
+    return bool(case.get("random_weights")) or any(is_random(i) for i in ids)
 
 
 def prepare(engine: Engine, data_dir: Path, params: Params) -> dict[str, int]:

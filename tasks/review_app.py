@@ -225,7 +225,7 @@ def create_app(engine: Engine, data_dir: Path, params: Params, *, allowed_hosts:
         return {
             review.STUDY_FAITHFULNESS: [dict(case_id=c["case_id"], done=c["case_id"] in scored) for c in faith],
             review.STUDY_COMPARISON: [dict(case_id=c["case_id"], done=c["case_id"] in done) for c in comp],
-            "random_weights": any(c["random_weights"] for c in faith + comp),
+            "random_weights": any(review.random_weights(c) for c in faith + comp),
         }
 
     async def home(request: Request) -> Response:
@@ -255,7 +255,7 @@ def create_app(engine: Engine, data_dir: Path, params: Params, *, allowed_hosts:
         return page(request, "faithfulness.html", study=review.STUDY_FAITHFULNESS, case_id=cid, nav=nav,
                     score=scores.get(cid),
                     feature_name=case["feature_name"], question=case["question"], predicted=case["predicted"],
-                    justifications=case["justifications"], random_weights=case["random_weights"],
+                    justifications=case["justifications"], random_weights=review.random_weights(case),
                     labels=FAITH_LABELS)
 
     async def faithfulness_post(request: Request) -> Response:
@@ -287,7 +287,7 @@ def create_app(engine: Engine, data_dir: Path, params: Params, *, allowed_hosts:
                     context=case["context"], shown=shown,
                     scales=[(s, review.SCALE_NAMES[s]) for s in review.SCALES], labels=LIKERT_LABELS,
                     best=letter.get(ch["best"]), second=letter.get(ch["second"]), comment=ch["comment"],
-                    random_weights=case["random_weights"])
+                    random_weights=review.random_weights(case))
 
     def _save(rid: int, study: str, cid: str, field: str, value: str | None) -> dict:
         """Save one value named as the page names it (slot letters, never variants); returns choice letters."""

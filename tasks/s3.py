@@ -189,8 +189,9 @@ def s3_name(feature_id: str, catalog: Catalog) -> str:
 def write_predictions(path: Path, rows: dict[str, dict[str, tuple[bool, str | None]]], catalog: Catalog) -> Path:
     """Per-video predictions in S³'s labels layout, so its scripts score them like its own outputs.
 
-    ``rows``: video file name -> feature id -> (present, justification).  Features in catalog order, S³'s
-    column names (``s3_name``).  Written atomically.
+    ``rows``: video file name -> feature id -> (present, justification); present None (not assessable: no
+    media) is an empty cell, S³'s "not assessable", never "no".  Features in catalog order, S³'s column names
+    (``s3_name``).  Written atomically.
     """
     features = [f.id for f in catalog.features if any(f.id in r for r in rows.values())]
     header = [FILE] + [c for fid in features for c in (s3_name(fid, catalog), JUSTIFICATION + s3_name(fid, catalog))]

@@ -40,7 +40,9 @@ SEIZURE, GAIT = "seizure", "gait"
 COHORTS = (SEIZURE, GAIT)
 AUDIO_STATES = ("anonymized", "original", "none")  # deidentified.audio: what the de-identified video carries
 DIAGNOSES = ("ES", "NES")  # epileptic / non-epileptic seizure (S³ Task 7)
-ANSWER_STATUSES = ("yes", "no", "unparsed", "refused", "truncated", "skipped")  # answers.status
+# answers.status; not_assessable: the window x arm has no media (no face, no pose, no audio): never asked, never
+# "no"; skipped: the arm had no model (query.*.backend none)
+ANSWER_STATUSES = ("yes", "no", "unparsed", "refused", "truncated", "skipped", "not_assessable")
 FEATURE_IDS = "<catalog>"  # stands for the catalog's feature ids in CLOSED
 # Columns whose values form a closed set: any other value is a SchemaError naming it.  An unknown feature id or
 # status would otherwise pass through and silently vanish from every summary that groups by the known ones.
@@ -240,7 +242,8 @@ TABLES: dict[str, pa.Schema] = {
         _f("model_id", pa.string()),
         _f("backend", pa.string()),
         _f("prompt_version", pa.string()),
-        _f("status", pa.string()),  # yes | no | unparsed | refused | truncated | skipped (no media/model)
+        # yes | no | unparsed | refused | truncated | skipped (no model) | not_assessable (no media)
+        _f("status", pa.string()),
         _f("present", pa.bool_(), nullable=True),  # null unless status is yes/no
         _f("yes_prob", pa.float64(), nullable=True),
         _f("justification", pa.string(), nullable=True),
@@ -255,12 +258,14 @@ TABLES: dict[str, pa.Schema] = {
         _f("arm", pa.string()),
         _f("model_id", pa.string()),
         _f("rule", pa.string()),
-        _f("predicted", pa.bool_()),
+        _f("predicted", pa.bool_(), nullable=True),  # null: not assessable (no window of it had media)
         _f("score", pa.float64()),
         _f("n_windows", pa.int32()),
         _f("n_yes", pa.int32()),
         _f("evidence_windows", pa.list_(pa.int32())),
-        doc="Per recording x feature decision with the windows that said yes.",
+        _f("n_not_assessable", pa.int32()),  # windows without media (never asked, not votes)
+        doc="Per recording x feature decision with the windows that said yes; a recording x feature x arm with "
+            "no assessable window is not assessable (predicted null), one with some is decided over those.",
     ),
     "evidence": _schema(
         _f(RECORDING_ID, pa.string()),
@@ -520,6 +525,7 @@ TABLES: dict[str, pa.Schema] = {
         _f("ci_low", pa.float64(), nullable=True),
         _f("ci_high", pa.float64(), nullable=True),
         _f("n", pa.int32()),
+        _f("n_not_assessable", pa.int32()),  # labelled recordings the arm could not assess: left out of n
         doc="Per arm x feature metric with bootstrap CI.",
     ),
     # ---- expert review (tasks/review.py) --------------------------------------

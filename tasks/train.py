@@ -388,7 +388,7 @@ def _decide(arm: str, fold: int, features: tuple[str, ...], rows: list[dict], co
             yes = [w for w, s in ws if s >= t]
             predictions.append(dict(recording_id=rid, feature_id=f, arm=arm, model_id=model_id, rule=RULE,
                                     predicted=rec_score[rid] >= t, score=rec_score[rid], n_windows=len(ws),
-                                    n_yes=len(yes), evidence_windows=yes))
+                                    n_yes=len(yes), evidence_windows=yes, n_not_assessable=0))
     return {"windows": rows, "thresholds": thresholds, "predictions": predictions}
 
 

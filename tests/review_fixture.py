@@ -145,7 +145,8 @@ def write_metrics(data: Path) -> list[dict]:
     for fid, f1, lo, hi in (("clonic", 1.0, 0.8, 1.0), ("head_turning", 0.0, 0.0, 0.4)):
         for metric in ("accuracy", "precision", "recall", "f1"):
             rows.append(dict(arm="raw", feature_id=fid, metric=metric, value=f1 if metric == "f1" else 0.5,
-                             ci_low=lo if metric == "f1" else None, ci_high=hi if metric == "f1" else None, n=3))
+                             ci_low=lo if metric == "f1" else None, ci_high=hi if metric == "f1" else None, n=3,
+                             n_not_assessable=0))
     write_table("metrics", rows, data / "13_evaluate" / "metrics.parquet")
     return rows
 

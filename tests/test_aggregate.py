@@ -10,7 +10,7 @@ from tasks.aggregate import aggregate, run
 from tasks.errors import SemioflowError
 from tasks.params import AggregateParams, Params
 from tasks.answers import RANDOM_TAG
-from tasks.schema import read_table, write_table
+from tasks.schema import read_table, validate, write_table
 
 
 def answer(rid, wi, status, *, fid="clonic", arm="raw", model="m1", p=None, just=None):
@@ -90,3 +90,25 @@ def test_stage_run_writes_tables_and_flags_random_weight_models(tmp_path):
     assert read_table("evidence", out / "evidence.parquet").num_rows == 1
     saved = json.loads((out / "aggregate.json").read_text())
     assert saved["random_weights"] and "not clinical" in saved["banner"] and summary == saved
+
+
+def test_windows_without_media_are_not_votes_and_a_recording_without_any_is_not_assessable():
+    """no_pose on every window: predicted null (not "no"), counted; some windows without media: decided over
+    the others."""
+    na = "not_assessable"
+    answers = ([answer("R1", wi, na, arm="pose_overlay", just="no media: pose_overlay: no_pose") for wi in range(3)]
+               + [answer("R2", 0, na, arm="pose_overlay"), answer("R2", 1, "yes", arm="pose_overlay"),
+                  answer("R2", 2, na, arm="pose_overlay")]
+               + [answer("R3", 0, na, arm="pose_overlay"), answer("R3", 1, "no", arm="pose_overlay")]
+               + [answer("R1", wi, "no") for wi in range(3)])
+    preds, evidence, summary = aggregate(answers, AggregateParams(rule="any_yes"))
+    got = {(p["recording_id"], p["arm"]): p for p in preds}
+    r1 = got[("R1", "pose_overlay")]
+    assert r1["predicted"] is None and (r1["n_windows"], r1["n_yes"], r1["n_not_assessable"]) == (0, 0, 3)
+    assert got[("R2", "pose_overlay")]["predicted"] is True and got[("R2", "pose_overlay")]["n_not_assessable"] == 2
+    assert got[("R3", "pose_overlay")]["predicted"] is False and got[("R3", "pose_overlay")]["n_windows"] == 1
+    assert got[("R1", "raw")]["predicted"] is False and got[("R1", "raw")]["n_not_assessable"] == 0
+    assert summary["not_assessable"] == 1 and summary["undecided"] == 0
+    assert summary["arms"]["pose_overlay"] == {"predictions": 3, "positive": 1, "not_assessable": 1}
+    assert [(e["recording_id"], e["window_index"]) for e in evidence] == [("R2", 1)]
+    assert validate("predictions", preds).column("predicted").null_count == 1  # the table takes a null

@@ -54,7 +54,8 @@ def test_macro_f1_by_hand_and_the_catalog_picks_it_per_feature():
     labels = [dict(recording_id=r, patient_id=f"P{i:010x}", feature_id=f, label=bool(y[i]))
               for i, r in enumerate(rids) for f in ("verbal_responsiveness", "tonic")]
     preds = [dict(recording_id=r, feature_id=f, arm="audio_raw" if f == "verbal_responsiveness" else "raw",
-                  model_id="m", rule="x", predicted=bool(p[i]), score=0.5, n_windows=1, n_yes=0, evidence_windows=[])
+                  model_id="m", rule="x", predicted=bool(p[i]), score=0.5, n_windows=1, n_yes=0, evidence_windows=[],
+                  n_not_assessable=0)
              for i, r in enumerate(rids) for f in ("verbal_responsiveness", "tonic")]
     evals, _ = evaluate.evaluate_all(labels, preds, n_boot=50, ci=0.95, seed=0)
     assert evals[("audio_raw", "verbal_responsiveness")].estimates["f1"].value == pytest.approx(7 / 12)
@@ -136,7 +137,8 @@ def _planted(tmp_path):
     def rows(arm, miss_every: dict[str, int], model="m1"):
         return [dict(recording_id=r, feature_id=f, arm=arm, model_id=model, rule="x",
                      predicted=truth[(r, f)] != bool(k and i % k == 0), score=0.5, n_windows=1, n_yes=0,
-                     evidence_windows=[]) for f, k in miss_every.items() for i, r in enumerate(rids)]
+                     evidence_windows=[], n_not_assessable=0)
+                for f, k in miss_every.items() for i, r in enumerate(rids)]
 
     base = rows("r2plus1d", {f: 3 if f in MLLM_WINS else PERFECT for f in VIDEO}) + rows("vivit", {f: 2 for f in VIDEO})
     raw_miss = {f: PERFECT if f in MLLM_WINS else 5 if f in ENHANCED_WINS else 4 for f in ALL}
@@ -247,7 +249,7 @@ def test_onset_mae_beats_the_constant_baseline_on_planted_onsets(tmp_path):
         yes = [k for k, (a, b) in enumerate(spans) if a < t0 + 10 and b > t0]
         for arm in ("raw", "pose_overlay"):
             preds.append(dict(recording_id=r, feature_id="clonic", arm=arm, model_id="m", rule="any_yes", predicted=True,
-                              score=1.0, n_windows=8, n_yes=len(yes), evidence_windows=yes))
+                              score=1.0, n_windows=8, n_yes=len(yes), evidence_windows=yes, n_not_assessable=0))
         labels.append(dict(recording_id=r, patient_id=patient[r], feature_id="clonic", label=True))
         onsets.append(dict(recording_id=r, feature_id="clonic", onset_s=t0, offset_s=t0 + 10))
     write_table("recording_labels", labels, data / "11_folds" / "labels.parquet")
@@ -289,7 +291,7 @@ def test_es_nes_from_the_feature_vector_beats_the_majority_baseline(tmp_path):
             said = lab if rng.random() < 0.8 else not lab
             arm = "raw" if CATALOG.by_id(f).modality == "video" else "audio_raw"
             preds.append(dict(recording_id=r, feature_id=f, arm=arm, model_id="m", rule="any_yes", predicted=said,
-                              score=float(said), n_windows=2, n_yes=int(said), evidence_windows=[]))
+                              score=float(said), n_windows=2, n_yes=int(said), evidence_windows=[], n_not_assessable=0))
         dx.append(dict(recording_id=r, patient_id=patient[r], diagnosis="ES" if es[r] else "NES"))
         folds_rows.append(dict(recording_id=r, patient_id=patient[r], fold=int(patient[r][1:], 16) // 4))
     write_table("recording_labels", labels, data / "11_folds" / "labels.parquet")
@@ -322,7 +324,7 @@ def test_justification_agreement_is_rouge_l_against_the_annotator(tmp_path):
     rids = [f"R{i:010x}" for i in range(4)]
     labels = [dict(recording_id=r, patient_id=f"P{i:010x}", feature_id="clonic", label=True) for i, r in enumerate(rids)]
     preds = [dict(recording_id=r, feature_id="clonic", arm="raw", model_id="m", rule="any_yes", predicted=True, score=1.0,
-                  n_windows=2, n_yes=2, evidence_windows=[0, 1]) for r in rids]
+                  n_windows=2, n_yes=2, evidence_windows=[0, 1], n_not_assessable=0) for r in rids]
     said = {rids[0]: ["rhythmic jerking", "of the left arm"], rids[1]: ["the patient is still"],
             rids[2]: ["left arm jerks"], rids[3]: []}
     why = "rhythmic jerking of the left arm"
@@ -362,7 +364,7 @@ def test_es_nes_vectors_combine_the_video_and_audio_models_and_split_rivals_on_o
             for model in (("vlm-a", "vlm-b") if arm == "raw" else ("alm",)):
                 preds.append(dict(recording_id=r, feature_id=f.id, arm=arm, model_id=model, rule="any_yes",
                                   predicted=es[r] == (f.id in ("tonic", "clonic")), score=0.0, n_windows=1, n_yes=0,
-                                  evidence_windows=[]))
+                                  evidence_windows=[], n_not_assessable=0))
     labels = [dict(recording_id=r, patient_id=patient[r], feature_id="tonic", label=es[r]) for r in rids]
     with tempfile.TemporaryDirectory() as d:
         data = Path(d)
@@ -378,3 +380,46 @@ def test_es_nes_vectors_combine_the_video_and_audio_models_and_split_rivals_on_o
         assert set(out) == {"labels", "mllm_raw"}
         rows = read_table("diagnosis_predictions", data / "dx.parquet").to_pylist()
         assert {r["source"] for r in rows} == {"labels", "mllm_raw"}
+
+
+def test_a_recording_pose_failed_on_is_not_assessable_left_out_of_the_metrics_and_counted(tmp_path):
+    """Six recordings of three patients, clonic present in all; the pose overlay answers yes wherever it has
+    media, but pose failed on R0 (no_pose on every window).  Read as "no", R0 would be a false negative
+    (recall 5/6, n 6); not assessable, the arm is scored on the other five (recall 1, n 5) and R0 counted."""
+    from tasks.aggregate import aggregate
+    from tasks.params import AggregateParams
+
+    rids = [f"R{i:010x}" for i in range(6)]
+    labels = [dict(recording_id=r, patient_id=f"P{i // 2}", feature_id="clonic", label=True)
+              for i, r in enumerate(rids)]
+    answers = []
+    for r in rids:
+        for wi in range(3):
+            status = "not_assessable" if r == rids[0] else ("yes" if wi == 1 else "no")
+            for arm in ("raw", "pose_overlay"):
+                s = status if arm == "pose_overlay" else "yes"
+                answers.append(dict(recording_id=r, window_index=wi, feature_id="clonic", arm=arm, model_id="m",
+                                    backend="openai", prompt_version="v", status=s,
+                                    present={"yes": True, "no": False}.get(s), yes_prob=None,
+                                    justification="no media: pose_overlay: no_pose" if s == "not_assessable" else "j",
+                                    raw_text=None, finish_reason=None, cache_key=""))
+    preds, _, _ = aggregate(answers, AggregateParams())
+    blind = [p for p in preds if p["predicted"] is None]
+    assert [(p["recording_id"], p["arm"], p["n_not_assessable"]) for p in blind] == [(rids[0], "pose_overlay", 3)]
+    data = tmp_path / "data"
+    write_table("recording_labels", labels, data / "11_folds" / "labels.parquet")
+    write_table("predictions", [dict(p, arm="r2plus1d") for p in preds if p["arm"] == "raw"],
+                data / "12_train" / "predictions.parquet")
+    write_table("predictions", preds, data / "10_aggregate" / "predictions.parquet")
+    out = data / "13_evaluate"
+    evaluate.run(data, out, Params(evaluate=EvaluateParams(bootstrap=50)))
+    rows = {(r["arm"], r["metric"]): r for r in read_table("metrics", out / "metrics.parquet").to_pylist()
+            if r["feature_id"] == "clonic"}
+    pose, raw = rows[("pose_overlay", "recall")], rows[("raw", "recall")]
+    assert (pose["value"], pose["n"], pose["n_not_assessable"]) == (1.0, 5, 1)
+    assert (raw["value"], raw["n"], raw["n_not_assessable"]) == (1.0, 6, 0)
+    doc = json.loads((out / "metrics.json").read_text())
+    assert doc["pose_overlay"]["clonic"]["n"] == 5 and doc["pose_overlay"]["clonic"]["n_not_assessable"] == 1
+    assert doc["not_assessable"] == {"pose_overlay": {"clonic": 1}}
+    tables = (out / "tables.md").read_text()
+    assert "## Not assessable (no media)" in tables and "- MLLM + pose overlay: Clonic 1" in tables

@@ -24,6 +24,7 @@ import pytest
 import torch
 
 from tasks import biogait, gait
+from tasks.answers import RANDOM_TAG
 from tasks.errors import ModelNotFoundError, SemioflowError
 from tasks.local_models import TINY_MARKER
 from tasks.tiny_models import build_tiny
@@ -224,12 +225,15 @@ def test_every_rationale_number_is_checked_against_the_metrics(data, run):
     for r in rats:
         numbers, unmatched = gait.verify_numbers(r["text"], gait.rationale_metrics(clips[r["recording_id"]]))
         assert r["numbers"] == numbers and r["unmatched"] == unmatched
-        assert r["verified"] == (not unmatched)
-        assert r["model_id"].startswith("internvl:")
-    # the same texts as blinded Study 2 cases of the review app, media = the de-identified clip
+        assert r["verified"] == (bool(r["text"].strip()) and not unmatched)  # an empty rationale is never verified
+        assert r["model_id"].startswith("internvl:") and r["model_id"].endswith(RANDOM_TAG)  # the tiny VLM
+    assert run["summary"]["rationales_verified"] == sum(r["verified"] for r in rats)
+    assert run["summary"]["rationales_empty"] == sum(not r["text"].strip() for r in rats)
+    # the same texts as blinded Study 2 cases of the review app, media = the de-identified clip; the variant
+    # names carry the smoke model's tag (the app's banner follows from them)
     cases = read_table("rationales", run["out"] / "review_rationales.parquet").to_pylist()
     assert sorted((c["case_id"], c["variant"], c["rationale"]) for c in cases) == \
-        sorted((r["recording_id"], r["model"], r["text"]) for r in rats)
+        sorted((r["recording_id"], r["model"] + RANDOM_TAG, r["text"]) for r in rats)
     assert all((data.data_dir / c["media"]).is_file() and c["media"].startswith("14_kinematics/videos/")
                for c in cases)
 
@@ -267,6 +271,17 @@ def test_biomechanics_text_fits_the_budget_by_thinning_frames_evenly():
     assert full.frames_kept == 32
     tight = gait.biomechanics_text("ins", "sum", lines, prompts, count_tokens=words, budget=1)
     assert tight.frames_kept == 0 and "ins" in tight.text and "sum" in tight.text
+
+
+def test_whitespace_rationales_are_never_verified():
+    """All nine rationales of a smoke run were 32 newlines each and counted verified: a blank one states no
+    wrong number, but it is no rationale."""
+    metrics = {"cadence": ("112.3", "steps/min")}
+    for blank in ("\n" * 32, "", " \t \n"):
+        assert gait.verify_numbers(blank, metrics) == ([], [])
+        assert not gait.rationale_verified(blank, [])
+    assert gait.rationale_verified("Cadence 112.3 steps/min.", [])
+    assert not gait.rationale_verified("Cadence 140 steps/min.", ["140"])
 
 
 def test_number_check():

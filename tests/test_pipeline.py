@@ -222,9 +222,52 @@ def test_a_failed_recording_names_its_cause_in_the_final_error(proj):
     res = sf(proj, "--data-dir", str(data), "stage", "window", check=False)
     assert res.returncode == 1, res.stderr
     last = res.stderr.strip().splitlines()[-1]
-    assert f"window failed for 1 recording(s): {bad.stem}; first cause: window failed for {bad.stem}:" in last, last
+    n = len(passed(proj))
+    assert f"window failed for 1 of {n} recordings: {bad.stem}; first cause: window failed for {bad.stem}:" \
+        in last, last
+    assert "(the others finished;" in last
     assert str(proj) not in res.stderr, last  # no file path in the message
     assert "Traceback" not in res.stderr
+
+
+def test_a_failed_query_rerun_keeps_answers_tables_and_the_report(proj):
+    """A good run, then ``stage query`` pointed at a port where nothing listens: it fails for every recording,
+    says so, and answers, query.json, predictions, metrics and the report (rebuilt) stay identical, with the
+    random-weights banner (the tiny models' ids carry the tag)."""
+    from tasks.answers import RANDOM_BANNER
+
+    sf(proj, "run")  # the good run (cached when the tests above ran it)
+    data = proj / "data_dead"
+    shutil.copytree(proj / "data", data, ignore=shutil.ignore_patterns(".semioflow*.lock"))
+    p = yaml.safe_load((proj / "params.yaml").read_text())
+    for kind in ("vision", "audio"):  # a served model: had it answered, random_weights would have flipped
+        p["query"][kind].update(backend="openai", model="served-model", retries=0, timeout_s=2.0,
+                                base_url=f"http://127.0.0.1:{_free_port()}/v1")
+    (proj / "params_dead.yaml").write_text(yaml.safe_dump(p))
+    kept = [Path("09_query") / "answers.parquet", Path("09_query") / "query.json",
+            Path("10_aggregate") / "predictions.parquet", Path("13_evaluate") / "metrics.parquet",
+            Path("13_evaluate") / "metrics.json", Path("13_evaluate") / "tables.md"]
+    before = {f: (data / f).read_bytes() for f in kept}
+    assert json.loads(before[kept[1]])["random_weights"] and json.loads(before[kept[1]])["answers"] > 0
+
+    dead = ("--data-dir", str(data), "--params", "params_dead.yaml")
+    res = sf(proj, *dead, "stage", "query", check=False)
+    assert res.returncode == 1, res.stderr[-3000:]
+    n = len(passed(proj))
+    last = res.stderr.strip().splitlines()[-1]
+    assert (f"query failed for all {n} recordings:" if n > 1 else "query failed for its only recording:") in last
+    assert f"{n} of them keep their last good result, marked stale" in last and "the others finished" not in last
+    assert re.search(rf"^query .*{n} stale", res.stdout + res.stderr, re.M), res.stdout[-2000:]
+    assert json.loads((data / "09_query" / "state.json").read_text())["stale"] == passed(proj)
+    for stage in ("aggregate", "evaluate"):
+        sf(proj, *dead, "stage", stage)
+    shutil.rmtree(data / "16_report" / "done")  # the report is rebuilt, not served from its cache
+    (data / "16_report" / "report.html").unlink()
+    sf(proj, *dead, "stage", "report")
+    assert {f: (data / f).read_bytes() for f in kept} == before
+    html = (data / "16_report" / "report.html").read_text(encoding="utf-8")
+    assert RANDOM_BANNER in html and "No model answers yet" not in html
+    assert html == (proj / "data" / "16_report" / "report.html").read_text(encoding="utf-8")
 
 
 def test_editing_a_helper_changes_the_code_hash_of_stages_that_use_it(tmp_path):

@@ -95,16 +95,45 @@ def test_media_prefix_is_byte_identical_across_a_windows_questions(data):
     assert media[(0, "raw")].images != media[(1, "raw")].images
 
 
-def test_arms_without_media_are_recorded_as_skipped(data, tmp_path):
+def test_arms_without_media_are_not_assessable_never_asked(data, tmp_path):
     d, rid = data
     with FakeOpenAI(yes_for(set())) as srv:
         params = params_for(srv.url, arms=("audio_transcript", "pose_overlay"))
         res = query_recording(rid, d, tmp_path, params)
     assert res["requests"] == 0
     rows = read_table("answers", tmp_path / "answers" / f"{rid}.parquet").to_pylist()
-    assert {r["status"] for r in rows} == {"skipped"}
+    assert {r["status"] for r in rows} == {"not_assessable"} and {r["present"] for r in rows} == {None}
     assert len(rows) == 2 * (2 + 11)  # 2 windows x (2 audio + 11 limb features)
     assert all("run transcript" in r["justification"] or "run pose" in r["justification"] for r in rows)
+
+
+def test_no_pose_windows_are_not_assessable_and_backend_none_is_skipped(data, tmp_path):
+    """Pose found no one in the recording (every window ``no_pose``): its pose-overlay questions are not asked
+    and never read "no"; the raw arm is asked; an arm without a model stays ``skipped``."""
+    from tasks.schema import write_table
+
+    d, rid = data
+    root = tmp_path / "data"
+    root.mkdir()
+    for sub in ("01_ingest", "02_deidentify", "03_downsample", "04_window"):
+        (root / sub).symlink_to(d / sub, target_is_directory=True)
+    windows = read_table("windows", d / "04_window" / "windows" / f"{rid}.parquet").to_pylist()
+    write_table("arms", [dict(recording_id=rid, window_index=w["window_index"], arm="pose_overlay", path=None,
+                              status="no_pose") for w in windows], root / "06_pose" / "arms" / f"{rid}.parquet")
+    with FakeOpenAI(yes_for({"clonic"})) as srv:
+        params = params_for(srv.url, arms=("raw", "pose_overlay", "audio_raw"),
+                            features=("clonic", "ictal_vocalization"))
+        params = replace(params, audio=replace(params.audio, backend="none"))
+        res = query_recording(rid, root, tmp_path / "out", params)
+    rows = read_table("answers", tmp_path / "out" / "answers" / f"{rid}.parquet").to_pylist()
+    by_arm = {a: [r for r in rows if r["arm"] == a] for a in ("raw", "pose_overlay", "audio_raw")}
+    assert res["requests"] == len(windows), "only the raw arm's clonic questions were asked"
+    assert {r["status"] for r in by_arm["raw"]} == {"yes"}
+    pose = by_arm["pose_overlay"]
+    assert len(pose) == len(windows) and {(r["status"], r["present"]) for r in pose} == {("not_assessable", None)}
+    assert all(r["justification"] == "no media: pose_overlay: no_pose" and r["model_id"] == "openai:fake-vlm"
+               for r in pose)
+    assert {(r["status"], r["model_id"]) for r in by_arm["audio_raw"]} == {("skipped", "none")}
 
 
 # ---- answers ----------------------------------------------------------------------------
@@ -130,6 +159,10 @@ def test_arms_without_media_are_recorded_as_skipped(data, tmp_path):
     ("No. I\u2019m sorry, I can\u2019t help with that.", "stop", "refused", None),  # curly apostrophes
     ('{"answer": "yes", "justification": "rhythmic jerks"}', "stop", "yes", True),
     ("The request was declined.", "refusal", "refused", None),  # OpenAI message.refusal
+    # a justification given blank is no answer (a smoke model's newlines), whatever the word before it
+    ('{"present": "yes", "justification": "' + "\\n" * 32 + '"}', "stop", "unparsed", None),
+    ('{"present": "no", "justification": "  \\t "}', "stop", "unparsed", None),
+    ('{"present": "no", "justification": ""}', "stop", "unparsed", None),
 ])
 def test_parse_answer(text, finish, status, present):
     got = parse_answer(text, finish, ("clonic",), batched=False)["clonic"]
@@ -139,7 +172,9 @@ def test_parse_answer(text, finish, status, present):
 @pytest.mark.parametrize("text, finish, status, just", [
     ('{"present": "yes", "justification": "arm jerks"}', "stop", "yes", "arm jerks"),
     ('{"present": "no", "justification": "the patient lies', "length", "no", "the patient lies" + CUT_MARK),
-    ('{"present": "yes", "justification": "', "length", "yes", CUT_MARK.strip()),
+    ('{"present": "yes", "justification": "', "length", "unparsed", None),  # nothing after the word
+    ('{"present": "yes", "justification": "' + "\n" * 32, "length", "unparsed", None),
+    ('{"present": "no", "justification": "   "}', "stop", "unparsed", None),
     ('{"present": "no", "justification": "I\'m sorry, I cannot help with that."}', "stop", "refused", None),
     ('{"present": "yes", "justification": "arm\x0e jerks\ufffd', "length", "yes", "arm jerks" + CUT_MARK),
 ])
@@ -151,9 +186,11 @@ def test_parse_constrained_answer(text, finish, status, just):
 
 
 def test_parse_batched_answer_per_feature():
-    text = json.dumps({"clonic": {"present": "yes", "justification": "a"}, "tonic": {"present": "no"}})
-    got = parse_answer(text, "stop", ("clonic", "tonic", "limb_automatisms"), batched=True)
-    assert [got[k].status for k in ("clonic", "tonic", "limb_automatisms")] == ["yes", "no", "unparsed"]
+    text = json.dumps({"clonic": {"present": "yes", "justification": "a"}, "tonic": {"present": "no"},
+                       "oral_automatisms": {"present": "yes", "justification": "\n\n \n"}})
+    ids = ("clonic", "tonic", "limb_automatisms", "oral_automatisms")
+    got = parse_answer(text, "stop", ids, batched=True)
+    assert [got[k].status for k in ids] == ["yes", "no", "unparsed", "unparsed"]
 
 
 def test_statuses_recorded_with_raw_text_and_rerun_makes_zero_requests(data, tmp_path):
@@ -529,3 +566,60 @@ def test_each_windows_first_question_goes_alone_to_warm_the_prefix_cache(data, t
     # the rest still go 4 at a time: far less than one by one
     span = max(t for _, t in log) - min(t for _, t in log) + delay
     assert span < 0.6 * len(log) * delay, span
+
+
+# ---- a failed rerun keeps the last good answers ------------------------------------------
+
+
+def _stage_dir(data, tmp_path) -> Path:
+    """A data dir for the query stage as the runner sees it: the window stage's marker says the recording came
+    through."""
+    from tasks.cache import write_marker
+
+    d, rid = data
+    root = tmp_path / "data"
+    root.mkdir()
+    for sub in ("01_ingest", "02_deidentify", "03_downsample", "05_face_crop", "07_audio"):
+        (root / sub).symlink_to(d / sub, target_is_directory=True)
+    win = root / "04_window" / "windows"
+    win.mkdir(parents=True)
+    (win / f"{rid}.parquet").write_bytes((d / "04_window" / "windows" / f"{rid}.parquet").read_bytes())
+    write_marker(root / "04_window", rid, "fixture", [win / f"{rid}.parquet"], {})
+    return root
+
+
+def test_a_failed_rerun_keeps_the_answers_tables_and_the_random_weights_flag(data, tmp_path, monkeypatch):
+    """A good run, then the stage pointed at a closed port: the run fails, and every answer, the stage table and
+    query.json stay as they were (random_weights included); state.json marks the recording stale."""
+    import socket
+
+    from tasks import query
+    from tasks.cache import RunFailed, run_local
+    from tasks.params import Params
+    from tasks.local_models import TINY_MARKER
+
+    _, rid = data
+    root = _stage_dir(data, tmp_path)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny-vlm").mkdir()
+    (tmp_path / "tiny-vlm" / TINY_MARKER).write_text("{}")  # a random-weight smoke model
+    out = root / "09_query"
+    files = [out / "answers.parquet", out / "answers" / f"{rid}.parquet", out / "query.json"]
+    with FakeOpenAI(yes_for({"clonic"})) as srv:
+        qp = params_for(srv.url, arms=("raw",), features=("clonic", "tonic"))
+        qp = replace(qp, vision=replace(qp.vision, model="tiny-vlm"), audio=replace(qp.audio, backend="none"))
+        run_local(query.STAGE, root, Params(query=qp))
+    good = {f: f.read_bytes() for f in files}
+    summary = json.loads(good[out / "query.json"])
+    assert summary["random_weights"] and summary["answers"] == read_table("answers", files[0]).num_rows > 0
+    assert json.loads((out / "state.json").read_text()) == {"recordings": 1, "stale": [], "missing": []}
+
+    with socket.socket() as s:  # a port where nothing listens
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+    # a served model (not a smoke model) that would have flipped random_weights, had an answer come back
+    qp = replace(qp, vision=replace(qp.vision, model="served-vlm", base_url=dead, retries=0, timeout_s=1.0))
+    with pytest.raises(RunFailed, match=f"query failed for {rid}: EndpointError"):
+        run_local(query.STAGE, root, Params(query=qp))
+    assert {f: f.read_bytes() for f in files} == good
+    assert json.loads((out / "state.json").read_text()) == {"recordings": 1, "stale": [rid], "missing": []}

@@ -108,7 +108,8 @@ def _sampling_dir(tmp: Path, n_tp: int, n_tn: int) -> Path:
                                      for i, r in enumerate(rids)], tmp / review.LABELS)
     write_table("predictions", [dict(recording_id=r, feature_id="tonic", arm="raw", model_id="m", rule="any_yes",
                                      predicted=i < n_tp, score=float(i < n_tp), n_windows=1, n_yes=int(i < n_tp),
-                                     evidence_windows=[0] if i < n_tp else []) for i, r in enumerate(rids)],
+                                     evidence_windows=[0] if i < n_tp else [], n_not_assessable=0)
+                                for i, r in enumerate(rids)],
                 tmp / review.PREDICTIONS)
     for r in rids:
         (tmp / review.VIDEO_DIR).mkdir(parents=True, exist_ok=True)
@@ -129,6 +130,84 @@ def test_study1_true_negatives_are_a_seeded_random_draw(tmp_path):
     assert len(set(orders)) > 1, "cases are shown in a shuffled order, not all true positives first"
     assert review.faithfulness_cases(data, dataclasses.replace(PARAMS, base=dataclasses.replace(PARAMS.base, seed=0))) \
         == review.faithfulness_cases(data, dataclasses.replace(PARAMS, base=dataclasses.replace(PARAMS.base, seed=0)))
+
+
+def test_study1_never_samples_a_not_assessable_decision_and_shows_windows_without_media(tmp_path):
+    """Pose failed on eight recordings without the feature (every window not assessable): none of them is a
+    true negative to sample, nor are four whose every reply was no answer; the one real true negative is.  A
+    true positive's window without media is listed as not assessable, and its page carries the smoke model's
+    banner (from the model id)."""
+    from tasks.aggregate import aggregate
+    from tasks.answers import RANDOM_TAG
+    from tasks.params import AggregateParams
+
+    model = "openai:tiny" + RANDOM_TAG
+    tp, blind, tn, mute = ([f"R{k}{i:09x}" for i in range(n)] for k, n in (("a", 3), ("b", 8), ("c", 1), ("d", 4)))
+    statuses = {**{r: ["not_assessable", "yes"] for r in tp}, **{r: ["not_assessable"] * 2 for r in blind},
+                **{r: ["no", "no"] for r in tn}, **{r: ["unparsed"] * 2 for r in mute}}  # mute: blank replies
+    answers = [dict(recording_id=r, window_index=wi, feature_id="tonic", arm="pose_overlay", model_id=model,
+                    backend="openai", prompt_version="v", status=st, present={"yes": True, "no": False}.get(st),
+                    yes_prob=None, justification="no media: pose_overlay: no_pose" if st == "not_assessable"
+                    else f"{st} in {r}", raw_text=None, finish_reason=None, cache_key="")
+               for r, ss in statuses.items() for wi, st in enumerate(ss)]
+    preds, evidence, _ = aggregate(answers, AggregateParams())
+    data = tmp_path / "data"
+    write_table("answers", answers, data / review.ANSWERS)
+    write_table("predictions", preds, data / review.PREDICTIONS)
+    write_table("evidence", evidence, data / review.EVIDENCE)
+    write_table("recording_labels", [dict(recording_id=r, patient_id="P0", feature_id="tonic", label=r in tp)
+                                     for r in statuses], data / review.LABELS)
+    (data / review.VIDEO_DIR).mkdir(parents=True)
+    for r in statuses:
+        (data / review.VIDEO_DIR / f"{r}.mp4").write_bytes(b"")
+    cases = review.faithfulness_cases(data, PARAMS)
+    assert sorted((c["outcome"], c["recording_id"]) for c in cases) == [("tn", tn[0])] + [("tp", r) for r in tp]
+    case = next(c for c in cases if c["recording_id"] == tp[0])
+    assert [(j["window_index"], j["not_assessable"], j["text"]) for j in case["justifications"]] == [
+        (0, True, ""), (1, False, f"yes in {tp[0]}")]
+    eng = review.open_db(f"sqlite:///{tmp_path / 'app.sqlite'}")
+    try:
+        review.prepare(eng, data, PARAMS)
+        _reviewers(eng)
+        client = _client(eng, data)
+        _login(client, "alice")
+        html = client.get(f"/faithfulness/{case['case_id']}").text
+        assert "not assessable (no media in this window" in html and "random-weight smoke model" in html
+    finally:
+        eng.dispose()
+
+
+def test_study2_leaves_out_blank_rationales_and_its_pages_carry_the_banner(cohort, tmp_path):
+    """Gait rationales of 32 newlines each were three empty boxes with no banner: a blank rationale is no
+    rationale (left out; a case of only blank ones is no case), and the smoke model's tag in the variant names
+    puts the banner on the page."""
+    from tasks.answers import RANDOM_TAG
+
+    media = f"02_deidentify/videos/{fx.RA}.mp4"
+    rows = [dict(case_id="G1", variant="biogait" + RANDOM_TAG, rationale="Short steps, wide base.", media=media,
+                 context=None),
+            dict(case_id="G1", variant="zero_shot" + RANDOM_TAG, rationale="\n" * 32, media=media, context=None),
+            dict(case_id="G1", variant="biogait_no_bio" + RANDOM_TAG, rationale=" \t ", media=media, context=None),
+            dict(case_id="G2", variant="biogait" + RANDOM_TAG, rationale="\n" * 32, media=media, context=None)]
+    write_table("rationales", rows, tmp_path / "t" / "rationales.parquet")
+    rel = os.path.relpath(tmp_path / "t" / "rationales.parquet", cohort.data_dir)
+    params = dataclasses.replace(PARAMS, review=ReviewParams(rationales=(rel,)))
+    cases = review.comparison_cases(cohort.data_dir, params)
+    assert [(c["case_id"], list(c["variants"]), c["random_weights"]) for c in cases] == [
+        ("G1", ["biogait" + RANDOM_TAG], True)]
+    eng = review.open_db(f"sqlite:///{tmp_path / 'app.sqlite'}")
+    try:
+        review.prepare(eng, cohort.data_dir, params)
+        _reviewers(eng)
+        client = _client(eng, cohort.data_dir, params)
+        _login(client, "alice")
+        html = client.get("/comparison/G1").text
+        assert "random-weight smoke model" in html and html.count("<blockquote>") == 1
+        assert "Short steps, wide base." in html
+        assert client.get("/comparison/G2").status_code == 404
+        assert "random-weight smoke model" in client.get("/").text
+    finally:
+        eng.dispose()
 
 
 def test_a_hard_link_to_a_raw_file_in_a_media_folder_is_not_served(cohort):

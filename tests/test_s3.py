@@ -177,16 +177,20 @@ def test_an_s3_labels_file_imported_reaches_the_folds_stage_on_pseudonyms(tmp_pa
             (A, "verbal_responsiveness"): False, (B, "verbal_responsiveness"): True}
     arm = {"closed_eyes": "raw", "verbal_responsiveness": "audio_raw"}
     preds = [dict(recording_id=rids[n], feature_id=f, arm=arm[f], model_id="m", rule="any_yes", predicted=v,
-                  score=float(v), n_windows=2, n_yes=int(v), evidence_windows=[1] if v else []) for (n, f), v in said.items()]
+                  score=float(v), n_windows=2, n_yes=int(v), evidence_windows=[1] if v else [],
+                  n_not_assessable=0) for (n, f), v in said.items()]
     preds.append(dict(preds[0], arm="face_crop", predicted=False))  # another arm: not exported
+    # C's recording has no audio: not assessable, an empty cell (S3's "not assessable"), never "no"
+    preds.append(dict(preds[-2], recording_id=rids[C], predicted=None, score=0.0, n_windows=0, n_yes=0,
+                      evidence_windows=[], n_not_assessable=2))
     write_table("predictions", preds, data / "10_aggregate" / "predictions.parquet")
     write_table("evidence", [dict(recording_id=rids[A], feature_id="closed_eyes", arm="raw", model_id="m", window_index=1,
                                   yes_prob=None, justification="eyes shut")], data / "10_aggregate" / "evidence.parquet")
     res = CliRunner().invoke(cli, ["--data-dir", str(data), "export", "--format", "s3", "--out", str(tmp_path / "ours.csv")])
-    assert res.exit_code == 0, res.output
+    assert res.exit_code == 0 and "1 not assessable" in res.output, res.output
     back = {(r.file_name, r.feature_id): r for r in s3.read_labels(tmp_path / "ours.csv", CAT)}
     assert {k: r.state for k, r in back.items()} == {**{k: "yes" if v else "no" for k, v in said.items()},
-                                                     (C, "verbal_responsiveness"): "not_assessable"}  # not answered
+                                                     (C, "verbal_responsiveness"): "not_assessable"}
     assert back[(A, "closed_eyes")].justification == "eyes shut"
     assert (tmp_path / "ours.csv").stat().st_mode & 0o777 == 0o600
 

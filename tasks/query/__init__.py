@@ -26,7 +26,9 @@ a model that read a name off the screen or heard one must not carry it into
 ``answers``, the evidence or the review app.  Anything else is
 kept with its raw text and a status that is never scored: ``truncated``
 (finish_reason length), ``refused`` or ``unparsed``.  Media an arm does not
-have (no face track, silent audio, stage not run) gives ``skipped`` rows.
+have (no face track, no pose, silent audio, stage not run) gives ``not_assessable``
+rows: never asked, so never "no"; an arm without a model (``backend: none``)
+gives ``skipped`` rows.
 
 Response cache (``cache/<k[:2]>/<k>.json``): key = model identity + backend +
 prompt version + SHA-256 of the rendered text + SHA-256 of the media +
@@ -57,7 +59,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.answers import NO_MODEL, RANDOM_BANNER, RANDOM_TAG
+from tasks.answers import NO_MODEL, NOT_ASSESSABLE, RANDOM_BANNER, RANDOM_TAG, SKIPPED
 from tasks.atomic import atomic_write_text
 from tasks.catalog import Catalog, load_catalog, prompt_version, render_transcript
 from tasks.phi import scrub_text
@@ -257,9 +259,10 @@ def _rows(q: Question, reply: dict, key: str, run: _Run) -> list[dict]:
 
 
 def _skipped(rid: str, wi: int, arm: str, reason: str, params: QueryParams, catalog: Catalog, model_id: str,
-             backend: str) -> list[dict]:
+             backend: str, status: str = SKIPPED) -> list[dict]:
+    """Rows of questions not asked: ``skipped`` (no model) or ``not_assessable`` (no media), with the reason."""
     return [dict(recording_id=rid, window_index=wi, feature_id=f.id, arm=arm, model_id=model_id, backend=backend,
-                 prompt_version=prompt_version(f, catalog), status="skipped", present=None, yes_prob=None,
+                 prompt_version=prompt_version(f, catalog), status=status, present=None, yes_prob=None,
                  justification=f"no media: {reason}", raw_text=None, finish_reason=None, cache_key="")
             for feats in arm_features(arm, catalog, params.features).values() for f in feats]
 
@@ -359,8 +362,8 @@ def query_recording(rid: str, data_dir: Path, out_dir: Path, params: QueryParams
             wi = w["window_index"]
             for a in mine:
                 m = media[(wi, a)]
-                if isinstance(m, str):
-                    rows += _skipped(rid, wi, a, m, params, catalog, backend.model_id, backend.name)
+                if isinstance(m, str):  # no media: not assessable, never asked
+                    rows += _skipped(rid, wi, a, m, params, catalog, backend.model_id, backend.name, NOT_ASSESSABLE)
                     continue
                 parts = backend.media_parts(m)
                 work += [(q, parts) for q in questions_for(rid, wi, a, m, w["t_end_s"] - w["t_start_s"], params,

@@ -1,4 +1,11 @@
-"""Replies -> answers: yes/no, justification and a status that is never scored for anything else."""
+"""Replies -> answers: yes/no, justification and a status that is never scored for anything else.
+
+A justification the model gave but left empty or whitespace-only (a JSON ``justification`` of spaces or
+newlines, or nothing after a constrained yes/no) makes the reply ``unparsed``: the words a reply is asked for
+are missing, which is what a degenerate decode (a random-weight smoke model's newlines) looks like, so the
+yes/no beside them is not read as an answer.  A plain-text "no" with no justification at all stays a terse
+answer, as before.
+"""
 
 from __future__ import annotations
 
@@ -66,6 +73,8 @@ def _one(obj) -> Parsed | None:
     if present is None:
         return None
     just = obj.get("justification")
+    if just is not None and not _printable(str(just)):
+        return Parsed("unparsed", None, None)  # a justification given blank: degenerate output, no answer
     return Parsed("yes" if present else "no", present, _printable(str(just)) if just is not None else None)
 
 
@@ -87,6 +96,8 @@ def _constrained(text: str, finish_reason: str | None, answer: str) -> Parsed:
         just = _printable(re.sub(r'"\s*}?\s*$', "", just))
     if _REFUSAL.search(just):  # forced to pick a word, the model refused in its own words: not an answer
         return Parsed("refused", None, None)
+    if not just:  # the word was forced; what the model wrote after it is nothing but whitespace: no answer
+        return Parsed("unparsed", None, None)
     if finish_reason == "length":
         just = (just + CUT_MARK).strip()
     return Parsed(answer, answer == "yes", just or None)
