@@ -52,7 +52,7 @@ from pathlib import Path
 import jinja2
 
 from tasks import arms as armlib
-from tasks.answers import NO_MODEL, RANDOM_BANNER, RANDOM_TAG, SCORED, UNSCORED, is_random
+from tasks.answers import NO_MODEL, NOT_ASSESSABLE, RANDOM_BANNER, RANDOM_TAG, SCORED, UNSCORED, is_random
 from tasks.contract import SKIPPED, Stage
 from tasks.layout import ANSWERS, EVIDENCE, LABELS, PREDICTIONS, WINDOWS, rel
 from tasks.atomic import atomic_write_text
@@ -80,7 +80,6 @@ ORIGINAL_VOICE_WARNING = ("{n} recording(s) keep the patient's own voice (deiden
 ID_MAP = rel("ingest", "private", "id_map.parquet")
 OUTPUT = "report.html"
 
-NOT_ASSESSABLE = "not_assessable"  # answers.status of a window x arm without media (no face, no pose, no audio)
 STATUS_NAMES = {"yes": "yes", "no": "no", "skipped": "skipped (no model)", NOT_ASSESSABLE: "not assessable",
                 "missing": "no answer"}
 # A "yes" whose own P(yes) is below this is a coin-flip answer: shown as low-confidence, never as a confident
