@@ -53,7 +53,7 @@ import jinja2
 
 from tasks import arms as armlib
 from tasks.answers import NO_MODEL, NOT_ASSESSABLE, RANDOM_BANNER, RANDOM_TAG, SCORED, UNSCORED, is_random
-from tasks.contract import SKIPPED, Stage
+from tasks.contract import SKIPPED, STATE, Stage
 from tasks.layout import ANSWERS, EVIDENCE, LABELS, PREDICTIONS, WINDOWS, rel
 from tasks.atomic import atomic_write_text
 from tasks import onset
@@ -64,6 +64,7 @@ from tasks.schema import read_table
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates" / "report"
 QUERY_JSON = rel("query", "query.json")
+QUERY_STATE = rel("query", STATE)  # which recordings' answers were kept from an earlier run (its rerun failed)
 VIDEOS = rel("downsample", "videos")
 TRANSCRIPT = rel("transcript", "transcript_segments.parquet")
 METRICS = rel("evaluate", "metrics.parquet")
@@ -75,6 +76,8 @@ GAIT_RESULTS = rel("gait", "results.parquet")
 GAIT_SUMMARY = rel("gait", "gait.json")
 GAIT_RATIONALES = rel("gait", "rationales.parquet")
 GAIT_SKIPPED = rel("gait", SKIPPED)
+STALE_WARNING = ("The answers of {n} recording(s) are from an earlier run: their latest query run failed, so "
+                 "their last good answers were kept (rerun the query stage to bring them up to date):")
 ORIGINAL_VOICE_WARNING = ("{n} recording(s) keep the patient's own voice (deidentify.audio: keep): their sound "
                           "identifies the patient; share them only where that is allowed.")
 ID_MAP = rel("ingest", "private", "id_map.parquet")
@@ -125,6 +128,7 @@ class Inputs:
     gait_results: list[dict] | None = None
     gait: dict | None = None  # gait.json, or {"skipped": reason}
     gait_rationales: list[dict] | None = None
+    query_state: dict | None = None  # query's state.json: recordings, stale ids
 
 
 def _table(data_dir: Path, rel: str, name: str) -> list[dict] | None:
@@ -140,6 +144,7 @@ def load_inputs(data_dir: Path) -> Inputs:
     return Inputs(
         answers=_table(data_dir, ANSWERS, "answers"),
         query=_json(data_dir / QUERY_JSON) or {},
+        query_state=_json(data_dir / QUERY_STATE),
         preds=_table(data_dir, PREDICTIONS, "predictions"),
         evidence=_table(data_dir, EVIDENCE, "evidence") or [],
         windows=_table(data_dir, WINDOWS, "windows"),
@@ -542,8 +547,10 @@ def banner(inp: Inputs) -> dict:
     random = (bool(random_models) or bool(inp.query.get("random_weights"))
               or bool((inp.gait or {}).get("random_weight_vlm")))
     voices = sum(r["audio"] == "original" for r in inp.deidentified or [] if r["status"] == "ok")
+    stale = sorted((inp.query_state or {}).get("stale") or [])
     return dict(models=sorted(mllm), baselines=baselines, random=random, random_models=random_models,
-                warning=RANDOM_BANNER if random else "", original_voice=voices,
+                warning=RANDOM_BANNER if random else "", stale=stale,
+                stale_warning=STALE_WARNING.format(n=len(stale)) if stale else "", original_voice=voices,
                 voice_warning=ORIGINAL_VOICE_WARNING.format(n=voices) if voices else "")
 
 
@@ -599,6 +606,6 @@ STAGE = Stage(
     "report", "cohort", run, "one self-contained HTML report: overview of arms vs baselines, per-recording timelines, gait",
     inputs=(ANSWERS, QUERY_JSON, PREDICTIONS, EVIDENCE, WINDOWS, VIDEOS),
     # sections say "not run yet" without these; the planted-events table only exists for phantom cohorts
-    optional=(TRANSCRIPT, LABELS, METRICS, FAITHFULNESS, DIAGNOSIS, BASELINE_PREDICTIONS, GAIT_RESULTS, GAIT_SUMMARY,
+    optional=(QUERY_STATE, TRANSCRIPT, LABELS, METRICS, FAITHFULNESS, DIAGNOSIS, BASELINE_PREDICTIONS, GAIT_RESULTS, GAIT_SUMMARY,
               GAIT_RATIONALES, GAIT_SKIPPED, "report.events"), external=("report.events",),
     params=("report", "review", "evaluate.ci"), assets=("tasks/templates/report",))

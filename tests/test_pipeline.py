@@ -233,7 +233,8 @@ def test_a_failed_recording_names_its_cause_in_the_final_error(proj):
 def test_a_failed_query_rerun_keeps_answers_tables_and_the_report(proj):
     """A good run, then ``stage query`` pointed at a port where nothing listens: it fails for every recording,
     says so, and answers, query.json, predictions, metrics and the report (rebuilt) stay identical, with the
-    random-weights banner (the tiny models' ids carry the tag)."""
+    random-weights banner (the tiny models' ids carry the tag); the report adds one notice naming the
+    recordings whose answers were kept (stale)."""
     from tasks.answers import RANDOM_BANNER
 
     sf(proj, "run")  # the good run (cached when the tests above ran it)
@@ -267,7 +268,10 @@ def test_a_failed_query_rerun_keeps_answers_tables_and_the_report(proj):
     assert {f: (data / f).read_bytes() for f in kept} == before
     html = (data / "16_report" / "report.html").read_text(encoding="utf-8")
     assert RANDOM_BANNER in html and "No model answers yet" not in html
-    assert html == (proj / "data" / "16_report" / "report.html").read_text(encoding="utf-8")
+    # the same report, plus one notice that names the recordings whose answers are from the earlier run
+    stale = re.search(r'<p class="banner stale" id="stale-banner"[^>]*>(.*?)</p>\n', html, re.S)
+    assert stale and all(rid in stale.group(1) for rid in passed(proj)), html[:3000]
+    assert html.replace(stale.group(0), "") == (proj / "data" / "16_report" / "report.html").read_text(encoding="utf-8")
 
 
 def test_editing_a_helper_changes_the_code_hash_of_stages_that_use_it(tmp_path):

@@ -412,6 +412,20 @@ def test_the_random_banner_comes_from_the_tables_even_when_query_json_says_other
     assert 'id="random-banner"' in html, "a random-weight baseline is a random-weight model shown"
 
 
+def test_answers_kept_from_an_earlier_run_are_named_as_stale(tmp_path):
+    """query's state.json lists the recordings whose latest run failed (their last good answers kept): the
+    report names them in a notice; with none stale there is no notice."""
+    c = fx.build(tmp_path / "c", videos=False)
+    params = dataclasses.replace(Params(), report=ReportParams(events=""))
+    state = c.data_dir / "09_query" / "state.json"
+    state.write_text(json.dumps({"recordings": 2, "stale": [], "missing": []}))
+    assert 'id="stale-banner"' not in report.build_report(c.data_dir, tmp_path / "r.html", params).read_text("utf-8")
+    state.write_text(json.dumps({"recordings": 2, "stale": [fx.RA], "missing": []}))
+    html = report.build_report(c.data_dir, tmp_path / "r.html", params).read_text(encoding="utf-8")
+    notice = html.split('id="stale-banner"', 1)[1].split("</p>", 1)[0]
+    assert fx.RA in notice and "1 recording(s)" in notice
+
+
 def test_not_assessable_windows_and_low_confidence_yes_answers(cohort):
     """A pose-overlay arm without pose (every window not_assessable, the decision null) shows as not assessable,
     never as no; a yes whose P(yes) is 0.46 is listed under the positive decisions as low-confidence."""
