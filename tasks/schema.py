@@ -357,9 +357,9 @@ TABLES: dict[str, pa.Schema] = {
     ),
     "overlays": _schema(
         _f(SOURCE_NAME, pa.string()),
-        _f("kind", pa.string()),  # name | mrn | dob | clock | bed
+        _f("kind", pa.string()),  # name | mrn | dob | clock | bed | unit | study
         _f("text", pa.string()),  # the clock: its value at t = 0 (it runs, one second at a time)
-        _f("style", pa.string()),  # boxed | yellow | grey
+        _f("style", pa.string()),  # tasks.synth.overlay.STYLES: boxed | yellow | grey | grey_on_grey | translucent | small | colour
         _f("x0", pa.int32()),
         _f("y0", pa.int32()),
         _f("x1", pa.int32()),
