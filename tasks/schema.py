@@ -158,6 +158,8 @@ TABLES: dict[str, pa.Schema] = {
         _f("text_frames", pa.int64()),  # frames with at least one blurred text region
         _f("text_audit_frames", pa.int64()),  # frames the OCR audit read
         _f("text_audit_residual_frames", pa.int64()),  # of those, frames where it still read text
+        _f("ocr_audit_frames", pa.int64(), nullable=True),  # frames the independent OCR (tesseract) read
+        _f("ocr_audit_residual_frames", pa.int64(), nullable=True),  # of those, frames where it read text
         _f("audio", pa.string()),  # AUDIO_STATES: anonymized | original (deidentify.audio: keep) | none
         doc="Per-recording outcome of de-identification and its audit.",
     ),

@@ -39,7 +39,7 @@ TIMEOUT_PER_IMAGE_S = 10.0  # seconds; a batch that takes longer is an error (fa
 STRETCH_PERCENTILES = (1.0, 99.0)  # grey levels below / above are clipped before stretching to 0-255
 GLYPH_PX = 40  # a crop is upscaled so a line's height is about this (tesseract reads best at 20-40 px x-height)
 MAX_UPSCALE = 4.0
-TOKEN_MIN_CHARS = 1  # a token: a run of ASCII letters or digits at least this long
+TOKEN_MIN_CHARS = 2  # a token: a run of ASCII letters or digits at least this long (one glyph is no token)
 
 
 class TesseractError(RuntimeError):
@@ -146,7 +146,7 @@ LCN_SIGMA_FRAC = 0.01  # local contrast normalisation: the neighbourhood (Gaussi
 LCN_FLOOR = 4.0  # grey levels added to the local deviation: flat areas stay flat, not amplified noise
 
 
-def normalised_luma(grey: np.ndarray) -> np.ndarray:
+def normalised_luma(grey: np.ndarray, frame_height: int | None = None) -> np.ndarray:
     """Local contrast normalisation: (grey - local mean) / local deviation, mapped to 0-255 around 128.
 
     30 grey levels of text on a grey plate, or a half-transparent line over
