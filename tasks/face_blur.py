@@ -312,7 +312,6 @@ class _TextAuditor(_Auditor):
 
 
 OCR_BATCH_FRAMES = 16  # audited frames read by one tesseract process (its start-up is paid once per batch)
-OCR_PAD = 0.25  # share of a region's height added around it before reading
 OCR_WORD_MIN_CHARS = 3  # a word with this many letters or digits, read confidently, is readable text
 
 
@@ -336,14 +335,9 @@ class _OcrAuditor(_Auditor):
         tw, th = output_size(w, h, self.short_side)
         y = i420_planes(yuv)[0]
         grey = y if (tw, th) == (w, h) else cv2.resize(y, (tw, th), interpolation=cv2.INTER_AREA)
-        n = 0
-        for b in tesseract.text_like_regions(grey):
-            pad = OCR_PAD * b.height
-            x0, y0 = max(0, int(b.x0 - pad)), max(0, int(b.y0 - pad))
-            x1, y1 = min(tw, int(np.ceil(b.x1 + pad))), min(th, int(np.ceil(b.y1 + pad)))
-            r = tesseract.renderings(np.ascontiguousarray(grey[y0:y1, x0:x1]), line_px=b.height)
-            self._images += r
-            n += len(r)
+        crops = tesseract.region_renderings(grey, tesseract.text_like_regions(grey))
+        n = sum(len(c) for c in crops)
+        self._images += [img for c in crops for img in c]
         self._pending.append((pts, n))
         if len(self._pending) >= OCR_BATCH_FRAMES:
             self.flush()
@@ -548,7 +542,9 @@ def _decode_and_detect(tc: Transcoder, detector: FaceDetector, params: Deidentif
                     tracker.hold(_text_band(text, source, f, params))
             with profile.part("motion"):
                 thumb = MotionGate.thumbnail(i420_planes(f.yuv)[0])
-                covered = tracker.boxes  # text regions already blurred: a running clock is no reason to look again
+                # text regions already blurred: a running clock is no reason to look again; but never where a face
+                # was at the last pass (a false text find on a face must not hide the face's motion from the gate)
+                covered = [b for b in tracker.boxes if not any(_meet(b, d) for d in dets)]
                 why = gate.due(thumb, f.pts_s, covered)
             if why is not None:
                 dets, n_first, second_ran = _detect(f, detector, second, why, n_first, next_second, params, profile)
@@ -572,6 +568,10 @@ def _decode_and_detect(tc: Transcoder, detector: FaceDetector, params: Deidentif
     finally:
         if second is not None:
             second.close()
+
+
+def _meet(a: FaceBox, b: FaceBox) -> bool:
+    return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
 
 
 def _detect(f: YuvFrame, detector: FaceDetector, second: FaceDetector | None, why: str, n_first: int,

@@ -186,11 +186,44 @@ def text_like_regions(grey: np.ndarray) -> list[FaceBox]:
     n, _, stats, _ = cv2.connectedComponentsWithStats(joined, connectivity=8)
     found = []
     for i in range(1, n):
-        x, y, bw, bh, area = (int(v) for v in stats[i])
-        if not (REGION_MIN_PX <= bh <= REGION_MAX_HEIGHT_FRAC * h) or bw < REGION_MIN_ASPECT * bh:
-            continue
-        fill = float(edges[y:y + bh, x:x + bw].mean())
-        if fill >= REGION_MIN_FILL:
-            found.append((float(edges[y:y + bh, x:x + bw].sum()), FaceBox(x, y, x + bw, y + bh, fill)))
+        x, y, bw, bh, _ = (int(v) for v in stats[i])
+        for y0, y1 in _rows(edges[y:y + bh, x:x + bw], REGION_MAX_HEIGHT_FRAC * h):
+            y0, y1 = y + y0, y + y1
+            if not (REGION_MIN_PX <= y1 - y0 <= REGION_MAX_HEIGHT_FRAC * h) or bw < REGION_MIN_ASPECT * (y1 - y0):
+                continue
+            fill = float(edges[y0:y1, x:x + bw].mean())
+            if fill >= REGION_MIN_FILL:
+                found.append((float(edges[y0:y1, x:x + bw].sum()), FaceBox(x, y0, x + bw, y1, fill)))
     found.sort(key=lambda t: -t[0])
     return [b for _, b in found[:MAX_REGIONS]]
+
+
+def _rows(edges: np.ndarray, max_h: float) -> list[tuple[int, int]]:
+    """A blob's row spans: all of it when it is line-high, else split where its rows hold (almost) no edges
+    (lines stacked one over the other, joined by a plate or a glyph's descender)."""
+    if edges.shape[0] <= max_h:
+        return [(0, edges.shape[0])]
+    busy = edges.mean(axis=1) > 0.02
+    spans, start = [], None
+    for r, b in enumerate(np.append(busy, False)):
+        if b and start is None:
+            start = r
+        elif not b and start is not None:
+            spans.append((start, r))
+            start = None
+    return spans
+
+
+REGION_PAD = 0.25  # share of a region's height added around it before reading
+
+
+def region_renderings(grey: np.ndarray, regions: list[FaceBox]) -> list[list[np.ndarray]]:
+    """``renderings`` of each region's crop of ``grey`` (grown by ``REGION_PAD``)."""
+    h, w = grey.shape
+    out = []
+    for b in regions:
+        pad = REGION_PAD * b.height
+        x0, y0 = max(0, int(b.x0 - pad)), max(0, int(b.y0 - pad))
+        x1, y1 = min(w, int(np.ceil(b.x1 + pad))), min(h, int(np.ceil(b.y1 + pad)))
+        out.append(renderings(np.ascontiguousarray(grey[y0:y1, x0:x1]), line_px=b.height))
+    return out

@@ -3,12 +3,13 @@
 A share of recordings (``OVERLAY_SHARE``) carries one overlay line of every
 kind (``KINDS``): the patient's (fake) name, an MRN, a date of birth, a
 running clock (date and time, changing every second), a bed/camera label, the
-unit and a study number, in varied OpenCV fonts, sizes and corners, each line
-in another style (``STYLES``, a permutation: every recording with overlays
-shows every style): white on a black box, yellow, light grey on the scene,
-grey on a grey plate, half-transparent white over a bright moving scene, small
-print, and colour on a similar colour.  Lines never overlap.  Each line's text,
-style and box are truth (table ``overlays``); the clock's text is its value at
+unit and a study number, in varied OpenCV fonts and sizes, one line in each
+top corner and the rest stacked in the bottom ones, each line in another
+style (``STYLES``, a permutation: every recording with overlays shows every
+style): white on a black box, yellow, light grey on the scene, grey on a grey
+plate, half-transparent white over a bright moving scene, small print, and
+colour on a similar colour.  Lines never overlap.  Each line's text, style
+and box are truth (table ``overlays``); the clock's text is its value at
 t = 0 and its box covers every value.
 """
 
@@ -81,13 +82,17 @@ def plan(rng: np.random.Generator, width: int, height: int) -> tuple[Overlay, ..
     }
     kinds = list(KINDS)
     styles = [STYLES[int(k)] for k in rng.permutation(len(STYLES))]
-    corners = rng.permutation(4)
+    # corners 0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right: one line at each top corner (a visitor's
+    # face passes below them), the rest stacked at the bottom; every line within its half of the width
+    flip = int(rng.integers(2))
+    corners = [0, 1, 2, 3, 2 + flip, 3 - flip, 2 + flip]
+    order = rng.permutation(len(kinds))
     margin = max(2, int(round(MARGIN_FRAC * height)))
     stacks: dict[int, int] = {}  # corner -> pixels used from its edge
     placed: list[tuple[int, int, int, int]] = []
     out = []
-    for i, kind in enumerate(kinds):
-        corner, style = int(corners[i % 4]), styles[i % len(styles)]
+    for i, kind in enumerate(kinds[int(k)] for k in order):
+        corner, style = corners[i % len(corners)], styles[i % len(styles)]
         font = FONTS[int(rng.integers(len(FONTS)))]
         thickness = 1 + int(rng.random() < 0.4)
         px = float(rng.uniform(*TEXT_HEIGHT_FRAC)) * height
@@ -98,17 +103,18 @@ def plan(rng: np.random.Generator, width: int, height: int) -> tuple[Overlay, ..
         sample = "2088-88-88 88:88:88" if kind == "clock" else texts[kind]  # the widest clock value
         left, top = corner in (0, 2), corner in (0, 1)
         used = stacks.get(corner, 0)
-        while True:  # down (up) the corner's edge until the line overlaps no other, smaller when it runs out of room
+        while True:
             (tw, th), base = cv2.getTextSize(sample, font, scale, thickness)
+            if tw > width // 2 - 2 * margin and scale > 0.1:
+                scale *= 0.9  # within its half of the frame
+                continue
             x = margin if left else width - margin - tw
             y = (margin + used + th) if top else (height - margin - used - base)
             pad = 2
             box = (max(0, x - pad), max(0, y - th - pad), min(width, x + tw + pad), min(height, y + base + pad))
-            if not any(_overlap(box, p) for p in placed) and tw <= width - 2 * margin:
+            if not any(_overlap(box, p) for p in placed) or y - th < 0 or y > height:
                 break
-            used += 2
-            if used + th + base + 2 * margin > height // 2:
-                used, scale = stacks.get(corner, 0), scale * 0.85
+            used += 2  # a safety net: lines in their own halves and stacks never meet
         stacks[corner] = used + th + base + 2 * margin
         placed.append(box)
         out.append(Overlay(kind, texts[kind], int(x), int(y), font, float(scale), thickness, style, box, pair))
