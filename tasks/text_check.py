@@ -24,7 +24,7 @@ from tasks.media import iter_frames
 
 DETAIL_KEPT_RATIO = 0.5  # output / raw Laplacian variance at or above this: the line kept its fine detail
 CROP_UPSCALE = 4.0
-CROP_PAD_PX = 2  # pixels around the truth box (the glyphs' anti-aliased edge)
+CROP_PAD_PX = 0  # pixels around the truth box (it has room around the glyphs: a blur box edge just outside it is no detail of the line)
 
 
 @dataclass(frozen=True)
