@@ -680,8 +680,8 @@ def _blur_stream(tc: Transcoder, detector: FaceDetector, auditors: tuple[_Audito
 
     q: queue.Queue = queue.Queue(maxsize=QUEUE_FRAMES)
     stop = threading.Event()
-    worker = threading.Thread(target=_decode_and_detect, args=(tc, detector, params, q, stop, profile, source), daemon=True,
-                              name="deidentify-detect")
+    worker = threading.Thread(target=_decode_and_detect, args=(tc, detector, params, q, stop, profile, source),
+                              daemon=True, name="deidentify-detect")
     worker.start()
     audits = _AuditThread(profile)
     try:

@@ -24,7 +24,8 @@ from tasks.media import iter_frames
 
 DETAIL_KEPT_RATIO = 0.5  # output / raw Laplacian variance at or above this: the line kept its fine detail
 CROP_UPSCALE = 4.0
-CROP_PAD_PX = 0  # pixels around the truth box (it has room around the glyphs: a blur box edge just outside it is no detail of the line)
+# pixels around the truth box (it has room around the glyphs; a blur box's edge just outside it is no detail of the line)
+CROP_PAD_PX = 0
 
 
 @dataclass(frozen=True)
@@ -72,8 +73,8 @@ def line_frames(raw_video: Path, out_video: Path, lines: list[dict], *, every: i
         for line in lines:
             a, b = _crop(raw.rgb, line), _crop(out.rgb, line)
             ra, rb = crop_renderings(a), crop_renderings(b)
-            meta.append((line, raw.index, float(cv2.Laplacian(a, cv2.CV_64F).var()),
-                         float(cv2.Laplacian(b, cv2.CV_64F).var()), len(images), len(ra), len(images) + len(ra), len(rb)))
+            lap_a, lap_b = float(cv2.Laplacian(a, cv2.CV_64F).var()), float(cv2.Laplacian(b, cv2.CV_64F).var())
+            meta.append((line, raw.index, lap_a, lap_b, len(images), len(ra), len(images) + len(ra), len(rb)))
             images += ra + rb
     words = tesseract.read(images)
     result = []
