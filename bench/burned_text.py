@@ -36,7 +36,7 @@ def main() -> None:
     ap.add_argument("--every-s", type=float, default=2.0, help="seconds between the sampled frames")
     args = ap.parse_args()
     data = args.data_dir
-    truth = read_table("overlays", data / "00_synth" / "seizure" / "overlays.parquet").to_pylist()
+    truth = read_table("overlays", layout.path(data, "synth", "seizure", "overlays.parquet")).to_pylist()
     ingest, deid = layout.stage_dir(data, "ingest"), layout.stage_dir(data, "deidentify")
     # read as stored: a data dir made by older code lacks the newer audit columns, and only these are needed here
     rows = pq.read_table(deid / "deidentified.parquet", columns=["recording_id", "status", "fps"]).to_pylist()
