@@ -13,7 +13,12 @@ on the output that the raw crop read too, and recordings quarantined.
 
     .venv/bin/python bench/burned_text.py --data-dir data --every-s 2
 
-Figures (2-core machine shared with other jobs; demo phantom, every 2 s): see the closing note of issue 31.
+Figures (`make demo`'s phantom, every 2 s, 2-core machine shared with other jobs):
+
+* before (main at ea0ad90; its phantom plants boxed, yellow and grey lines): 52 of 311 line-frames keep their
+  detail, all grey (52 of 136); Tesseract reads 16 tokens on 9 grey output crops that it reads on the raw ones.
+* after (this change; the phantom plants every style): 0 of 553 line-frames keep their detail (79 per style:
+  boxed, yellow, grey, grey_on_grey, translucent, small, colour), 0 of 1850 raw tokens read on the output.
 """
 
 from __future__ import annotations

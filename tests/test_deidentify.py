@@ -5,7 +5,8 @@ staff visits and a head turn to profile) is rendered once per module and
 de-identified with the default params, next to three bad inputs: the same
 recording with blur disabled (the audit must catch it), a file that decodes
 only partly (ingest's index check passes it), a clip with planted
-identifying metadata, and the first recording with text blur disabled.  The
+identifying metadata, the first recording with text blur disabled, and again
+with the PP-OCR audit off too (only Tesseract is left to catch the text).  The
 phantom burns overlay text (name, MRN, date, running clock, bed) into both
 recordings; OCR checks the output against the planted ``overlays`` truth.  Real detectors check the output against the planted
 ``faces`` truth.
