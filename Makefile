@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.semioflow-installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-slow lock clean-venv speech-tools browser-tools db-tools
+.PHONY: install demo test test-slow lock clean-venv speech-tools browser-tools db-tools ocr-tools
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] in ((3, 11), (3, 12)), "semioflow needs Python 3.11 or 3.12"'
@@ -15,12 +15,19 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip check
 	touch $(STAMP)
 
-install: $(STAMP)  ## create .venv with the locked dependency set
+install: $(STAMP) ocr-tools  ## create .venv with the locked dependency set (and Tesseract, the text audit's OCR)
 	@mkdir -p .semioflow && chmod 700 .semioflow  # runtime state and DVC's site cache (.dvc/config): owner-only
 
 demo: install  ## phantom cohorts + smoke models, every stage of both tracks, the HTML report
 	@$(BIN)/semioflow demo
 	@echo "run 'make demo' again to see every stage cached"
+
+# Tesseract 5 is deidentify's independent text audit (a second OCR engine besides PP-OCR): installed here when
+# apt-get can (root); without it deidentify stops with an error saying how to install it (never a silent pass).
+ocr-tools:
+	@command -v tesseract >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && { apt-get update -qq && apt-get install -y -qq tesseract-ocr; } >/dev/null 2>&1; } \
+	  || echo "tesseract not installed: deidentify needs it (sudo apt-get install tesseract-ocr)"
 
 # espeak-ng speaks the sentence the real-Whisper transcript test must hear; installed here when
 # apt-get can (root), otherwise that one test skips and says why.

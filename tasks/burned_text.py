@@ -7,6 +7,13 @@ finds text regions (no reading: every region is blurred, PHI or not);
 ``TextReader`` reads them, for the audit and the tests.  Both take an RGB
 uint8 frame and return boxes in its pixel grid.
 
+Detection runs on the frame and on a contrast-normalised copy of its luma
+(``tasks.tesseract.normalised_luma``): grey on a grey plate, colour on a
+similar colour and a half-transparent line over a bright scene come out as
+contrasty as white on black there.  ``static_band`` finds, in frames spread
+over a recording, the text that stays in one place: deidentify covers it on
+every frame, from the first.
+
 ``TextTracker`` makes detection on a cadence enough: a region seen at two
 detections in a row is a static overlay and stays covered for the rest of
 the recording (a clock whose digits change every second keeps its place),
@@ -19,13 +26,17 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from tasks.detectors import FaceBox, iou
 from tasks.errors import ModelNotFoundError
 from tasks.onnx_models import OnnxModel
+from tasks.tesseract import normalised_luma
 
 DET_LIMIT_SIDE = 960  # pixels; rapidocr shrinks a frame whose long side exceeds this (never enlarges)
+DET_MULTIPLE = 32  # pixels; the detection network's input sides are multiples of this
+SAME_IOU = 0.5  # a box of the normalised copy overlapping one of the frame's this much is the same line
 STATIC_IOU = 0.3  # a region overlapping one of the previous detection this much is a static overlay
 READABLE_MIN_CHARS = 3  # a read string with at least this many Latin letters or digits counts as readable text
 # Overlay lines are short: a region taller than this share of the frame is not burned-in text.  The detector
@@ -65,12 +76,28 @@ class TextDetector:
     def __init__(self, threshold: float = 0.5) -> None:
         self._ocr = _engine(threshold)
 
-    def detect(self, rgb: np.ndarray, frame_height: int | None = None) -> list[FaceBox]:
+    def detect(self, rgb: np.ndarray, frame_height: int | None = None, *, normalised: bool = True) -> list[FaceBox]:
         """Boxes in ``rgb``'s pixels; ``frame_height``: the height of the frame ``rgb`` was cut from (a crop's own
-        height would drop an overlay line as too tall)."""
+        height would drop an overlay line as too tall).  ``normalised``: also on the contrast-normalised copy
+        (its boxes that repeat one of the frame's are left out)."""
+        boxes = self._detect(rgb)
+        if normalised:
+            grey = normalised_luma(cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY), frame_height)
+            boxes += [b for b in self._detect(np.dstack([grey] * 3)) if not any(iou(b, o) > SAME_IOU for o in boxes)]
+        return [b for b in boxes if b.height <= MAX_HEIGHT_FRAC * (frame_height or rgb.shape[0])]
+
+    def _detect(self, rgb: np.ndarray) -> list[FaceBox]:
+        h, w = rgb.shape[:2]
+        if max(h, w) <= DET_LIMIT_SIDE:
+            # rapidocr rounds the sides to multiples of 32 by resizing: a 75 px high crop became 64, and 7 px small
+            # print in it was lost.  Padded to the multiple, the picture keeps its scale.
+            ph, pw = -h % DET_MULTIPLE, -w % DET_MULTIPLE
+            if ph or pw:
+                rgb = cv2.copyMakeBorder(np.ascontiguousarray(rgb), 0, ph, 0, pw, cv2.BORDER_REPLICATE)
         polys, _ = self._ocr(np.ascontiguousarray(rgb[:, :, ::-1]), use_det=True, use_cls=False, use_rec=False)
         boxes = [FaceBox(*_box(p), 1.0) for p in polys or []]
-        return [b for b in boxes if b.height <= MAX_HEIGHT_FRAC * (frame_height or rgb.shape[0])]
+        return [FaceBox(b.x0, b.y0, min(b.x1, float(w)), min(b.y1, float(h)), 1.0) for b in boxes
+                if b.x0 < w and b.y0 < h]
 
 
 @dataclass(frozen=True)
@@ -105,6 +132,10 @@ class TextTracker:
         self.static: list[FaceBox] = []
         self.last: list[FaceBox] = []
 
+    def hold(self, band: list[FaceBox]) -> None:
+        """Cover ``band`` (``static_band``'s boxes) for good, from now on."""
+        self.static += [b for b in band if not any(iou(b, s) > STATIC_IOU for s in self.static)]
+
     def update(self, found: list[FaceBox], region: FaceBox | None = None) -> None:
         """A detection's regions; ``region`` (the part of the frame it looked at, None = all of it): the last
         regions lying wholly inside it are replaced, the others (where nothing changed) kept."""
@@ -121,3 +152,23 @@ class TextTracker:
 
 def _within(b: FaceBox, region: FaceBox) -> bool:
     return region.x0 <= b.x0 and region.y0 <= b.y0 and b.x1 <= region.x1 and b.y1 <= region.y1
+
+
+BAND_MIN_FRAMES = 2  # a line found at the same place in this many of the scanned frames is a static overlay
+
+
+def static_band(found: list[list[FaceBox]]) -> list[FaceBox]:
+    """The static overlay band of a recording: ``found`` holds the text boxes of frames spread over it; a line
+    found at the same place (IoU > ``STATIC_IOU``) in ``BAND_MIN_FRAMES`` of them comes back as the box
+    enclosing every sighting (a clock's changing digits included)."""
+    groups: list[tuple[FaceBox, set[int]]] = []
+    for k, boxes in enumerate(found):
+        for b in boxes:
+            for i, (g, seen) in enumerate(groups):
+                if iou(b, g) > STATIC_IOU or _within(b, g):
+                    groups[i] = (FaceBox(min(g.x0, b.x0), min(g.y0, b.y0), max(g.x1, b.x1), max(g.y1, b.y1), 1.0),
+                                 seen | {k})
+                    break
+            else:
+                groups.append((b, {k}))
+    return [g for g, seen in groups if len(seen) >= BAND_MIN_FRAMES]

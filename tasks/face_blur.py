@@ -29,12 +29,19 @@ Per recording (``deidentify_recording``):
    the recording (fail-closed): its output video is deleted and it never
    reaches later stages.  OCR reads processed frames at ``text_audit_fps``:
    any string it reads (``text_audit_score``, 3+ letters or digits)
-   quarantines it too.
+   quarantines it too.  A second OCR engine unlike PP-OCR (Tesseract,
+   ``tasks.tesseract``) reads the frame's text-like regions (found by a
+   classical method, not by PP-OCR) at ``ocr_audit_fps``, contrast-stretched,
+   inverted and binarised: a word of 3+ letters or digits read at least
+   ``ocr_audit_conf`` confidently quarantines it (the reason says which engine
+   read how many characters when, never what).
 
 Burned-in text (``text: blur``): the worker thread also finds text regions
 (``tasks.burned_text``, PP-OCR) at most every ``text_every_s`` on a copy at most
 ``text_short_side``, where its own motion gate saw a change; ``TextTracker`` keeps static overlays covered for good
-and holds the last regions until the next detection; gap fill carries them
+and holds the last regions until the next detection; before the first frame, ``text_band_frames`` frames
+spread over the recording are searched, and the text found at one place in two of them (the static overlay
+band) is covered on every frame, from the first; gap fill carries them
 back to the frames before, and they are blurred like faces (not logged as
 face boxes: later stages read those as faces).  Too little decodable video (``min_decoded_coverage``)
    also quarantines it.
@@ -61,11 +68,13 @@ import cv2
 import numpy as np
 import pyarrow as pa
 
-from tasks.burned_text import TextDetector, TextReader, TextTracker
+from tasks import tesseract
+from tasks.burned_text import TextDetector, TextReader, TextTracker, static_band
 from tasks.detectors import FaceBox, FaceDetector, make_detector
 from tasks.identity import sha256_file
 from tasks.motion import MotionGate
-from tasks.media import MediaError, Transcoder, YuvFrame, i420_planes, output_size, shrink_i420_to_rgb
+from tasks.media import (MediaError, Transcoder, YuvFrame, i420_planes, output_size, shrink_i420_to_rgb,
+                         spread_frames)
 from tasks.params import DeidentifyParams
 from tasks.schema import write_table
 from tasks.voice import DEFAULT_ALPHA, VoiceAnonymizer
@@ -88,7 +97,8 @@ class RecordingInput:
     sha256: str | None = None  # its content hash at ingest: a file that changed since is not what was judged
 
 
-PROFILE_PARTS = ("decode", "motion", "detect", "second", "text", "blur", "audit", "text_audit", "encode", "audio")
+PROFILE_PARTS = ("decode", "motion", "detect", "second", "text", "text_band", "blur", "audit", "text_audit",
+                 "ocr_audit", "encode", "audio")
 
 
 @dataclass
@@ -279,6 +289,9 @@ class _Auditor:
     def _finds(self, rgb: np.ndarray, pts: float) -> bool:
         return bool(self.detector.detect(rgb))
 
+    def flush(self) -> None:
+        """Finish the frames examined so far (the audit thread calls it at the end)."""
+
 
 class _TextAuditor(_Auditor):
     """The same cadence, reading with OCR (at the size text is detected at): counts frames where text is still
@@ -296,6 +309,52 @@ class _TextAuditor(_Auditor):
         if found and not self.example:
             self.example = f"{len(found[0].text)} characters at {pts:.1f} s"
         return bool(found)
+
+
+OCR_BATCH_FRAMES = 16  # audited frames read by one tesseract process (its start-up is paid once per batch)
+OCR_WORD_MIN_CHARS = 3  # a word with this many letters or digits, read confidently, is readable text
+
+
+class _OcrAuditor(_Auditor):
+    """The independent text audit: Tesseract reads each claimed frame's text-like regions (``tasks.tesseract``,
+    a classical region finder, not PP-OCR) at the size text is detected at; counts frames where it read a word
+    of ``OCR_WORD_MIN_CHARS`` letters or digits at least ``min_conf`` confidently."""
+
+    part = "ocr_audit"
+
+    def __init__(self, fps: float, min_conf: float, short_side: int) -> None:
+        super().__init__(None, fps, short_side)
+        self.engine = tesseract.version() if fps > 0 else ""  # no tesseract: ModelNotFoundError, never a pass
+        self.min_conf = min_conf
+        self.example = ""
+        self._images: list[np.ndarray] = []
+        self._pending: list[tuple[float, int]] = []  # (pts, images of that frame)
+
+    def examine(self, yuv: np.ndarray, pts: float) -> None:
+        h, w = yuv.shape[0] * 2 // 3, yuv.shape[1]
+        tw, th = output_size(w, h, self.short_side)
+        y = i420_planes(yuv)[0]
+        grey = y if (tw, th) == (w, h) else cv2.resize(y, (tw, th), interpolation=cv2.INTER_AREA)
+        crops = tesseract.region_renderings(grey, tesseract.text_like_regions(grey))
+        n = sum(len(c) for c in crops)
+        self._images += [img for c in crops for img in c]
+        self._pending.append((pts, n))
+        if len(self._pending) >= OCR_BATCH_FRAMES:
+            self.flush()
+
+    def flush(self) -> None:
+        words = tesseract.read(self._images)
+        i = 0
+        for pts, n in self._pending:
+            found = [w for ws in words[i:i + n] for w in ws if w.conf >= self.min_conf
+                     and sum(c.isascii() and c.isalnum() for c in w.text) >= OCR_WORD_MIN_CHARS]
+            i += n
+            if found:
+                self.residual += 1
+                if not self.example:
+                    chars = sum(c.isascii() and c.isalnum() for w in found for c in w.text)
+                    self.example = f"{self.engine} read {chars} characters at {pts:.1f} s"
+        self._images, self._pending = [], []
 
 
 AUDIT_QUEUE = 4  # claimed frames waiting for the audit thread (full-size I420, ~3 MB each at 1080p)
@@ -322,6 +381,7 @@ class _AuditThread:
         _put(self._q, (auditor, yuv, pts), self._stop)
 
     def _run(self) -> None:
+        seen: dict[int, _Auditor] = {}  # the auditors that examined frames, flushed at the end
         while True:
             try:
                 item = self._q.get(timeout=0.1)
@@ -330,10 +390,17 @@ class _AuditThread:
                     return
                 continue
             if item is _END:
+                for a in seen.values() if self.error is None else ():
+                    try:
+                        with self.profile.part(a.part):
+                            a.flush()
+                    except BaseException as exc:  # noqa: BLE001 - re-raised by finish()
+                        self.error = exc
                 return
             if self.error is not None or self._stop.is_set():
                 continue  # keep draining: the encoding thread must never block on a dead audit
             auditor, yuv, pts = item
+            seen[id(auditor)] = auditor
             try:
                 with self.profile.part(auditor.part):
                     auditor.examine(yuv, pts)
@@ -374,8 +441,10 @@ def deidentify_recording(rec: RecordingInput, out_dir: Path, params: DeidentifyP
     row = dict(recording_id=rid, status="ok", reason=None, detail=None, width=0, height=0, fps=0.0,
                duration_s=rec.duration_s, n_frames=0, decoded_coverage=0.0, face_frames=0, audit_frames=0,
                audit_residual_frames=0, detector=detector.name, audit_detector=auditor.detector.name, audio="none")
-    row.update(text_frames=0, text_audit_frames=0, text_audit_residual_frames=0)
+    row.update(text_frames=0, text_audit_frames=0, text_audit_residual_frames=0, ocr_audit_frames=0,
+               ocr_audit_residual_frames=0)
     text_auditor = _TextAuditor(params.text_audit_fps, params.text_audit_score, params.text_short_side)
+    ocr_auditor = _OcrAuditor(params.ocr_audit_fps, params.ocr_audit_conf, params.text_short_side)
     boxes = _BoxLog()
     try:
         if (stamp := _source_stamp(rec)) is None:
@@ -386,15 +455,17 @@ def deidentify_recording(rec: RecordingInput, out_dir: Path, params: DeidentifyP
             if tc.has_audio:
                 row["audio"] = "anonymized" if voice is not None else "original"
             gap = max(0, round(params.gap_fill_s * tc.fps))
-            last_pts = _blur_stream(tc, detector, (auditor, text_auditor), params, gap, boxes, row, profile)
+            last_pts = _blur_stream(tc, detector, (auditor, text_auditor, ocr_auditor), params, gap, boxes, row,
+                                    profile, source=rec.source)
             row["fps"] = tc.fps
             row["n_frames"] = tc.decoded
             coverage = min(1.0, (last_pts + 1.0 / tc.fps) / rec.duration_s) if tc.decoded else 0.0
             row["decoded_coverage"] = coverage
             row["audit_frames"], row["audit_residual_frames"] = auditor.frames, auditor.residual
             row["text_audit_frames"], row["text_audit_residual_frames"] = text_auditor.frames, text_auditor.residual
+            row["ocr_audit_frames"], row["ocr_audit_residual_frames"] = ocr_auditor.frames, ocr_auditor.residual
             row["_text_example"] = text_auditor.example
-            reason, detail = _verdict(row, params, tc.decode_error, row.pop("_text_example"))
+            reason, detail = _verdict(row, params, tc.decode_error, row.pop("_text_example"), ocr_auditor.example)
             if _stat_stamp(rec.source) != stamp:  # grew, was rewritten, replaced or removed while we read it
                 reason, detail = "source_changed", SOURCE_CHANGED
             if reason is None:
@@ -434,7 +505,7 @@ SURE_SCORE = 0.5  # a first-detector face scored below this makes the second det
 
 
 def _decode_and_detect(tc: Transcoder, detector: FaceDetector, params: DeidentifyParams, q: queue.Queue,
-                       stop: threading.Event, profile: Profile) -> None:
+                       stop: threading.Event, profile: Profile, source: Path | None = None) -> None:
     """Worker thread: decode every frame, detect faces where the motion gate says so; (frame, boxes, held,
     text boxes) into ``q``.
 
@@ -466,9 +537,14 @@ def _decode_and_detect(tc: Transcoder, detector: FaceDetector, params: Deidentif
                 f = next(frames, None)
             if f is None:
                 break
+            if f.index == 0 and text is not None and source is not None and params.text_band_frames > 0:
+                with profile.part("text_band"):
+                    tracker.hold(_text_band(text, source, f, params))
             with profile.part("motion"):
                 thumb = MotionGate.thumbnail(i420_planes(f.yuv)[0])
-                covered = tracker.boxes  # text regions already blurred: a running clock is no reason to look again
+                # text regions already blurred: a running clock is no reason to look again; but never where a face
+                # was at the last pass (a false text find on a face must not hide the face's motion from the gate)
+                covered = [b for b in tracker.boxes if not any(_meet(b, d) for d in dets)]
                 why = gate.due(thumb, f.pts_s, covered)
             if why is not None:
                 dets, n_first, second_ran = _detect(f, detector, second, why, n_first, next_second, params, profile)
@@ -492,6 +568,10 @@ def _decode_and_detect(tc: Transcoder, detector: FaceDetector, params: Deidentif
     finally:
         if second is not None:
             second.close()
+
+
+def _meet(a: FaceBox, b: FaceBox) -> bool:
+    return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
 
 
 def _detect(f: YuvFrame, detector: FaceDetector, second: FaceDetector | None, why: str, n_first: int,
@@ -541,8 +621,25 @@ def _text_regions(text: TextDetector, f: YuvFrame, params: DeidentifyParams,
     return [b.mapped(sx, sy, ox, oy).dilate(params.text_dilation, w, h) for b in text.detect(rgb, frame_height=th)]
 
 
-def _blur_stream(tc: Transcoder, detector: FaceDetector, auditors: tuple[_Auditor, _TextAuditor],
-                 params: DeidentifyParams, gap: int, boxes: _BoxLog, row: dict, profile: Profile) -> float:
+def _text_band(text: TextDetector, source: Path, first: YuvFrame, params: DeidentifyParams) -> list[FaceBox]:
+    """The recording's static overlay band (``burned_text.static_band``) in full-frame pixels, dilated: text
+    found at one place in ``text_band_frames`` frames spread over the source.  An undecodable source gives none
+    (the main pass finds the damage)."""
+    try:
+        frames = spread_frames(source, params.text_band_frames, short_side=params.text_short_side)
+    except MediaError:
+        return []
+    w, h = first.width, first.height
+    found = []
+    for fr in frames:
+        sx, sy = w / fr.rgb.shape[1], h / fr.rgb.shape[0]
+        found.append([b.mapped(sx, sy) for b in text.detect(fr.rgb)])
+    return [b.dilate(params.text_dilation, w, h) for b in static_band(found)]
+
+
+def _blur_stream(tc: Transcoder, detector: FaceDetector, auditors: tuple[_Auditor, ...],
+                 params: DeidentifyParams, gap: int, boxes: _BoxLog, row: dict, profile: Profile, *,
+                 source: Path | None = None) -> float:
     """Detect, gap-fill, blur, audit and encode every frame; returns the last pts.
 
     Two threads: decode + detect (``_decode_and_detect``) feeds a bounded
@@ -552,7 +649,6 @@ def _blur_stream(tc: Transcoder, detector: FaceDetector, auditors: tuple[_Audito
     """
     # Each entry: (frame, its boxes, whether they are held from an earlier pass); a frame leaves the buffer once the
     # `gap` frames after it have been seen.
-    auditor, text_auditor = auditors
     buf: deque = deque()
     recent: deque = deque(maxlen=2 * gap + 1)  # detections of the frames around the one being emitted
     recent_text: deque = deque(maxlen=2 * gap + 1)  # text regions, likewise
@@ -575,7 +671,7 @@ def _blur_stream(tc: Transcoder, detector: FaceDetector, auditors: tuple[_Audito
             row["text_frames"] += 1
         boxes.add(f.index, f.pts_s, own, "held" if held else "detected")
         boxes.add(f.index, f.pts_s, others, "gapfill")
-        for a in (auditor, text_auditor):  # the audits see exactly the planes that are encoded
+        for a in auditors:  # the audits see exactly the planes that are encoded
             if a.claim(f.pts_s):
                 audits.submit(a, f.yuv, f.pts_s)
         with profile.part("encode"):  # includes the voice filter's work, also counted as "audio"
@@ -584,8 +680,8 @@ def _blur_stream(tc: Transcoder, detector: FaceDetector, auditors: tuple[_Audito
 
     q: queue.Queue = queue.Queue(maxsize=QUEUE_FRAMES)
     stop = threading.Event()
-    worker = threading.Thread(target=_decode_and_detect, args=(tc, detector, params, q, stop, profile), daemon=True,
-                              name="deidentify-detect")
+    worker = threading.Thread(target=_decode_and_detect, args=(tc, detector, params, q, stop, profile, source),
+                              daemon=True, name="deidentify-detect")
     worker.start()
     audits = _AuditThread(profile)
     try:
@@ -613,7 +709,7 @@ def _blur_stream(tc: Transcoder, detector: FaceDetector, auditors: tuple[_Audito
 
 
 def _verdict(row: dict, params: DeidentifyParams, decode_error: str | None,
-             text_example: str = "") -> tuple[str | None, str]:
+             text_example: str = "", ocr_example: str = "") -> tuple[str | None, str]:
     if row["n_frames"] == 0:
         return "undecodable", "no video frame could be decoded"
     if row["decoded_coverage"] < params.min_decoded_coverage:
@@ -629,4 +725,7 @@ def _verdict(row: dict, params: DeidentifyParams, decode_error: str | None,
     if row["text_audit_residual_frames"]:
         return "audit_failed", (f"OCR still reads text in {row['text_audit_residual_frames']}/{row['text_audit_frames']} "
                                 f"audited frames (first: {text_example})")
+    if row.get("ocr_audit_residual_frames"):
+        return "audit_failed", (f"independent OCR still reads text in {row['ocr_audit_residual_frames']}/"
+                                f"{row['ocr_audit_frames']} audited frames (first: {ocr_example})")
     return None, ""

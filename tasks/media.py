@@ -898,6 +898,48 @@ def output_size(width: int, height: int, short_side: int) -> tuple[int, int]:
     return w - w % 2, h - h % 2
 
 
+SPREAD_MAX_DECODE = 600  # frames decoded after one seek at most (a long GOP): the frame reached by then is taken
+
+
+def spread_frames(path: str | Path, n: int, *, short_side: int) -> list[DecodedFrame]:
+    """``n`` frames spread evenly over the video (at k / n of its length, k = 0..n-1), resized, upright.
+
+    Each is reached by a seek to the keyframe before it and decoding on
+    (at most ``SPREAD_MAX_DECODE`` frames); ``index`` is k, ``pts_s`` its
+    time from the first frame.  Frames reached twice (a GOP longer than the
+    spacing) are kept once.  Raises ``MediaError`` with FFmpeg's message.
+    """
+    out: list[DecodedFrame] = []
+    try:
+        with av.open(str(path)) as container:
+            stream = video_stream(container)
+            stream.thread_type = "AUTO"
+            tb = stream.time_base
+            start = stream.start_time or 0
+            dur = float(stream.duration * tb) if stream.duration else float(container.duration or 0) / 1e6
+            seen: set[int] = set()
+            for k in range(n):
+                target = start + int(k * dur / max(1, n) / tb)
+                container.seek(target, stream=stream, backward=True, any_frame=False)
+                frame = None
+                for m, frame in enumerate(container.decode(stream)):
+                    if frame.pts is None or frame.pts >= target or m >= SPREAD_MAX_DECODE:
+                        break
+                if frame is None or frame.pts in seen:
+                    continue
+                seen.add(frame.pts)
+                rot = int(round(frame.rotation or 0)) % 360
+                disp_w, disp_h = (frame.height, frame.width) if rot % 180 else (frame.width, frame.height)
+                w, h = output_size(disp_w, disp_h, short_side)
+                conv_w, conv_h = (h, w) if rot % 180 else (w, h)
+                rgb = upright(frame.to_ndarray(format="rgb24", width=conv_w, height=conv_h), rot)
+                pts = float((frame.pts - start) * tb) if frame.pts is not None else 0.0
+                out.append(DecodedFrame(index=k, pts_s=pts, rgb=rgb))
+    except av.FFmpegError as exc:
+        raise MediaError(f"cannot decode video: {exc}") from None
+    return out
+
+
 def sample_frames(path: str | Path, *, fps: float, short_side: int) -> Iterator[DecodedFrame]:
     """Frames at ``fps`` chosen by presentation time, resized, upright.
 

@@ -138,6 +138,10 @@ class DeidentifyParams:
     audit_max_residual_frac: float = 0.0  # share of audited frames allowed to show a face
     text_audit_fps: float = 0.5  # frames per second the audit reads with OCR (0: no text audit)
     text_audit_score: float = 0.8  # a string read this confidently (3+ letters or digits) fails the audit
+    # The independent text audit (tasks/tesseract.py, another engine than PP-OCR), on the frame's text-like regions
+    ocr_audit_fps: float = 0.2  # frames per second Tesseract reads (0: none; each costs ~0.1 s a region)
+    ocr_audit_conf: float = 80.0  # a word of 3+ letters or digits read this confidently (0-100) fails the audit
+    text_band_frames: int = 8  # frames spread over the recording searched for the static overlay band (0: none)
 
     def __post_init__(self) -> None:
         if min(self.motion_level, self.motion_scene_level) < 0 or self.motion_refresh_s <= 0:

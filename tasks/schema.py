@@ -160,6 +160,8 @@ TABLES: dict[str, pa.Schema] = {
         _f("text_frames", pa.int64()),  # frames with at least one blurred text region
         _f("text_audit_frames", pa.int64()),  # frames the OCR audit read
         _f("text_audit_residual_frames", pa.int64()),  # of those, frames where it still read text
+        _f("ocr_audit_frames", pa.int64(), nullable=True),  # frames the independent OCR (tesseract) read
+        _f("ocr_audit_residual_frames", pa.int64(), nullable=True),  # of those, frames where it read text
         _f("audio", pa.string()),  # AUDIO_STATES: anonymized | original (deidentify.audio: keep) | none
         doc="Per-recording outcome of de-identification and its audit.",
     ),
@@ -362,9 +364,9 @@ TABLES: dict[str, pa.Schema] = {
     ),
     "overlays": _schema(
         _f(SOURCE_NAME, pa.string()),
-        _f("kind", pa.string()),  # name | mrn | dob | clock | bed
+        _f("kind", pa.string()),  # name | mrn | dob | clock | bed | unit | study
         _f("text", pa.string()),  # the clock: its value at t = 0 (it runs, one second at a time)
-        _f("style", pa.string()),  # boxed | yellow | grey
+        _f("style", pa.string()),  # tasks.synth.overlay.STYLES: boxed | yellow | grey | grey_on_grey | translucent | small | colour
         _f("x0", pa.int32()),
         _f("y0", pa.int32()),
         _f("x1", pa.int32()),

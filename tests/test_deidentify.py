@@ -5,7 +5,8 @@ staff visits and a head turn to profile) is rendered once per module and
 de-identified with the default params, next to three bad inputs: the same
 recording with blur disabled (the audit must catch it), a file that decodes
 only partly (ingest's index check passes it), a clip with planted
-identifying metadata, and the first recording with text blur disabled.  The
+identifying metadata, the first recording with text blur disabled, and again
+with the PP-OCR audit off too (only Tesseract is left to catch the text).  The
 phantom burns overlay text (name, MRN, date, running clock, bed) into both
 recordings; OCR checks the output against the planted ``overlays`` truth.  Real detectors check the output against the planted
 ``faces`` truth.
@@ -29,7 +30,9 @@ from tasks.ingest import classify
 from tasks.media import VideoWriter, all_metadata, iter_frames, probe, read_audio
 from tasks.params import DeidentifyParams, SeizureSynthParams
 from tasks.schema import read_table
+from tasks.synth import overlay as overlaymod
 from tasks.synth import seizure as sz
+from tasks.text_check import line_frames
 
 SEED = 20240919  # both recordings have a staff visit; one has a head turn to profile
 SMALL = SeizureSynthParams(patients=1, recordings_per_patient=2, min_duration_s=40.0, max_duration_s=45.0)
@@ -103,6 +106,9 @@ def run(cohort, tmp_path_factory):
                         dataclasses.replace(PARAMS, blur="none"))
     inputs["NOTEXT"] = (cohort / "videos" / first["source_name"], first["duration_s"],
                         dataclasses.replace(PARAMS, text="none"))
+    # PP-OCR blind (no text blur, no PP-OCR audit): only the independent engine is left to catch the text
+    inputs["BLINDTEXT"] = (cohort / "videos" / first["source_name"], first["duration_s"],
+                           dataclasses.replace(PARAMS, text="none", text_audit_fps=0.0))
     inputs["CORRUPT"] = (_partly_decodable(raw / "corrupt.mp4"), 10.0, PARAMS)
     inputs["TAGGED"] = (_tagged_clip(raw / "tagged.mp4"), 2.0, PARAMS)
     before = {rid: sha256_file(src) for rid, (src, _, _) in inputs.items()}
@@ -240,6 +246,9 @@ def test_audit_quarantines_a_recording_with_blur_disabled(run):
 OCR_STRIDE = 10  # the acceptance: OCR on every 10th output frame
 RAW_OCR_STRIDE = 50  # raw frames read to show the planted text is readable at all
 RAW_READ_MIN = 0.5  # share of (raw frame x planted line) the reader must get, or zero in the output proves nothing
+# the styles PP-OCR reads on raw frames (the faint ones are checked by the other engine:
+# test_every_planted_style_loses_its_detail_and_every_token_the_other_engine_reads)
+PPOCR_READS = ("boxed", "yellow", "grey", "small")
 
 
 def _planted_read(text: str, o: dict) -> bool:
@@ -259,7 +268,8 @@ def test_no_planted_overlay_text_is_readable_in_the_output(run, cohort):
     for rid, lines in by_rec.items():
         raw = [" ".join(r.text for r in reader.read(f.rgb)) for f in iter_frames(cohort / "videos" / f"{rid}.mp4")
                if f.index % RAW_OCR_STRIDE == 0]
-        raw_share = sum(_planted_read(t, o) for t in raw for o in lines) / (len(raw) * len(lines))
+        plain = [o for o in lines if o["style"] in PPOCR_READS]
+        raw_share = sum(_planted_read(t, o) for t in raw for o in plain) / (len(raw) * len(plain))
         assert rows[rid]["status"] == "ok" and rows[rid]["text_frames"] == rows[rid]["n_frames"], rows[rid]
         read, n = [], 0
         for f in iter_frames(out / "videos" / f"{rid}.mp4"):
@@ -271,6 +281,7 @@ def test_no_planted_overlay_text_is_readable_in_the_output(run, cohort):
         assert raw_share >= RAW_READ_MIN
         assert read == []
         assert rows[rid]["text_audit_frames"] > 0 and rows[rid]["text_audit_residual_frames"] == 0
+        assert rows[rid]["ocr_audit_frames"] > 0 and rows[rid]["ocr_audit_residual_frames"] == 0
 
 
 def test_audit_quarantines_a_recording_whose_text_blur_is_disabled(run):
@@ -281,6 +292,49 @@ def test_audit_quarantines_a_recording_whose_text_blur_is_disabled(run):
     assert row["audit_residual_frames"] == 0  # the faces were blurred: the text alone failed it
     assert row["text_audit_residual_frames"] == row["text_audit_frames"] > 0
     assert not (out / "videos" / "NOTEXT.mp4").exists()
+
+
+LINE_EVERY_S = 10.0  # seconds between the frames whose planted lines are checked at their truth boxes
+
+
+def test_every_planted_style_loses_its_detail_and_every_token_the_other_engine_reads(run, cohort):
+    """At every planted line's truth box on sampled frames (frame 0 included: the static band covers it from
+    the first frame), for every style: the output's Laplacian variance stays below half the raw crop's, and
+    Tesseract (not the engine that blurs) reads none of the tokens on the output crop (4x, contrast-stretched)
+    that it reads on the raw crop.  Each style's raw crops must read, or zero proves nothing."""
+    out, rows, _ = run
+    overlays = read_table("overlays", cohort / "overlays.parquet").to_pylist()
+    assert {o["style"] for o in overlays} == set(overlaymod.STYLES), "the phantom must plant every style"
+    checked = []
+    for rid in _phantom_ids(cohort):
+        lines = [o for o in overlays if o["source_name"][:-4] == rid]
+        every = round(LINE_EVERY_S * rows[rid]["fps"])
+        checked += line_frames(cohort / "videos" / f"{rid}.mp4", out / "videos" / f"{rid}.mp4", lines, every=every)
+    for style in overlaymod.STYLES:
+        mine = [c for c in checked if c.style == style]
+        kept = [(c.kind, c.frame_index, round(c.lap_out / c.lap_raw, 2)) for c in mine if c.keeps_detail]
+        leaked = [(c.kind, c.frame_index, sorted(c.leaked)) for c in mine if c.leaked]
+        raw_read = sum(len(c.raw_tokens) for c in mine)
+        print(f"{style}: {len(mine)} line-frames, {len(kept)} keep detail, raw tokens {raw_read}, "
+              f"leaked {len(leaked)}")
+        assert mine and raw_read > 0, style
+        assert kept == [], (style, kept)
+        assert leaked == [], (style, leaked)
+
+
+def test_the_independent_audit_quarantines_text_that_pp_ocr_does_not_see(run):
+    """Text blur and the PP-OCR audit off (PP-OCR blind to every line): Tesseract on the frames' text-like
+    regions quarantines the recording; the reason names the engine, a count and a time, never the text."""
+    out, rows, inputs = run
+    row = rows["BLINDTEXT"]
+    print(f"\nPP-OCR blind: {row['reason']}: {row['detail']}")
+    assert row["status"] == "quarantined" and row["reason"] == "audit_failed", row
+    assert "independent OCR" in row["detail"] and "tesseract" in row["detail"] and " s)" in row["detail"]
+    assert row["text_audit_frames"] == 0 and row["audit_residual_frames"] == 0  # faces blurred, PP-OCR audit off
+    assert row["ocr_audit_residual_frames"] == row["ocr_audit_frames"] > 0
+    assert not (out / "videos" / "BLINDTEXT.mp4").exists()
+    planted = read_table("overlays", inputs["BLINDTEXT"][0].parent.parent / "overlays.parquet").to_pylist()
+    assert not any(w in row["detail"] for o in planted for w in o["text"].split(" ") if len(w) >= 3)
 
 
 def test_partly_decodable_file_is_quarantined_corrupt(run):
@@ -300,14 +354,14 @@ def test_collect_writes_the_quarantine_table(run):
     STAGE.collect(out, list(rows))
     table = {r["recording_id"]: r for r in read_table("quarantine", out / "quarantine.parquet").to_pylist()}
     assert {rid: r["reason"] for rid, r in table.items()} == {"NOBLUR": "audit_failed", "NOTEXT": "audit_failed",
-                                                             "CORRUPT": "corrupt"}
+                                                             "BLINDTEXT": "audit_failed", "CORRUPT": "corrupt"}
     assert all(r["stage"] == "deidentify" and len(r["detail"]) > 10 for r in table.values())
     assert table["CORRUPT"]["decoded_coverage"] < 0.8
     ok = {r["recording_id"] for r in read_table("deidentified", out / "deidentified.parquet").to_pylist()
           if r["status"] == "ok"}
     assert ok == set(rows) - set(table)
     assert {p.stem for p in (out / "videos").glob("*.mp4")} == ok  # only passing recordings get a video
-    assert len(read_table("deidentified", out / "deidentified.parquet")) == len(rows) and len(table) == 3
+    assert len(read_table("deidentified", out / "deidentified.parquet")) == len(rows) and len(table) == 4
 
 
 VOCAL_BAND_HZ = (100.0, 1000.0)  # where a groan's energy lies (tasks/synth/sound.py)
@@ -447,7 +501,7 @@ def test_motion_gate_passes_on_planted_changes_only():
 def test_motion_level_zero_detects_on_every_frame(cohort, tmp_path):
     """motion_level 0 turns the gate off: no frame is "held"."""
     rec = read_table("recordings", cohort / "recordings.parquet").to_pylist()[0]
-    p = dataclasses.replace(PARAMS, motion_level=0.0, text="none", text_audit_fps=0.0, audio="drop")
+    p = dataclasses.replace(PARAMS, motion_level=0.0, text="none", text_audit_fps=0.0, ocr_audit_fps=0.0, audio="drop")
     rid = rec["source_name"][:-4]
     row = deidentify_recording(RecordingInput(rid, cohort / "videos" / rec["source_name"], rec["duration_s"]),
                                tmp_path, p)

@@ -85,7 +85,7 @@ def _deid_row(rid: str, status: str) -> dict:
                 width=384, height=288, fps=12.0, duration_s=60.0, n_frames=720, decoded_coverage=1.0,
                 face_frames=10, audit_frames=120, audit_residual_frames=0 if status == "ok" else 3,
                 detector="mediapipe", audit_detector="centerface", text_frames=0, text_audit_frames=0,
-                text_audit_residual_frames=0, audio="none")
+                text_audit_residual_frames=0, ocr_audit_frames=0, ocr_audit_residual_frames=0, audio="none")
 
 
 def _manifest_row(rid: str, now, cohort: str) -> dict:

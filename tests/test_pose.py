@@ -129,7 +129,7 @@ def test_no_person_is_flagged(tmp_path):
                                       fps=fps, duration_s=n / fps, n_frames=n, decoded_coverage=1.0, face_frames=0,
                                       audit_frames=n, audit_residual_frames=0, detector="mediapipe",
                                       audit_detector="centerface", text_frames=0, text_audit_frames=0,
-                text_audit_residual_frames=0, audio="none")],
+                text_audit_residual_frames=0, ocr_audit_frames=0, ocr_audit_residual_frames=0, audio="none")],
                 dd / "02_deidentify" / "deidentified.parquet")
     out = dd / "06_pose"
     summary = pose_recording(rid, dd, out, PARAMS)

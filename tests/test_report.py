@@ -209,7 +209,7 @@ def test_a_kept_original_voice_is_flagged_in_the_report(tmp_path):
     base = dict(status="ok", reason=None, detail=None, width=64, height=48, fps=10.0, duration_s=2.0, n_frames=20,
                 decoded_coverage=1.0, face_frames=0, audit_frames=4, audit_residual_frames=0, detector="mediapipe",
                 audit_detector="centerface", text_frames=0, text_audit_frames=0,
-                text_audit_residual_frames=0)
+                text_audit_residual_frames=0, ocr_audit_frames=0, ocr_audit_residual_frames=0)
     data = tmp_path / "data"
     rows = [dict(base, recording_id="R1", audio="anonymized"), dict(base, recording_id="R2", audio="original"),
             dict(base, recording_id="R3", audio="none")]
