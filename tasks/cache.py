@@ -40,7 +40,7 @@ from tasks.contract import STATE, Stage
 from tasks.identity import sha256_file
 from tasks.params import Params, build, to_dict
 from tasks.quiet import native_stderr_captured
-from tasks.schema import read_table
+from tasks.schema import SchemaError, read_table
 from tasks.threads import pin
 
 COHORT_MARKER = "_cohort"
@@ -388,13 +388,27 @@ def collect(stage: Stage, out_dir: Path, jobs: list[Job], *, current: tuple[str,
         if key is None:
             missing.append(job.marker)
             continue
-        ids.append(job.marker)
         if key != job.cache_key:
+            if not _readable(stage, out_dir, job.marker):  # kept from an older version whose tables differ
+                missing.append(job.marker)
+                continue
             stale.append(job.marker)
+        ids.append(job.marker)
     stage.collect(out_dir, ids)
     atomic_write_text(out_dir / STATE, json.dumps({"recordings": len(ids), "stale": sorted(stale),
                                                    "missing": sorted(missing)}, indent=2, sort_keys=True))
     return Collected(sorted(ids), sorted(stale), sorted(missing))
+
+
+def _readable(stage: Stage, out_dir: Path, rid: str) -> bool:
+    """Whether a kept (stale) result's per-recording tables still match today's schemas: one written by an
+    older version of the code may lack a column added since, and must not break the tables of the others."""
+    try:
+        for t in stage.tables:
+            read_table(t.schema, out_dir / t.folder / f"{rid}.parquet")
+    except SchemaError:
+        return False
+    return True
 
 
 def _run_args(args: tuple[Stage, Path, Job, dict]) -> dict:

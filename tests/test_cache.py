@@ -74,3 +74,21 @@ def test_tables_are_rebuilt_from_every_complete_result_and_stale_ones_are_named(
     assert json.loads((out / "state.json").read_text()) == {"recordings": 1, "stale": [RID], "missing": [other]}
     got = collect(WINDOW, out, [Job(RID, "key-1")])
     assert (got.ids, got.stale) == ([RID], [])
+
+
+def test_a_kept_result_an_older_version_wrote_in_another_schema_is_left_out_not_fatal(tmp_path):
+    """A recording whose rerun failed keeps its last good files; written by older code, its table lacks a
+    column added since.  The stage's tables are rebuilt from the others and it is counted missing."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "04_window"
+    _good(out)
+    old = "R1111111111"
+    legacy = out / "windows" / f"{old}.parquet"  # the windows table without frame_end: an older layout
+    pq.write_table(pa.table({"recording_id": [old], "window_index": [0], "t_start_s": [0.0], "t_end_s": [30.0],
+                             "frame_start": [0]}), legacy)
+    write_marker(out, old, "key-old", [legacy], {"ok": 1})
+    got = collect(WINDOW, out, [Job(RID, "key-1"), Job(old, "key-now")])
+    assert (got.ids, got.stale, got.missing) == ([RID], [], [old])
+    assert read_table("windows", out / "windows.parquet")["recording_id"].to_pylist() == [RID]
