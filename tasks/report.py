@@ -76,6 +76,8 @@ GAIT_RESULTS = rel("gait", "results.parquet")
 GAIT_SUMMARY = rel("gait", "gait.json")
 GAIT_RATIONALES = rel("gait", "rationales.parquet")
 GAIT_SKIPPED = rel("gait", SKIPPED)
+# the gait stage writes either its results or skipped.json: its folder is the one input that always exists
+GAIT = rel("gait")
 STALE_WARNING = ("The answers of {n} recording(s) are from an earlier run: their latest query run failed, so "
                  "their last good answers were kept (rerun the query stage to bring them up to date):")
 ORIGINAL_VOICE_WARNING = ("{n} recording(s) keep the patient's own voice (deidentify.audio: keep): their sound "
@@ -606,6 +608,6 @@ STAGE = Stage(
     "report", "cohort", run, "one self-contained HTML report: overview of arms vs baselines, per-recording timelines, gait",
     inputs=(ANSWERS, QUERY_JSON, PREDICTIONS, EVIDENCE, WINDOWS, VIDEOS),
     # sections say "not run yet" without these; the planted-events table only exists for phantom cohorts
-    optional=(QUERY_STATE, TRANSCRIPT, LABELS, METRICS, FAITHFULNESS, DIAGNOSIS, BASELINE_PREDICTIONS, GAIT_RESULTS, GAIT_SUMMARY,
-              GAIT_RATIONALES, GAIT_SKIPPED, "report.events"), external=("report.events",),
+    optional=(QUERY_STATE, TRANSCRIPT, LABELS, METRICS, FAITHFULNESS, DIAGNOSIS, BASELINE_PREDICTIONS, GAIT,
+              "report.events"), external=("report.events",),
     params=("report", "review", "evaluate.ci"), assets=("tasks/templates/report",))

@@ -378,7 +378,7 @@ TABLES: dict[str, pa.Schema] = {
         _f("t_start_s", pa.float64()),
         _f("t_end_s", pa.float64()),
         _f("text", pa.string()),  # what the patient says
-        _f("kind", pa.string()),  # first_name | last_name | mrn | mrn_spoken | birth_year | birth_date
+        _f("kind", pa.string()),  # first_name | last_name | mrn | mrn_spoken | birth_year | birth_date | birth_date_digits
         _f("identifier", pa.string()),  # a string no output outside private/ may hold
         doc="Planted spoken identifiers (espeak-ng), one row per identifier form.",
     ),

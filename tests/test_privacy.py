@@ -52,10 +52,11 @@ MEDIA_PART = re.compile(r"data:[a-z]+/[a-z0-9.+-]+;base64,[A-Za-z0-9+/=]+")  # b
 TEXT_SUFFIXES = {".json", ".txt", ".html", ".md", ".yaml", ".yml", ".csv", ".log", ".lock"}
 MEDIA_SUFFIXES = {".mp4", ".mkv", ".mov"}
 # Identifier kinds Whisper must hear, or finding none outside private/ proves nothing.  Whisper base hears the
-# phantom's spoken MRN; it tends to lose the name in the groans before it ("ah, ah, ah..." hallucinated).
+# phantom's spoken MRN on some CPUs and the birth date (written "November 26") on others; it tends to lose the
+# name in the groans before it ("ah, ah, ah..." hallucinated).
 HEARD_MIN = 1
 PLACEHOLDER = {"first_name": "[NAME]", "last_name": "[NAME]", "mrn": "[ID]", "mrn_spoken": "[ID]",
-               "birth_year": "[DATE]", "birth_date": "[DATE]"}
+               "birth_year": "[DATE]", "birth_date": "[DATE]", "birth_date_digits": "[DATE]"}
 
 
 def _pattern(ident: str) -> re.Pattern:

@@ -64,7 +64,9 @@ class SpokenIdentity:
         """Identifier kind -> a string no output outside ``private/`` may contain (case-insensitive)."""
         return {"first_name": self.first, "last_name": self.last, "mrn": self.mrn,
                 "mrn_spoken": " ".join(DIGITS[int(d)] for d in self.mrn[:4]),
-                "birth_year": str(self.year), "birth_date": f"{MONTHS[self.month - 1]} {ORDINALS[self.day - 1]}"}
+                "birth_year": str(self.year), "birth_date": f"{MONTHS[self.month - 1]} {ORDINALS[self.day - 1]}",
+                # the same date as a recogniser writes it: Whisper hears "November twenty-sixth" as "November 26"
+                "birth_date_digits": f"{MONTHS[self.month - 1]} {self.day}"}
 
 
 def plan(rng: np.random.Generator) -> SpokenIdentity | None:
