@@ -18,6 +18,7 @@ differs from this run's.  Prefect-free: ``flows/`` wraps these in tasks.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import multiprocessing
@@ -128,8 +129,13 @@ def marker_ids(out_dir: Path) -> list[str]:
 def outputs(out_dir: Path, marker: str) -> list[Path]:
     """Files a run wrote (a recording's: names carry its id; a cohort run's: all), markers excluded."""
     pattern = "*" if marker == COHORT_MARKER else f"*{marker}*"
-    return sorted(p for p in out_dir.rglob(pattern)
-                  if p.is_file() and "done" not in p.relative_to(out_dir).parts and not p.name.startswith("."))
+    found = []
+    # os.walk, not Path.rglob: sibling recordings' workers create and remove folders here meanwhile (their
+    # done/keep/<id>/ links), and rglob raised FileNotFoundError on one that vanished mid-walk; walk skips it
+    for root, dirs, files in os.walk(out_dir):
+        dirs[:] = [d for d in dirs if d != "done"]
+        found += [Path(root) / f for f in files if fnmatch.fnmatchcase(f, pattern) and not f.startswith(".")]
+    return sorted(p for p in found if p.is_file())
 
 
 KEEP = "keep"  # done/keep/<id>/: hard links to a recording's last good outputs while it reruns

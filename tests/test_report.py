@@ -52,6 +52,22 @@ def _browser():
     return sync_api.sync_playwright()
 
 
+SCREENSHOT_TRIES = 3  # headless Chromium under load sometimes answers "Unable to capture screenshot" once
+
+
+def _screenshot(page, path: Path, **kw) -> None:
+    from playwright.sync_api import Error
+
+    for attempt in range(SCREENSHOT_TRIES):
+        try:
+            page.screenshot(path=str(path), **kw)
+            return
+        except Error:
+            if attempt == SCREENSHOT_TRIES - 1:
+                raise
+            page.wait_for_timeout(500)
+
+
 def test_report_renders_in_chromium_with_planted_events_as_yes_windows(cohort, html_path, tmp_path):
     from PIL import Image
 
@@ -63,7 +79,7 @@ def test_report_renders_in_chromium_with_planted_events_as_yes_windows(cohort, h
             page.on("request", lambda r: requests.append(r.url))
             page.goto(html_path.as_uri())
             shot = tmp_path / "report.png"
-            page.screenshot(path=str(shot), full_page=True)
+            _screenshot(page, shot, full_page=True)
             assert page.is_visible("#random-banner") and RANDOM_BANNER in page.inner_text("#random-banner")
             assert fx.MODEL in page.inner_text("#models")
             cells = page.evaluate("""() => [...document.querySelectorAll('table.timeline td.cell')].map(td => ({
@@ -329,7 +345,7 @@ def test_the_first_screen_is_the_overview_with_the_verdict_and_justifications_fo
         try:
             page = browser.new_page(viewport=FIRST_SCREEN)
             page.goto(html_file.as_uri())
-            page.screenshot(path=str(shot))  # the viewport only: what a reader sees first
+            _screenshot(page, shot)  # the viewport only: what a reader sees first
             box = page.locator("#overview").bounding_box()
             verdict_box = page.locator("#verdict").bounding_box()
             verdict = page.inner_text("#verdict")
