@@ -109,6 +109,11 @@ class ReadText:
     box: FaceBox
 
 
+def readable_chars(text: str) -> int:
+    """The Latin letters and digits in ``text`` (what makes a read string readable text)."""
+    return sum(c.isascii() and c.isalnum() for c in text)
+
+
 class TextReader:
     """Text regions and what they say (PP-OCR detection + recognition)."""
 
@@ -121,8 +126,7 @@ class TextReader:
 
     def readable(self, rgb: np.ndarray, min_score: float) -> list[ReadText]:
         """Strings read with at least ``min_score`` that hold ``READABLE_MIN_CHARS`` Latin letters or digits."""
-        return [r for r in self.read(rgb) if r.score >= min_score
-                and sum(c.isascii() and c.isalnum() for c in r.text) >= READABLE_MIN_CHARS]
+        return [r for r in self.read(rgb) if r.score >= min_score and readable_chars(r.text) >= READABLE_MIN_CHARS]
 
 
 class TextTracker:

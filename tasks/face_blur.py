@@ -69,7 +69,7 @@ import numpy as np
 import pyarrow as pa
 
 from tasks import tesseract
-from tasks.burned_text import TextDetector, TextReader, TextTracker, static_band
+from tasks.burned_text import READABLE_MIN_CHARS, TextDetector, TextReader, TextTracker, readable_chars, static_band
 from tasks.detectors import FaceBox, FaceDetector, make_detector
 from tasks.identity import sha256_file
 from tasks.motion import MotionGate
@@ -312,13 +312,12 @@ class _TextAuditor(_Auditor):
 
 
 OCR_BATCH_FRAMES = 16  # audited frames read by one tesseract process (its start-up is paid once per batch)
-OCR_WORD_MIN_CHARS = 3  # a word with this many letters or digits, read confidently, is readable text
 
 
 class _OcrAuditor(_Auditor):
     """The independent text audit: Tesseract reads each claimed frame's text-like regions (``tasks.tesseract``,
     a classical region finder, not PP-OCR) at the size text is detected at; counts frames where it read a word
-    of ``OCR_WORD_MIN_CHARS`` letters or digits at least ``min_conf`` confidently."""
+    of ``READABLE_MIN_CHARS`` letters or digits at least ``min_conf`` confidently."""
 
     part = "ocr_audit"
 
@@ -347,12 +346,12 @@ class _OcrAuditor(_Auditor):
         i = 0
         for pts, n in self._pending:
             found = [w for ws in words[i:i + n] for w in ws if w.conf >= self.min_conf
-                     and sum(c.isascii() and c.isalnum() for c in w.text) >= OCR_WORD_MIN_CHARS]
+                     and readable_chars(w.text) >= READABLE_MIN_CHARS]
             i += n
             if found:
                 self.residual += 1
                 if not self.example:
-                    chars = sum(c.isascii() and c.isalnum() for w in found for c in w.text)
+                    chars = sum(readable_chars(w.text) for w in found)
                     self.example = f"{self.engine} read {chars} characters at {pts:.1f} s"
         self._images, self._pending = [], []
 
